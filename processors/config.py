@@ -1,0 +1,51 @@
+"""Detection settings: the reference defaults, all configurable, validated once."""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DetectorConfig(BaseModel):
+    """Spike detection and lifecycle settings (ADR 0002, ADR 0003)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket_ms: int = Field(30_000, gt=0, description="evaluation step: tumbling bucket size")
+    window_ms: int = Field(600_000, gt=0, description="W: trailing window counted")
+    baseline_windows: int = Field(3, ge=0, description="prior windows in the median baseline")
+    min_count: int = Field(5, ge=1, description="MIN_COUNT: errors in the window to open")
+    min_lift: float = Field(3.0, ge=1.0, description="MIN_LIFT: count / baseline to open")
+    min_rate_per_min: float | None = Field(
+        None, ge=0, description="MIN_RATE: errors per minute floor (off by default)"
+    )
+    resolve_after_ms: int = Field(120_000, ge=0, description="RESOLVE_AFTER: quiet time")
+    idle_grace_ms: int = Field(
+        300_000, ge=0, description="how far a silent service may lag its partition"
+    )
+    max_families: int = Field(20_000, ge=1, description="tracked families per partition")
+
+    @model_validator(mode="after")
+    def _window_is_whole_buckets(self) -> DetectorConfig:
+        if self.window_ms % self.bucket_ms:
+            raise ValueError("window_ms must be a whole number of bucket_ms")
+        return self
+
+    @property
+    def buckets_per_window(self) -> int:
+        return self.window_ms // self.bucket_ms
+
+    @property
+    def retained_buckets(self) -> int:
+        """Buckets a family keeps: the window and the baseline windows before it."""
+        return self.buckets_per_window * (self.baseline_windows + 1)
+
+    @property
+    def evict_after_ms(self) -> int:
+        """A family with no open incident and no error for this long is forgotten."""
+        return self.window_ms * (self.baseline_windows + 1)
+
+    def fingerprint(self) -> str:
+        """Short hash of the settings; state written under other settings is not reused."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]

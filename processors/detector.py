@@ -1,0 +1,367 @@
+"""Per-partition spike detector: windows, baseline, lifecycle, bounded state.
+
+One :class:`PartitionDetector` owns every family of one input partition. Events are fed
+in log order with :meth:`observe`; it returns the lifecycle changes they caused. Its state
+round-trips through :meth:`snapshot` / :meth:`restore`, so it can be checkpointed together
+with the input position it reflects (ADR 0004).
+
+Time: each service has its own clock, the largest event time seen from it. Since the
+events topic is keyed by service, a service's events reach one partition in log order, so
+every decision is a function of that service's own event sequence, whatever the number
+of partitions, workers or batch sizes (ADR 0002). The partition's watermark only moves a
+service that went silent for longer than ``idle_grace_ms``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tocsin.processors.config import DetectorConfig
+from tocsin.processors.family import Family
+from tocsin.processors.lifecycle import IncidentEvent, OpenIncident, event, incident_id
+from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
+
+SNAPSHOT_VERSION = 1
+
+StepKey = tuple[str, str, str]
+
+
+@dataclass(slots=True)
+class FamilyState:
+    family: Family
+    buckets: dict[int, int] = field(default_factory=dict)
+    last_error_ms: int = 0
+    incident: OpenIncident | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the detector had to drop or forget, for metrics; never silent."""
+
+    late_dropped: int = 0
+    families_overflowed: int = 0
+    families_evicted: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "late_dropped": self.late_dropped,
+            "families_overflowed": self.families_overflowed,
+            "families_evicted": self.families_evicted,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyWindow:
+    """Absolute error count of one family in one bucket (an upsert, idempotent)."""
+
+    family: Family
+    bucket_start_ms: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepWindow:
+    """Absolute request and error counts of one (env, service, step) in one bucket."""
+
+    env: str
+    service: str
+    step: str
+    bucket_start_ms: int
+    requests: int
+    errors: int
+
+
+class PartitionDetector:
+    """All detection state of one input partition. Not thread-safe; one owner."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+        self.families: dict[Family, FamilyState] = {}
+        self.clocks: dict[str, int] = {}
+        self.watermark_ms: int | None = None
+        self.open_by_service: dict[str, set[Family]] = {}
+        self.steps: dict[StepKey, dict[int, list[int]]] = {}
+        self.counters = Counters()
+        self._dirty_families: set[tuple[Family, int]] = set()
+        self._dirty_steps: set[tuple[StepKey, int]] = set()
+        self._pending_families: dict[tuple[Family, int], FamilyWindow] = {}
+        self._pending_steps: dict[tuple[StepKey, int], StepWindow] = {}
+        self._idle_check_ms: int | None = None
+
+    # ------------------------------------------------------------------ feeding
+
+    def observe(
+        self, t_ms: int, env: str, service: str, step: str, family: Family | None
+    ) -> list[IncidentEvent]:
+        """Feed one counted wide event (not suppressed); ``family`` is None when it is ok."""
+        out: list[IncidentEvent] = []
+        self._advance(service, t_ms, out)
+        self._advance_watermark(t_ms, out)
+        self._count_step(t_ms, (env, service, step), family is not None)
+        if family is not None:
+            self._count_error(t_ms, family, out)
+        return out
+
+    def tick(self, t_ms: int, service: str) -> list[IncidentEvent]:
+        """Advance a service's clock without counting (a suppressed event still tells time)."""
+        out: list[IncidentEvent] = []
+        self._advance(service, t_ms, out)
+        self._advance_watermark(t_ms, out)
+        return out
+
+    # ------------------------------------------------------------------ rules
+
+    def _evaluate(self, fs: FamilyState, index: int) -> tuple[bool, int, float]:
+        """(qualifies, window count, baseline) of the window ending at bucket ``index``."""
+        cfg = self.config
+        width = cfg.buckets_per_window
+        count = window_sum(fs.buckets, index, width)
+        if count < cfg.min_count:
+            return False, count, 0.0
+        base = baseline(fs.buckets, index, width, cfg.baseline_windows)
+        if base > 0 and count < cfg.min_lift * base:
+            return False, count, base
+        rate = cfg.min_rate_per_min
+        if rate is not None and count * 60_000 < rate * cfg.window_ms:
+            return False, count, base
+        return True, count, base
+
+    def _count_error(self, t_ms: int, family: Family, out: list[IncidentEvent]) -> None:
+        cfg = self.config
+        clock = self.clocks[family.service]
+        now_index = bucket_index(clock, cfg.bucket_ms)
+        index = bucket_index(t_ms, cfg.bucket_ms)
+        if index <= now_index - cfg.retained_buckets:
+            self.counters.late_dropped += 1
+            return
+        fs = self.families.get(family)
+        if fs is None:
+            fs = self._new_family(family)
+            if fs is None:
+                return
+        fs.buckets[index] = fs.buckets.get(index, 0) + 1
+        self._dirty_families.add((family, index))
+        fs.last_error_ms = max(fs.last_error_ms, t_ms)
+        incident = fs.incident
+        if incident is not None:
+            incident.error_count += 1
+        qualifies, count, base = self._evaluate(fs, now_index)
+        if incident is None:
+            if qualifies:
+                self._open(fs, clock, count, base, out)
+            return
+        incident.peak_count = max(incident.peak_count, count)
+        if incident.status == "recovering" and qualifies:
+            incident.status = "active"
+            incident.status_since_ms = clock
+            out.append(event(incident, family, "reopened", clock, count, base, fs.last_error_ms))
+
+    def _open(
+        self, fs: FamilyState, clock: int, count: int, base: float, out: list[IncidentEvent]
+    ) -> None:
+        family = fs.family
+        fs.incident = OpenIncident(
+            incident_id=incident_id(family, clock),
+            onset_ms=clock,
+            status="active",
+            seq=0,
+            status_since_ms=clock,
+            peak_count=count,
+            error_count=1,
+        )
+        self.open_by_service.setdefault(family.service, set()).add(family)
+        self._idle_check_ms = None
+        out.append(event(fs.incident, family, "opened", clock, count, base, fs.last_error_ms))
+
+    def _advance(self, service: str, t_ms: int, out: list[IncidentEvent]) -> None:
+        """Move a service's clock forward; evaluate its open incidents at each bucket
+        boundary crossed (the reference's 30 s tick, on event time) and at resolve time."""
+        before = self.clocks.get(service)
+        if before is not None and t_ms <= before:
+            return
+        self.clocks[service] = t_ms
+        if before is None:
+            return
+        open_families = self.open_by_service.get(service)
+        if not open_families:
+            return
+        cfg = self.config
+        first = bucket_index(before, cfg.bucket_ms) + 1
+        last = min(bucket_index(t_ms, cfg.bucket_ms), first + cfg.buckets_per_window - 1)
+        for family in sorted(open_families):
+            fs = self.families[family]
+            incident = fs.incident
+            assert incident is not None
+            if incident.status == "active":
+                for index in range(first, last + 1):
+                    qualifies, count, base = self._evaluate(fs, index)
+                    if not qualifies:
+                        at_ms = index * cfg.bucket_ms
+                        incident.status = "recovering"
+                        incident.status_since_ms = at_ms
+                        out.append(
+                            event(incident, family, "recovering", at_ms, count, base,
+                                  fs.last_error_ms)
+                        )
+                        break
+            if incident.status == "recovering":
+                due = max(fs.last_error_ms + cfg.resolve_after_ms, incident.status_since_ms)
+                if t_ms >= due:
+                    self._resolve(fs, incident, due, out)
+
+    def _resolve(
+        self, fs: FamilyState, incident: OpenIncident, at_ms: int, out: list[IncidentEvent]
+    ) -> None:
+        cfg = self.config
+        incident.status = "resolved"
+        incident.status_since_ms = at_ms
+        _, count, base = self._evaluate(fs, bucket_index(at_ms, cfg.bucket_ms))
+        out.append(event(incident, fs.family, "resolved", at_ms, count, base, fs.last_error_ms))
+        fs.incident = None
+        services = self.open_by_service[fs.family.service]
+        services.discard(fs.family)
+        if not services:
+            del self.open_by_service[fs.family.service]
+        self._idle_check_ms = None
+
+    def _advance_watermark(self, t_ms: int, out: list[IncidentEvent]) -> None:
+        """Move services with open incidents that fell silent for longer than the grace."""
+        if self.watermark_ms is not None and t_ms <= self.watermark_ms:
+            return
+        self.watermark_ms = t_ms
+        if not self.open_by_service:
+            return
+        horizon = t_ms - self.config.idle_grace_ms
+        if self._idle_check_ms is not None and horizon <= self._idle_check_ms:
+            return
+        for service in sorted(self.open_by_service):
+            if self.clocks[service] < horizon:
+                self._advance(service, horizon, out)
+        self._idle_check_ms = min(
+            (self.clocks[s] for s in self.open_by_service), default=None
+        )
+
+    def _count_step(self, t_ms: int, key: StepKey, failed: bool) -> None:
+        cfg = self.config
+        index = bucket_index(t_ms, cfg.bucket_ms)
+        if index <= bucket_index(self.clocks[key[1]], cfg.bucket_ms) - cfg.buckets_per_window:
+            self.counters.late_dropped += 1
+            return
+        buckets = self.steps.get(key)
+        if buckets is None:
+            buckets = self.steps[key] = {}
+        cell = buckets.get(index)
+        if cell is None:
+            cell = buckets[index] = [0, 0]
+        cell[0] += 1
+        if failed:
+            cell[1] += 1
+        self._dirty_steps.add((key, index))
+
+    # ------------------------------------------------------------------ bounds
+
+    def _new_family(self, family: Family) -> FamilyState | None:
+        if len(self.families) >= self.config.max_families:
+            self.evict_idle()
+            if len(self.families) >= self.config.max_families:
+                self.counters.families_overflowed += 1
+                return None
+        fs = self.families[family] = FamilyState(family)
+        return fs
+
+    def evict_idle(self) -> None:
+        """Forget families with no open incident whose every bucket fell out of reach, and
+        step buckets past the lateness horizon. Invisible in the output: an evicted family
+        is indistinguishable from a new one."""
+        cfg = self.config
+        self._flush_dirty()
+        for family in [f for f, fs in self.families.items() if self._evictable(fs)]:
+            del self.families[family]
+            self.counters.families_evicted += 1
+        for key, buckets in list(self.steps.items()):
+            horizon = bucket_index(self.clocks[key[1]], cfg.bucket_ms) - cfg.buckets_per_window
+            trim(buckets, horizon + 1)
+            if not buckets:
+                del self.steps[key]
+        for fs in self.families.values():
+            horizon = bucket_index(self.clocks[fs.family.service], cfg.bucket_ms)
+            trim(fs.buckets, horizon - cfg.retained_buckets + 1)
+
+    def _evictable(self, fs: FamilyState) -> bool:
+        clock = self.clocks[fs.family.service]
+        return fs.incident is None and clock - fs.last_error_ms >= self.config.evict_after_ms
+
+    # ------------------------------------------------------------------ outputs
+
+    def _flush_dirty(self) -> None:
+        """Turn changed buckets into rows before anything may forget them."""
+        bucket_ms = self.config.bucket_ms
+        for f, i in self._dirty_families:
+            self._pending_families[(f, i)] = FamilyWindow(
+                f, i * bucket_ms, self.families[f].buckets[i]
+            )
+        for k, i in self._dirty_steps:
+            self._pending_steps[(k, i)] = StepWindow(*k, i * bucket_ms, *self.steps[k][i])
+        self._dirty_families.clear()
+        self._dirty_steps.clear()
+
+    def drain_windows(self) -> tuple[list[FamilyWindow], list[StepWindow]]:
+        """The bucket counts changed since the last drain, as absolute values, sorted."""
+        self._flush_dirty()
+        fams = [self._pending_families[k] for k in sorted(self._pending_families)]
+        steps = [self._pending_steps[k] for k in sorted(self._pending_steps)]
+        self._pending_families.clear()
+        self._pending_steps.clear()
+        return fams, steps
+
+    def open_incidents(self) -> list[tuple[Family, OpenIncident]]:
+        return [
+            (fs.family, fs.incident)
+            for fs in sorted(self.families.values(), key=lambda s: s.family)
+            if fs.incident is not None
+        ]
+
+    # ------------------------------------------------------------------ state
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON-able state; :meth:`restore` of it gives an equal detector."""
+        return {
+            "v": SNAPSHOT_VERSION,
+            "config": self.config.fingerprint(),
+            "clocks": dict(sorted(self.clocks.items())),
+            "watermark_ms": self.watermark_ms,
+            "families": [
+                [
+                    *fs.family,
+                    fs.last_error_ms,
+                    sorted(fs.buckets.items()),
+                    fs.incident.to_list() if fs.incident else None,
+                ]
+                for fs in sorted(self.families.values(), key=lambda s: s.family)
+            ],
+            "steps": [[*k, sorted(b.items())] for k, b in sorted(self.steps.items())],
+            "counters": self.counters.as_dict(),
+        }
+
+    @classmethod
+    def restore(cls, config: DetectorConfig, snap: dict[str, Any]) -> PartitionDetector:
+        if snap.get("v") != SNAPSHOT_VERSION or snap.get("config") != config.fingerprint():
+            raise ValueError(
+                "checkpoint was written by another snapshot version or detector settings;"
+                " replay the input with a new state name instead of misreading it"
+            )
+        det = cls(config)
+        det.clocks = dict(snap["clocks"])
+        det.watermark_ms = snap["watermark_ms"]
+        for env, service, step, code, last_error_ms, buckets, incident in snap["families"]:
+            family = Family(env, service, step, code)
+            fs = FamilyState(family, {int(i): int(n) for i, n in buckets}, last_error_ms)
+            if incident is not None:
+                fs.incident = OpenIncident.from_list(incident)
+                det.open_by_service.setdefault(service, set()).add(family)
+            det.families[family] = fs
+        for env, service, step, buckets in snap["steps"]:
+            det.steps[(env, service, step)] = {int(i): list(c) for i, c in buckets}
+        det.counters = Counters(**snap["counters"])
+        return det

@@ -1,0 +1,120 @@
+"""Incident lifecycle: active -> recovering -> resolved, with reopen (ADR 0003).
+
+Every change is an :class:`IncidentEvent` with a deterministic identity, ``(incident_id,
+seq)``, so a re-emission after a crash is recognised downstream. Times are event times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from tocsin.processors.family import Family
+
+RULE = "spike.v1"
+
+Kind = Literal["opened", "recovering", "reopened", "resolved"]
+Status = Literal["active", "recovering", "resolved"]
+
+
+def incident_id(family: Family, onset_ms: int) -> str:
+    """``inc_`` + 16 hex of sha256(env | service | step | code | onset in ms).
+
+    The onset is the family's event time at opening, to the millisecond; a family opens its
+    next incident only after the previous one resolved, at a strictly later time, so an id
+    is never reused (the reference truncated to 5 minutes and could collide).
+    """
+    material = "|".join((*family, str(onset_ms)))
+    return "inc_" + hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    """One lifecycle change, as published on the incidents topic."""
+
+    incident_id: str
+    seq: int
+    kind: Kind
+    status: Status
+    env: str
+    service: str
+    step: str
+    error_code: str
+    family: str
+    onset_ms: int
+    at_ms: int
+    window_count: int
+    baseline: float
+    lift: float | None
+    peak_count: int
+    error_count: int
+    last_error_ms: int
+    rule: str = RULE
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.incident_id}:{self.seq}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class OpenIncident:
+    """The mutable record of a family's open incident (active or recovering)."""
+
+    incident_id: str
+    onset_ms: int
+    status: Status
+    seq: int
+    status_since_ms: int
+    peak_count: int
+    error_count: int
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.incident_id, self.onset_ms, self.status, self.seq,
+            self.status_since_ms, self.peak_count, self.error_count,
+        ]
+
+    @classmethod
+    def from_list(cls, raw: list[Any]) -> OpenIncident:
+        return cls(*raw)
+
+
+def lift_of(count: int, base: float) -> float | None:
+    """count / baseline; None when the baseline is zero (only MIN_COUNT applied)."""
+    return round(count / base, 6) if base > 0 else None
+
+
+def event(
+    incident: OpenIncident,
+    family: Family,
+    kind: Kind,
+    at_ms: int,
+    window_count: int,
+    base: float,
+    last_error_ms: int,
+) -> IncidentEvent:
+    """Advance the incident's sequence and describe the change."""
+    incident.seq += 1
+    return IncidentEvent(
+        incident_id=incident.incident_id,
+        seq=incident.seq,
+        kind=kind,
+        status=incident.status,
+        env=family.env,
+        service=family.service,
+        step=family.step,
+        error_code=family.error_code,
+        family=family.key,
+        onset_ms=incident.onset_ms,
+        at_ms=at_ms,
+        window_count=window_count,
+        baseline=base,
+        lift=lift_of(window_count, base),
+        peak_count=incident.peak_count,
+        error_count=incident.error_count,
+        last_error_ms=last_error_ms,
+    )

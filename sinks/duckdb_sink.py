@@ -1,0 +1,226 @@
+"""DuckDB projection of the output topics: idempotent, batched, positions in the same
+transaction (ADR 0004).
+
+Every write is an upsert keyed by the record's identity — ``(incident_id, seq)`` for
+lifecycle events, ``(env, family, bucket)`` for window counts, ``(topic, partition,
+offset)`` for dead letters — and the consumed positions are written in the same
+transaction, so a replay or a restart never duplicates or loses a row. Rows go in as
+column arrays (``INSERT ... SELECT unnest(...)``): ``executemany`` is two orders of
+magnitude slower.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS tocsin_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS positions (
+    topic VARCHAR, "partition" INTEGER, next_offset BIGINT,
+    PRIMARY KEY (topic, "partition"));
+CREATE TABLE IF NOT EXISTS incident_events (
+    incident_id VARCHAR, seq INTEGER, kind VARCHAR, status VARCHAR,
+    env VARCHAR, service VARCHAR, step VARCHAR, error_code VARCHAR, family VARCHAR,
+    onset_ms BIGINT, at_ms BIGINT, window_count INTEGER, baseline DOUBLE, lift DOUBLE,
+    peak_count INTEGER, error_count INTEGER, last_error_ms BIGINT, rule VARCHAR,
+    PRIMARY KEY (incident_id, seq));
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id VARCHAR PRIMARY KEY, env VARCHAR, service VARCHAR, step VARCHAR,
+    error_code VARCHAR, family VARCHAR, status VARCHAR, seq INTEGER,
+    onset TIMESTAMPTZ, onset_ms BIGINT, updated_ms BIGINT, resolved_ms BIGINT,
+    opened_window_count INTEGER, opened_baseline DOUBLE, opened_lift DOUBLE,
+    window_count INTEGER, peak_count INTEGER, error_count INTEGER, last_error_ms BIGINT);
+CREATE TABLE IF NOT EXISTS family_windows (
+    env VARCHAR, family VARCHAR, service VARCHAR, step VARCHAR, error_code VARCHAR,
+    bucket_start_ms BIGINT, bucket_ms INTEGER, errors INTEGER,
+    PRIMARY KEY (env, family, bucket_start_ms));
+CREATE TABLE IF NOT EXISTS step_windows (
+    env VARCHAR, service VARCHAR, step VARCHAR, bucket_start_ms BIGINT, bucket_ms INTEGER,
+    requests INTEGER, errors INTEGER,
+    PRIMARY KEY (env, service, step, bucket_start_ms));
+CREATE TABLE IF NOT EXISTS dead_letters (
+    source_topic VARCHAR, source_partition INTEGER, source_offset BIGINT,
+    reason VARCHAR, size_bytes INTEGER, dlq_partition INTEGER, dlq_offset BIGINT,
+    PRIMARY KEY (source_topic, source_partition, source_offset));
+"""
+
+EVENT_COLUMNS = (
+    ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("kind", "VARCHAR"),
+    ("status", "VARCHAR"), ("env", "VARCHAR"), ("service", "VARCHAR"), ("step", "VARCHAR"),
+    ("error_code", "VARCHAR"), ("family", "VARCHAR"), ("onset_ms", "BIGINT"),
+    ("at_ms", "BIGINT"), ("window_count", "INTEGER"), ("baseline", "DOUBLE"),
+    ("lift", "DOUBLE"), ("peak_count", "INTEGER"), ("error_count", "INTEGER"),
+    ("last_error_ms", "BIGINT"), ("rule", "VARCHAR"),
+)
+FAMILY_WINDOW_COLUMNS = (
+    ("env", "VARCHAR"), ("family", "VARCHAR"), ("service", "VARCHAR"), ("step", "VARCHAR"),
+    ("error_code", "VARCHAR"), ("bucket_start_ms", "BIGINT"), ("bucket_ms", "INTEGER"),
+    ("errors", "INTEGER"),
+)
+STEP_WINDOW_COLUMNS = (
+    ("env", "VARCHAR"), ("service", "VARCHAR"), ("step", "VARCHAR"),
+    ("bucket_start_ms", "BIGINT"), ("bucket_ms", "INTEGER"), ("requests", "INTEGER"),
+    ("errors", "INTEGER"),
+)
+DEAD_LETTER_COLUMNS = (
+    ("source_topic", "VARCHAR"), ("source_partition", "INTEGER"), ("source_offset", "BIGINT"),
+    ("reason", "VARCHAR"), ("size_bytes", "INTEGER"), ("dlq_partition", "INTEGER"),
+    ("dlq_offset", "BIGINT"),
+)
+
+REBUILD_INCIDENTS = """
+INSERT OR REPLACE INTO incidents
+SELECT e.incident_id, e.env, e.service, e.step, e.error_code, e.family, last.status, last.seq,
+       make_timestamptz(e.onset_ms * 1000), e.onset_ms, last.at_ms,
+       CASE WHEN last.status = 'resolved' THEN last.at_ms END,
+       e.window_count, e.baseline, e.lift,
+       last.window_count, last.peak_count, last.error_count, last.last_error_ms
+FROM incident_events e
+JOIN (SELECT incident_id, arg_max(status, seq) AS status, max(seq) AS seq,
+             arg_max(at_ms, seq) AS at_ms, arg_max(window_count, seq) AS window_count,
+             arg_max(peak_count, seq) AS peak_count, arg_max(error_count, seq) AS error_count,
+             arg_max(last_error_ms, seq) AS last_error_ms
+      FROM incident_events WHERE incident_id IN (SELECT unnest($1::VARCHAR[]))
+      GROUP BY incident_id) last USING (incident_id)
+WHERE e.seq = 1
+"""
+
+
+def _insert_sql(table: str, columns: Sequence[tuple[str, str]], verb: str) -> str:
+    selects = ", ".join(
+        f"unnest(${n}::{kind}[]) AS {name}" for n, (name, kind) in enumerate(columns, 1)
+    )
+    names = ", ".join(name for name, _ in columns)
+    return f"INSERT {verb} INTO {table} ({names}) SELECT {selects}"
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
+             ) -> list[list[Any]]:
+    return [[row.get(name) for row in rows] for name, _ in columns]
+
+
+class DuckDBSink:
+    """The one writer of a DuckDB file. Readers in the same process use :meth:`query`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(self.path)
+        self._lock = threading.Lock()
+        self.con.execute(DDL)
+        # The query surface runs analysts' SQL on this connection: no file reads or writes
+        # beyond the database itself, and nobody may turn that back on.
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
+        self.con.execute(
+            "INSERT OR REPLACE INTO tocsin_meta VALUES ('schema_version', ?)",
+            [str(SCHEMA_VERSION)],
+        )
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        with self._lock:
+            rows = self.con.execute(
+                'SELECT topic, "partition", next_offset FROM positions').fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def write(
+        self,
+        *,
+        incident_events: Sequence[Mapping[str, Any]] = (),
+        family_windows: Sequence[Mapping[str, Any]] = (),
+        step_windows: Sequence[Mapping[str, Any]] = (),
+        dead_letters: Sequence[Mapping[str, Any]] = (),
+        positions: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        """Apply one batch and its input positions atomically."""
+        with self._lock:
+            con = self.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if incident_events:
+                    con.execute(_insert_sql("incident_events", EVENT_COLUMNS, "OR IGNORE"),
+                                _columns(incident_events, EVENT_COLUMNS))
+                    touched = sorted({str(e["incident_id"]) for e in incident_events})
+                    con.execute(REBUILD_INCIDENTS, [touched])
+                if family_windows:
+                    con.execute(
+                        _insert_sql("family_windows", FAMILY_WINDOW_COLUMNS, "OR REPLACE"),
+                        _columns(_last_by(family_windows, ("env", "family", "bucket_start_ms")),
+                                 FAMILY_WINDOW_COLUMNS))
+                if step_windows:
+                    con.execute(
+                        _insert_sql("step_windows", STEP_WINDOW_COLUMNS, "OR REPLACE"),
+                        _columns(_last_by(step_windows,
+                                          ("env", "service", "step", "bucket_start_ms")),
+                                 STEP_WINDOW_COLUMNS))
+                if dead_letters:
+                    con.execute(_insert_sql("dead_letters", DEAD_LETTER_COLUMNS, "OR IGNORE"),
+                                _columns(dead_letters, DEAD_LETTER_COLUMNS))
+                if positions:
+                    items = sorted(positions.items())
+                    con.execute(
+                        'INSERT OR REPLACE INTO positions SELECT unnest($1::VARCHAR[]), '
+                        'unnest($2::INTEGER[]), unnest($3::BIGINT[])',
+                        [[t for (t, _), _ in items], [p for (_, p), _ in items],
+                         [o for _, o in items]])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def query(self, sql: str, params: Sequence[Any] | None = None
+              ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement on a cursor of the writer's connection."""
+        check_read_only(self.con, sql)
+        cur = self.con.cursor()
+        try:
+            rel = cur.execute(sql, params or [])
+            names = [d[0] for d in rel.description or []]
+            return names, rel.fetchall()
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self.con.close()
+
+
+def _last_by(rows: Iterable[Mapping[str, Any]], key: tuple[str, ...]
+             ) -> list[Mapping[str, Any]]:
+    """Keep the last row per key: a batch may carry several versions of one bucket."""
+    last: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    for row in rows:
+        last[tuple(row[k] for k in key)] = row
+    return list(last.values())
+
+
+class ReadOnlyViolation(ValueError):
+    """The statement would change something; the query surface only reads."""
+
+
+ALLOWED = {"SELECT", "EXPLAIN"}
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ReadOnlyViolation(f"cannot parse SQL: {exc}") from exc
+    if len(statements) != 1:
+        raise ReadOnlyViolation(f"send exactly one statement, got {len(statements)}")
+    kind = statements[0].type.name
+    if kind not in ALLOWED:
+        raise ReadOnlyViolation(f"only SELECT queries are allowed here, got {kind}")
+
+
+def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection, for when no worker holds the file."""
+    return duckdb.connect(str(path), read_only=True)
