@@ -1,0 +1,140 @@
+"""Small aiokafka helpers: topic creation with explicit configs, reading a topic to its end,
+dead-letter records.
+
+Tansu quirks shape these (BRIEF.md, traps): ``end_offsets`` returns the base offset of the
+last batch, so "caught up" is decided from the fetch high watermark; DescribeConfigs only
+knows configs given at creation, so every topic is created with explicit ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention_ms: int
+    compacted: bool = False
+
+
+async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], replication: int = 1,
+                        timeout_s: float = 20.0) -> None:
+    """Create what is missing, with explicit ``retention.ms`` and ``cleanup.policy``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                s.name, s.partitions, replication,
+                topic_configs={
+                    "retention.ms": str(s.retention_ms),
+                    "cleanup.policy": "compact" if s.compacted else "delete",
+                },
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+async def _wait_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float
+                           ) -> list[int]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        if loop.time() > deadline:
+            raise KafkaError(f"topic {topic} has no partitions")
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await asyncio.sleep(0.1)
+
+
+async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 10.0
+                      ) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic, from the beginning to the high watermark seen at fetch time."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in await _wait_partitions(consumer, topic, 10.0)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        pending = set(tps)
+        loop = asyncio.get_running_loop()
+        last_progress = loop.time()
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=100, max_records=10_000)
+            for recs in batch.values():
+                records.extend(recs)
+            progressed = bool(batch)
+            for tp in list(pending):
+                high = consumer.highwater(tp)
+                if high is not None and await consumer.position(tp) >= high:
+                    pending.discard(tp)
+                    progressed = True
+            if progressed:
+                last_progress = loop.time()
+            elif loop.time() - last_progress > idle_timeout_s:
+                raise KafkaError(f"reading {topic} to its end stalled on {sorted(pending)}")
+    finally:
+        await stop_quietly(consumer)
+    return records
+
+
+def dead_letter_headers(record: ConsumerRecord[bytes, bytes], reason: str,
+                        field: str | None = None) -> list[tuple[str, bytes]]:
+    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("tocsin.dlq.")]
+    headers += [
+        ("tocsin.dlq.source_topic", record.topic.encode()),
+        ("tocsin.dlq.source_partition", str(record.partition).encode()),
+        ("tocsin.dlq.source_offset", str(record.offset).encode()),
+        ("tocsin.dlq.reason", reason.encode()[:2000]),
+    ]
+    if field:
+        headers.append(("tocsin.dlq.field", field.encode()))
+    return headers
+
+
+def new_producer(bootstrap: str, max_request_size: int = 8 * 1024 * 1024) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+        max_request_size=max_request_size, enable_idempotence=False,
+    )
+
+
+async def stop_quietly(*clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> None:
+    for client in clients:
+        if client is not None:
+            # aiokafka 0.14 can surface the cancellation of its own internal
+            # committed-offset task from stop(); that is not ours to propagate.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await client.stop()

@@ -1,0 +1,58 @@
+"""Counters of the worker, rendered in the Prometheus text format by prometheus_client."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+@dataclass
+class Metrics(Collector):
+    events_in: int = 0
+    dead_letters: int = 0
+    duplicates_suppressed: int = 0
+    checkpoints: int = 0
+    rows_projected: int = 0
+    lifecycle: Counter[str] = field(default_factory=Counter)
+    counters: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("tocsin_events", "wide events decoded and counted",
+                                  value=self.events_in)
+        yield CounterMetricFamily("tocsin_dead_letters", "records sent to the dead-letter topic",
+                                  value=self.dead_letters)
+        yield CounterMetricFamily("tocsin_duplicate_emissions_suppressed",
+                                  "lifecycle events already on the topic, not sent again",
+                                  value=self.duplicates_suppressed)
+        yield CounterMetricFamily("tocsin_checkpoints", "detector checkpoints written",
+                                  value=self.checkpoints)
+        yield CounterMetricFamily("tocsin_rows_projected", "rows written to DuckDB",
+                                  value=self.rows_projected)
+        life = CounterMetricFamily("tocsin_lifecycle_events", "lifecycle changes", labels=["kind"])
+        for kind, n in sorted(self.lifecycle.items()):
+            life.add_metric([kind], n)
+        yield life
+        dropped = GaugeMetricFamily("tocsin_detector_dropped", "detector drops by cause",
+                                    labels=["partition", "cause"])
+        for p, values in sorted(self.counters.items()):
+            for cause, n in sorted(values.items()):
+                dropped.add_metric([str(p), cause], n)
+        yield dropped
+
+    def render(self) -> bytes:
+        registry = CollectorRegistry()
+        registry.register(self)
+        return generate_latest(registry)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "events_in": self.events_in, "dead_letters": self.dead_letters,
+            "duplicates_suppressed": self.duplicates_suppressed,
+            "checkpoints": self.checkpoints, "rows_projected": self.rows_projected,
+            "lifecycle": dict(self.lifecycle),
+        }

@@ -1,0 +1,48 @@
+"""Worker settings: defaults, then ``TOCSIN_*`` environment variables, then CLI flags.
+
+pydantic-settings does the environment parsing and validation; detection settings are
+the pure core's :class:`DetectorConfig`, nested as ``TOCSIN_DETECTOR__MIN_COUNT`` etc.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tocsin.processors.config import DetectorConfig
+
+
+class Topics(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    events: str = "tocsin.events"
+    incidents: str = "tocsin.incidents"
+    windows: str = "tocsin.windows"
+    dlq: str = "tocsin.dlq"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TOCSIN_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    broker: str | None = Field(None, description="HOST:PORT of Kafka; None = embedded Tansu")
+    db: str = Field("tocsin-data/tocsin.duckdb", description="DuckDB file of the projection")
+    http_port: int = Field(8077, ge=0, le=65535, description="query/health HTTP port (0=off)")
+    app_id: str = "tocsin"
+    topics: Topics = Topics()
+    partitions: int = Field(6, ge=1, description="partitions of topics Tocsin creates")
+    replication_factor: int = Field(1, ge=1)
+    incident_encoding: Literal["avro", "json"] = "avro"
+    schema_registry_url: str | None = None
+    role: Literal["all", "detect", "project"] = "all"
+    session_timeout_ms: int = Field(6_000, ge=1_000)
+    checkpoint_interval_ms: int = Field(1_000, ge=10)
+    max_record_bytes: int = Field(256 * 1024, ge=1024)
+    fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_poll_records: int = Field(5_000, ge=1)
+    retention_ms: int = Field(72 * 3600 * 1000, description="events/windows/dlq retention")
+    incident_retention_ms: int = Field(168 * 3600 * 1000)
+    detector: DetectorConfig = DetectorConfig()
