@@ -20,13 +20,14 @@ import struct
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import fastavro
 import orjson
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+AVRO_DIR = Path(__file__).with_name("avro")
 SOE_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 
@@ -45,7 +46,7 @@ class SchemaError(ValueError):
 
 
 def schema_text(name: str) -> str:
-    return resources.files("tocsin.schemas").joinpath("avro", f"{name}.avsc").read_text()
+    return (AVRO_DIR / f"{name}.avsc").read_text()
 
 
 def _strip_logical(node: Any) -> Any:

@@ -1,0 +1,148 @@
+"""The one Faust app: its state table, its services and its HTTP surface.
+
+Explicit wiring, no autodiscovery: :func:`create_app` builds everything from settings so
+tests and the CLI get the same worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from typing import Any
+
+import faust
+import mode
+import orjson
+
+from tocsin.processors.detector import SNAPSHOT_VERSION
+from tocsin.sinks.duckdb_sink import DuckDBSink
+from tocsin.streams.detect import Detection
+from tocsin.streams.http import register_views
+from tocsin.streams.kafka_io import TopicSpec, ensure_topics
+from tocsin.streams.metrics import Metrics
+from tocsin.streams.project import Projection
+from tocsin.streams.settings import Settings
+
+log = logging.getLogger("tocsin")
+
+
+def state_table_name(settings: Settings) -> str:
+    """Versioned by snapshot layout and detector settings: old state is never misread."""
+    return f"detector-state-v{SNAPSHOT_VERSION}-{settings.detector.fingerprint()}"
+
+
+class TableCheckpoints:
+    """Checkpoints in a changelog-backed Faust GlobalTable: one key per input partition,
+    holding the detector snapshot and the next input offset in one value, so state and
+    position are written atomically. Every worker holds every partition's checkpoint, so
+    whoever is assigned a partition next can resume it."""
+
+    def __init__(self, app: faust.App, table: Any) -> None:
+        self.app = app
+        self.table = table
+
+    async def load(self, partition: int) -> tuple[dict[str, Any], int] | None:
+        raw = self.table.get(f"events:{partition}")
+        if raw is None:
+            return None
+        value = orjson.loads(zlib.decompress(bytes.fromhex(raw)))
+        return value["snapshot"], int(value["next_offset"])
+
+    async def save(self, partition: int, snapshot: dict[str, Any], next_offset: int) -> None:
+        body = orjson.dumps({"snapshot": snapshot, "next_offset": next_offset})
+        self.table[f"events:{partition}"] = zlib.compress(body, 1).hex()
+        await self.app.producer.flush()
+
+
+class Worker(mode.Service):
+    """Runs the detection loop and the DuckDB projection inside the Faust worker."""
+
+    def __init__(self, app: faust.App, settings: Settings, bootstrap: str, table: Any,
+                 metrics: Metrics, sink: DuckDBSink | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.metrics = metrics
+        self.sink = sink
+        self.detection: Detection | None = None
+        self.projection: Projection | None = None
+        self.table = table
+        self._runs: list[asyncio.Task[None]] = []
+
+    async def on_started(self) -> None:
+        self._runs.append(asyncio.ensure_future(self._main()))
+
+    async def _main(self) -> None:
+        s = self.settings
+        try:
+            await ensure_topics(self.bootstrap, topic_specs(s), s.replication_factor)
+            if s.role in ("all", "project") and self.sink is not None:
+                self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
+                self._runs.append(asyncio.ensure_future(self.projection.run()))
+            if s.role in ("all", "detect"):
+                await self.app.tables.wait_until_recovery_completed()
+                self.detection = Detection(
+                    s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
+                await self.detection.run()
+        except Exception:
+            log.exception("worker failed; stopping so that a restart resumes from state")
+            self.app._crash_reason = "worker failed"  # noqa: SLF001
+            asyncio.get_running_loop().call_soon(_exit_hard)
+            raise
+
+    async def on_stop(self) -> None:
+        if self.detection is not None:
+            self.detection.stop()
+        if self.projection is not None:
+            self.projection.stop()
+        if self._runs:
+            await asyncio.wait(self._runs, timeout=15)
+        if self.sink is not None:
+            self.sink.close()
+
+
+def _exit_hard() -> None:
+    raise SystemExit(1)
+
+
+def topic_specs(s: Settings) -> list[TopicSpec]:
+    t = s.topics
+    return [
+        TopicSpec(t.events, s.partitions, s.retention_ms),
+        TopicSpec(t.incidents, s.partitions, s.incident_retention_ms),
+        TopicSpec(t.windows, s.partitions, s.retention_ms, compacted=True),
+        TopicSpec(t.dlq, s.partitions, s.retention_ms),
+    ]
+
+
+def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Worker]:
+    s = settings
+    app = faust.App(
+        s.app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        broker_session_timeout=s.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(s.session_timeout_ms / 6000, 0.3),
+        web_enabled=s.http_port > 0,
+        web_port=s.http_port or 6066,
+        web_bind="127.0.0.1",
+        web_in_thread=False,
+        producer_max_request_size=16 * 1024 * 1024,
+        producer_compression_type=None,
+        consumer_auto_offset_reset="earliest",
+        datadir=f"{s.db}.faust",
+    )
+    table = app.GlobalTable(state_table_name(s), default=None, partitions=s.partitions,
+                            use_partitioner=True)
+    metrics = Metrics()
+    sink = DuckDBSink(s.db) if s.role in ("all", "project") else None
+    worker = Worker(app, s, bootstrap, table, metrics, sink)
+    app._extra_services.append(worker)  # type: ignore[arg-type]  # noqa: SLF001 - an instance, not a class
+    if s.http_port > 0:
+        register_views(app, worker, metrics, sink)
+    return app, worker

@@ -1,0 +1,186 @@
+"""``tocsin demo``: a broker, a worker, realistic traffic with a spike, the incident shown.
+
+Traffic is generated from a fixed start time, so every run gives the same incident id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from tocsin.streams.broker import EmbeddedBroker, free_port
+from tocsin.streams.kafka_io import TopicSpec, ensure_topics
+from tocsin.streams.producing import ProduceReport, publish
+
+DEMO_T0_MS = 1_793_610_000_000  # 2026-11-02T08:20:00Z
+SERVICES: dict[str, list[str]] = {
+    "frontend": ["GET /checkout", "GET /search", "GET /cart"],
+    "checkout": ["payment.charge", "inventory.reserve", "cart.load"],
+    "payment": ["POST /charge"],
+    "inventory": ["POST /reserve"],
+    "search": ["GET /query"],
+    "cart": ["GET /cart"],
+}
+
+
+def _event(t_ms: int, service: str, step: str, n: int, **extra: Any) -> dict[str, Any]:
+    event = {
+        "event_time_ms": t_ms, "service": service, "step": step, "env": "prod",
+        "status": "ok", "duration_ms": 20.0 + (n % 17), "service_version": "1.4.2",
+        "trace_id": f"{n:032x}", "request_id": f"req-{n}", "user_id": f"user-{n % 500}",
+    }
+    event.update(extra)
+    return event
+
+
+def traffic(start_ms: int, seconds: int, spike: bool) -> Iterator[dict[str, Any]]:
+    """Two requests a second per step; a background trickle of inventory 503s below any
+    threshold; with ``spike``, checkout's payment.charge fails with PMT_502 on two of
+    every three calls."""
+    n = start_ms // 100
+    for s in range(seconds):
+        for service, steps in SERVICES.items():
+            for i, step in enumerate(steps):
+                for half in (0, 500):
+                    n += 1
+                    t = start_ms + s * 1000 + half + i * 7
+                    if spike and service == "checkout" and step == "payment.charge" \
+                            and n % 3 != 0:
+                        yield _event(t, service, step, n, status="error", error_code="PMT_502",
+                                     error_message="payment gateway answered 502",
+                                     downstream={"service": "payment",
+                                                 "endpoint": "POST /charge", "kind": "http"})
+                    elif service == "inventory" and half == 0 and s % 300 == 7:
+                        yield _event(t, service, step, n, status="error", error_code="INV_503",
+                                     error_message="inventory store unavailable")
+                    else:
+                        yield _event(t, service, step, n)
+
+
+def _encoded(events: Iterator[dict[str, Any]]) -> Iterator[tuple[bytes | None, bytes]]:
+    for e in events:
+        yield e["service"].encode(), orjson.dumps(e)
+
+
+def _query(port: int, sql: str) -> list[dict[str, Any]]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/query",
+                                 data=json.dumps({"sql": sql}).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = json.loads(resp.read())
+    return [dict(zip(body["columns"], r, strict=True)) for r in body["rows"]]
+
+
+def _wait(port: int, sql: str, proc: subprocess.Popen[bytes], timeout_s: float
+          ) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode}")
+        try:
+            rows = _query(port, sql)
+            if rows:
+                return rows
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing after {timeout_s:.0f}s for: {sql}")
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def run_demo(db: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    workdir = Path(tempfile.mkdtemp(prefix="tocsin-demo-"))
+    db_path = Path(db) if db else workdir / "tocsin.duckdb"
+    if db_path.exists():
+        db_path.unlink()
+    http_port = free_port()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with console.status("starting the embedded broker (Tansu)") as status, \
+                EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+            env = dict(os.environ, TOCSIN_SESSION_TIMEOUT_MS="6000",
+                       TOCSIN_CHECKPOINT_INTERVAL_MS="200")
+            status.update("creating topics")
+            asyncio.run(ensure_topics(broker.bootstrap, [
+                TopicSpec("tocsin.events", 6, 72 * 3600 * 1000)]))
+            status.update("starting a worker")
+            with open(workdir / "worker.log", "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "tocsin", "run", "--broker", broker.bootstrap,
+                     "--db", str(db_path), "--http-port", str(http_port)],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            _wait(port=http_port, proc=proc, timeout_s=45,
+                  sql="SELECT 1 AS up FROM tocsin_meta LIMIT 1")
+            console.log(f"broker on {broker.bootstrap}, worker up, DuckDB at {db_path}")
+
+            status.update("publishing 40 min of healthy traffic across 6 services")
+            report = ProduceReport()
+            asyncio.run(publish(broker.bootstrap, "tocsin.events",
+                                _encoded(traffic(DEMO_T0_MS, 2400, spike=False)), report))
+            console.log(f"published {report.sent:,} healthy events")
+            status.update("publishing a burst: checkout payment.charge fails with PMT_502")
+            sent_at = time.monotonic()
+            asyncio.run(publish(broker.bootstrap, "tocsin.events",
+                                _encoded(traffic(DEMO_T0_MS + 2_400_000, 180, spike=True)),
+                                report))
+            status.update("waiting for the incident")
+            rows = _wait(http_port, "SELECT * FROM incidents ORDER BY onset_ms LIMIT 1", proc, 30)
+            detect_s = time.monotonic() - sent_at
+            incident = rows[0]
+            console.log(f"incident {incident['incident_id']} opened on {incident['family']}")
+
+            status.update("publishing 15 min of recovery traffic")
+            asyncio.run(publish(broker.bootstrap, "tocsin.events",
+                                _encoded(traffic(DEMO_T0_MS + 2_580_000, 900, spike=False)),
+                                report))
+            status.update("waiting for the incident to resolve")
+            incident = _wait(
+                http_port, "SELECT * FROM incidents WHERE status = 'resolved' LIMIT 1", proc,
+                30)[0]
+            events = _query(http_port, "SELECT seq, kind, at_ms FROM incident_events "
+                            f"WHERE incident_id = '{incident['incident_id']}' ORDER BY seq")
+            console.log("lifecycle: " + ", ".join(
+                f"{e['kind']} at {_iso(e['at_ms'])}" for e in events))
+            status.update("stopping the worker")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+            proc = None
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if db is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "incident_id": incident["incident_id"],
+        "family": incident["family"],
+        "env": incident["env"],
+        "status": incident["status"],
+        "onset": _iso(incident["onset_ms"]),
+        "onset_ms": incident["onset_ms"],
+        "window_count": incident["opened_window_count"],
+        "baseline": incident["opened_baseline"],
+        "lift": incident["opened_lift"],
+        "lifecycle": [e["kind"] for e in events],
+        "events_published": report.sent,
+        "detect_seconds": round(detect_s, 3),
+    }

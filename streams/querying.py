@@ -1,0 +1,96 @@
+"""Client side of ``tocsin query``: through the running worker's HTTP port when one holds
+the database, else a read-only DuckDB connection of our own (ADR 0006)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from tocsin.sinks.duckdb_sink import ReadOnlyViolation, check_read_only
+
+
+class QueryError(RuntimeError):
+    """The query could not run; the message says why."""
+
+
+def worker_file(db: str | Path) -> Path:
+    return Path(f"{db}.worker.json")
+
+
+def write_worker_file(db: str | Path, http_port: int, broker: str) -> Path:
+    path = worker_file(db)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "http_port": http_port, "broker": broker}))
+    tmp.replace(path)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker_port(db: str | Path) -> int | None:
+    try:
+        info = json.loads(worker_file(db).read_text())
+    except (OSError, ValueError):
+        return None
+    if not info.get("http_port") or not _alive(int(info.get("pid", 0))):
+        return None
+    return int(info["http_port"])
+
+
+def _via_worker(port: int, sql: str) -> tuple[list[str], list[list[Any]]] | None:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/query", data=json.dumps({"sql": sql}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise QueryError(message) from exc
+    except (urllib.error.URLError, TimeoutError, ConnectionError):
+        return None
+    return body["columns"], body["rows"]
+
+
+def run_query(db: str | Path, sql: str) -> tuple[list[str], list[list[Any]]]:
+    port = _worker_port(db)
+    if port is not None:
+        found = _via_worker(port, sql)
+        if found is not None:
+            return found
+    if not Path(db).exists():
+        raise QueryError(f"no database at {db} (run `tocsin run` or `tocsin demo --db {db}`)")
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.IOException as exc:
+        raise QueryError(
+            f"{db} is held by a running worker that serves no HTTP port: {exc}") from exc
+    try:
+        check_read_only(con, sql)
+        rel = con.execute(sql)
+        columns = [d[0] for d in rel.description or []]
+        return columns, [list(r) for r in rel.fetchall()]
+    except ReadOnlyViolation as exc:
+        raise QueryError(str(exc)) from exc
+    except duckdb.Error as exc:
+        raise QueryError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        con.close()

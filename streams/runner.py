@@ -1,0 +1,45 @@
+"""Starting a worker: the embedded broker when none is given, the Faust worker, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+import faust
+
+from tocsin.streams.app import create_app
+from tocsin.streams.broker import EmbeddedBroker
+from tocsin.streams.querying import worker_file, write_worker_file
+from tocsin.streams.settings import Settings
+
+
+def run_worker(settings: Settings, embedded_port: int | None = None,
+               log_level: str = "warning") -> int:
+    """Run until SIGINT/SIGTERM (Faust's worker handles both: services stop in order, the
+    detector writes its last checkpoint, the projection commits). Returns the exit code."""
+    broker: EmbeddedBroker | None = None
+    bootstrap = settings.broker
+    if bootstrap is None:
+        broker = EmbeddedBroker(embedded_port).start()
+        bootstrap = broker.bootstrap
+        print(f"tocsin: embedded broker (Tansu, memory only) on {bootstrap}",
+              file=sys.stderr, flush=True)
+    code = 0
+    try:
+        app, _ = create_app(settings, bootstrap)
+        if settings.http_port:
+            write_worker_file(settings.db, settings.http_port, bootstrap)
+        worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+        logging.getLogger("tocsin").setLevel(log_level.upper())
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        if settings.http_port:
+            with contextlib.suppress(OSError):
+                worker_file(settings.db).unlink()
+        if broker is not None:
+            broker.stop()
+    return code

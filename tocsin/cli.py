@@ -1,0 +1,197 @@
+"""``tocsin``: the command line (click for parsing and usage errors, rich for display)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from tocsin.streams.settings import Settings
+
+err = Console(stderr=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except Exception as exc:  # pydantic.ValidationError: a usage problem, not a crash
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tocsin")
+def main() -> None:
+    """Tocsin: incident triage from wide events on Kafka."""
+
+
+# ---------------------------------------------------------------------- run
+
+
+@main.command()
+@click.option("--broker", metavar="HOST:PORT", help="Kafka bootstrap; default: start Tansu.")
+@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB file of the projection.")
+@click.option("--http-port", type=click.IntRange(0, 65535), help="Query/health port (0=off).")
+@click.option("--partitions", type=click.IntRange(1, 1024), help="Partitions of new topics.")
+@click.option("--role", type=click.Choice(["all", "detect", "project"]), help="What to run.")
+@click.option("--incident-encoding", type=click.Choice(["avro", "json"]))
+@click.option("--embedded-port", type=click.IntRange(1, 65535),
+              help="Port of the embedded broker (default: a free one).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def run(broker: str | None, db: str | None, http_port: int | None, partitions: int | None,
+        role: str | None, incident_encoding: str | None, embedded_port: int | None,
+        log_level: str) -> None:
+    """Run the worker until SIGINT/SIGTERM."""
+    from tocsin.streams.runner import run_worker
+
+    settings = _settings(broker=broker, db=db, http_port=http_port, partitions=partitions,
+                         role=role, incident_encoding=incident_encoding)
+    sys.exit(run_worker(settings, embedded_port=embedded_port, log_level=log_level))
+
+
+# ---------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--db", type=click.Path(dir_okay=False),
+              help="Keep the demo's DuckDB file here (default: a temporary folder).")
+def demo(as_json: bool, db: str | None) -> None:
+    """Start a broker and a worker, send traffic with a spike, show the incident."""
+    from tocsin.streams.demo import run_demo
+
+    result = run_demo(db=db, console=err)
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
+        return
+    table = Table(title="incident opened", show_header=False)
+    for key in ("incident_id", "family", "env", "status", "onset", "window_count",
+                "baseline", "lift", "detect_seconds"):
+        table.add_row(key, str(result.get(key)))
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------- produce
+
+
+@main.command()
+@click.argument("file", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--topic", required=True, help="Topic to publish to.")
+@click.option("--broker", metavar="HOST:PORT", help="Kafka bootstrap.",
+              envvar="TOCSIN_BROKER", required=True)
+@click.option("--encoding", type=click.Choice(["json", "avro"]), default="json",
+              show_default=True, help="Wire encoding for wide events.")
+def produce(file: str, topic: str, broker: str, encoding: str) -> None:
+    """Publish NDJSON (plain or gzip, - for stdin) or a JSON array, validating each record.
+
+    Records for the events topic are checked against wide_event.v1 and keyed by service.
+    """
+    from tocsin.streams.producing import ProduceReport, prepare, publish, read_records
+
+    if file != "-" and not Path(file).exists():
+        raise click.BadParameter(f"no such file: {file}", param_hint="FILE")
+    report = ProduceReport()
+    wide = topic == Settings().topics.events
+    items = prepare(read_records(file), wide, encoding, report)  # type: ignore[arg-type]
+    try:
+        asyncio.run(publish(broker, topic, items, report))
+    except Exception as exc:  # noqa: BLE001 - a broker problem is a clear message
+        err.print(f"[red]error:[/] could not publish to {broker}: {exc}")
+        sys.exit(2)
+    for r in report.rejected:
+        err.print(f"line {r.line}: rejected: {r.reason}")
+    err.print(f"sent {report.sent}, rejected {len(report.rejected)}")
+    sys.exit(1 if report.rejected else 0)
+
+
+# ---------------------------------------------------------------------- query
+
+
+def _run_query(db: str, sql: str) -> tuple[list[str], list[list[Any]]]:
+    from tocsin.streams.querying import QueryError, run_query
+
+    try:
+        return run_query(db, sql)
+    except QueryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+
+
+def _print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(orjson.dumps([dict(zip(columns, r, strict=True)) for r in rows],
+                                default=str).decode())
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        table = Table(*columns)
+        for r in rows:
+            table.add_row(*("" if v is None else str(v) for v in r))
+        Console().print(table)
+
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]),
+                      default="table", show_default=True)
+DB = click.option("--db", type=click.Path(dir_okay=False), default=None,
+                  help="DuckDB file (default: the worker's).")
+
+
+@main.command()
+@click.argument("sql")
+@DB
+@FORMAT
+def query(sql: str, db: str | None, fmt: str) -> None:
+    """Run one read-only SQL query (through the running worker when there is one)."""
+    columns, rows = _run_query(db or _settings().db, sql)
+    _print_rows(columns, rows, fmt)
+
+
+@main.command()
+@DB
+@FORMAT
+@click.option("--status", type=click.Choice(["active", "recovering", "resolved"]))
+def incidents(db: str | None, fmt: str, status: str | None) -> None:
+    """List incidents, newest first."""
+    where = f"WHERE status = '{status}'" if status else ""
+    sql = ("SELECT incident_id, family, env, status, onset, opened_window_count AS count, "
+           "opened_baseline AS baseline, opened_lift AS lift, peak_count, error_count "
+           f"FROM incidents {where} ORDER BY onset_ms DESC, incident_id")
+    columns, rows = _run_query(db or _settings().db, sql)
+    _print_rows(columns, rows, fmt)
+
+
+# ---------------------------------------------------------------------- broker
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: a free one).")
+def broker(port: int | None) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
+    import signal
+
+    from tocsin.streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port) as b:
+        click.echo(b.bootstrap)
+        err.print(f"embedded broker on {b.bootstrap} (memory only); Ctrl-C stops it")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+def entry() -> None:  # pragma: no cover - console script shim
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    main()
