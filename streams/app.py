@@ -130,7 +130,7 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Worker]:
         broker_heartbeat_interval=max(s.session_timeout_ms / 6000, 0.3),
         web_enabled=s.http_port > 0,
         web_port=s.http_port or 6066,
-        web_bind="127.0.0.1",
+        web_bind=s.http_bind,
         web_in_thread=False,
         producer_max_request_size=16 * 1024 * 1024,
         producer_compression_type=None,

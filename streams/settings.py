@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     broker: str | None = Field(None, description="HOST:PORT of Kafka; None = embedded Tansu")
     db: str = Field("tocsin-data/tocsin.duckdb", description="DuckDB file of the projection")
     http_port: int = Field(8077, ge=0, le=65535, description="query/health HTTP port (0=off)")
+    http_bind: str = Field("127.0.0.1", description="address the HTTP port binds")
     app_id: str = "tocsin"
     topics: Topics = Topics()
     partitions: int = Field(6, ge=1, description="partitions of topics Tocsin creates")
