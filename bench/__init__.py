@@ -1,0 +1,1 @@
+"""Tocsin benchmark: throughput vs a bare consumer and quixstreams, detection latency."""

@@ -1,0 +1,170 @@
+"""Detection latency: live spikes produced in real time against a caught-up worker.
+
+Each spike is a fresh family (baseline 0, so only MIN_COUNT 5 applies) on one service,
+with event times after everything that service sent before. Four errors are produced and
+acknowledged, then, after a short pause, the fifth: the record that crosses the
+threshold. Latency = from the fifth record's acknowledgement to the moment the family's
+``opened`` record is readable on ``tocsin.incidents`` (polled with a 10 ms fetch wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tocsin.schemas.codec import SchemaError, decode_incident
+from tocsin.streams.kafka_io import _wait_partitions, stop_quietly
+
+from .workload import EVENTS_TOPIC, SERVICES, Workload
+
+INCIDENTS_TOPIC = "tocsin.incidents"
+MIN_COUNT = 5
+GAP_S = 0.1  # pause before the crossing record: the worker is idle when it arrives
+FamilyKey = tuple[str, str, str]
+
+
+@dataclass
+class IncidentWatch:
+    """Reads the incidents topic from the beginning; notes when each family opened."""
+
+    bootstrap: str
+    opened: dict[FamilyKey, float] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+    _waiters: dict[FamilyKey, asyncio.Event] = field(default_factory=dict)
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=10)
+        await self._consumer.start()
+        parts = await _wait_partitions(self._consumer, INCIDENTS_TOPIC, 20.0)
+        tps = [TopicPartition(INCIDENTS_TOPIC, p) for p in parts]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for records in batch.values():
+                for rec in records:
+                    self._note(rec.value or b"", now)
+
+    def _note(self, data: bytes, now: float) -> None:
+        try:
+            value = decode_incident(data)
+        except SchemaError:
+            return
+        kind = str(value.get("kind"))
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if kind != "opened":
+            return
+        key = (str(value["service"]), str(value["step"]), str(value["error_code"]))
+        self.opened.setdefault(key, now)
+        self._waiter(key).set()
+
+    def _waiter(self, key: FamilyKey) -> asyncio.Event:
+        return self._waiters.setdefault(key, asyncio.Event())
+
+    async def wait_opened(self, key: FamilyKey, timeout_s: float) -> float | None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._waiter(key).wait(), timeout_s)
+            return self.opened[key]
+        return None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await stop_quietly(self._consumer)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    samples_ms: list[float]
+    missed: int
+    replay_opened: list[FamilyKey]
+
+    def percentile(self, q: float) -> float | None:
+        """Nearest-rank percentile of the samples (None without samples)."""
+        if not self.samples_ms:
+            return None
+        ordered = sorted(self.samples_ms)
+        rank = max(1, -(-len(ordered) * q // 100))
+        return ordered[int(rank) - 1]
+
+
+def _error(t_ms: int, service: str, step: str, code: str, n: int) -> dict[str, Any]:
+    return {
+        "event_time_ms": t_ms, "service": service, "step": step, "env": "prod",
+        "status": "error", "error_code": code, "error_message": f"{code}: live spike",
+        "duration_ms": 12.5, "service_version": "2.3.1", "trace_id": f"{n:032x}",
+        "request_id": f"live-{n}", "user_id": f"user-{n % 5000}",
+    }
+
+
+async def _send(producer: AIOKafkaProducer, event: dict[str, Any]) -> None:
+    """Produce one record and wait for its acknowledgement."""
+    await (await producer.send(EVENTS_TOPIC, orjson.dumps(event),
+                               key=event["service"].encode()))
+
+
+async def _one_spike(producer: AIOKafkaProducer, watch: IncidentWatch, index: int,
+                     tag: str, start_ms: int, timeout_s: float) -> float | None:
+    """Produce one spike; the detection latency in ms, or None if nothing opened."""
+    service = SERVICES[index % len(SERVICES)]
+    step, code = f"{service}.live", f"LIVE_{tag}_{index:02d}"
+    for j in range(MIN_COUNT - 1):
+        await _send(producer, _error(start_ms + j * 1000, service, step, code, index * 10 + j))
+    await asyncio.sleep(GAP_S)
+    await _send(producer, _error(start_ms + (MIN_COUNT - 1) * 1000, service, step, code,
+                                 index * 10 + MIN_COUNT))
+    acked = time.perf_counter()
+    opened = await watch.wait_opened((service, step, code), timeout_s)
+    return None if opened is None else (opened - acked) * 1000
+
+
+def replay_opened(watch: IncidentWatch, workload: Workload) -> list[FamilyKey]:
+    """The workload's own spike families that opened during the throughput phase."""
+    wanted = {(s.service, s.step, s.code) for s in workload.spikes}
+    return sorted(k for k in watch.opened if k in wanted)
+
+
+async def run_latency(bootstrap: str, workload: Workload, spikes: int, tag: str,
+                      timeout_s: float = 10.0) -> LatencyResult:
+    watch = IncidentWatch(bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=False)
+    await producer.start()
+    try:
+        await watch.start()
+        samples: list[float] = []
+        missed = 0
+        for i in range(spikes):
+            start_ms = workload.end_ms + 60_000 + i * 60_000
+            latency = await _one_spike(producer, watch, i, tag, start_ms, timeout_s)
+            if latency is None:
+                missed += 1
+            else:
+                samples.append(latency)
+            await asyncio.sleep(0.2)
+        return LatencyResult(samples, missed, replay_opened(watch, workload))
+    finally:
+        await watch.stop()
+        await stop_quietly(producer)
+
+
+def measure_latency(bootstrap: str, workload: Workload, spikes: int, tag: str
+                    ) -> LatencyResult:
+    return asyncio.run(run_latency(bootstrap, workload, spikes, tag))

@@ -1,0 +1,160 @@
+"""(b) Tocsin's detection path: the real worker as a subprocess, watched over HTTP.
+
+``python -m tocsin run --role all`` with a fresh app id (a clean consumer group) and a
+6 s session timeout. Throughput is read from ``/healthz`` (``metrics.events_in``, the
+events decoded and counted): from the first poll that sees events counted until the
+count reaches N. Peak RSS is the worker's ``VmHWM`` from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tocsin.streams.broker import free_port
+
+POLL_S = 0.05
+
+
+class WorkerError(RuntimeError):
+    """The worker exited, never answered, or stalled."""
+
+
+@dataclass(frozen=True)
+class Throughput:
+    events: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+class TocsinWorker:
+    """Start the worker, poll its health, read its peak RSS, stop it (always)."""
+
+    def __init__(self, bootstrap: str, workdir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.port = free_port()
+        self.app_id = f"bench-{uuid.uuid4().hex[:8]}"
+        self.log_path = workdir / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> TocsinWorker:
+        env = dict(os.environ, TOCSIN_SESSION_TIMEOUT_MS="6000", TOCSIN_APP_ID=self.app_id)
+        cmd = [sys.executable, "-m", "tocsin", "run", "--broker", self.bootstrap,
+               "--db", str(self.workdir / "bench.duckdb"), "--http-port", str(self.port),
+               "--role", "all"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def _check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise WorkerError(f"the worker exited with {self.proc.returncode}:\n"
+                              f"{self.log_tail()}")
+
+    def health(self) -> dict[str, Any] | None:
+        """The /healthz body, or None while the worker does not answer."""
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
+                                        timeout=2) as resp:
+                body: dict[str, Any] = json.loads(resp.read())
+                return body
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return None
+
+    def events_in(self) -> int | None:
+        body = self.health()
+        return None if body is None else int(body["metrics"]["events_in"])
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.health() is not None:
+                return
+            time.sleep(0.1)
+        raise WorkerError(f"no /healthz answer in {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def wait_detecting(self, timeout_s: float) -> None:
+        """Until the detection consumer holds its partitions (idle worker)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            body = self.health()
+            if body is not None and body.get("detecting"):
+                return
+            time.sleep(0.1)
+        raise WorkerError(f"detection not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def measure(self, events: int, timeout_s: float) -> Throughput:
+        """events/s from the first poll that sees counting until ``events`` are counted."""
+        deadline = time.monotonic() + timeout_s
+        first: tuple[float, int] | None = None
+        while time.monotonic() < deadline:
+            seen = self.events_in()
+            now = time.perf_counter()
+            if seen:
+                if first is None:
+                    first = (now, seen)
+                if seen >= events:
+                    if seen == first[1]:
+                        raise WorkerError("all events were counted before the first poll")
+                    return Throughput(seen - first[1], now - first[0])
+            time.sleep(POLL_S)
+        raise WorkerError(f"the worker counted {self.events_in()} of {events} events in "
+                          f"{timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def peak_rss_mb(self) -> float | None:
+        """VmHWM of the worker process, in MiB (None when /proc has no answer)."""
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code (None if killed)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is not None:
+            return proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            return None
+
+    def __enter__(self) -> TocsinWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
