@@ -92,17 +92,20 @@ def demo(as_json: bool, db: str | None) -> None:
               envvar="TOCSIN_BROKER", required=True)
 @click.option("--encoding", type=click.Choice(["json", "avro"]), default="json",
               show_default=True, help="Wire encoding for wide events.")
-def produce(file: str, topic: str, broker: str, encoding: str) -> None:
+@click.option("--schema", type=click.Choice(["wide_event.v1", "json"]), default="wide_event.v1",
+              show_default=True, help="Contract each record is checked against.")
+def produce(file: str, topic: str, broker: str, encoding: str, schema: str) -> None:
     """Publish NDJSON (plain or gzip, - for stdin) or a JSON array, validating each record.
 
-    Records for the events topic are checked against wide_event.v1 and keyed by service.
+    Wide events are checked against wide_event.v1 and keyed by service; `--schema json`
+    only checks that each record is a JSON object.
     """
     from tocsin.streams.producing import ProduceReport, prepare, publish, read_records
 
     if file != "-" and not Path(file).exists():
         raise click.BadParameter(f"no such file: {file}", param_hint="FILE")
     report = ProduceReport()
-    wide = topic == Settings().topics.events
+    wide = schema == "wide_event.v1"
     items = prepare(read_records(file), wide, encoding, report)  # type: ignore[arg-type]
     try:
         asyncio.run(publish(broker, topic, items, report))
@@ -110,8 +113,8 @@ def produce(file: str, topic: str, broker: str, encoding: str) -> None:
         err.print(f"[red]error:[/] could not publish to {broker}: {exc}")
         sys.exit(2)
     for r in report.rejected:
-        err.print(f"line {r.line}: rejected: {r.reason}")
-    err.print(f"sent {report.sent}, rejected {len(report.rejected)}")
+        click.echo(f"line {r.line}: rejected: {r.reason}", err=True)
+    click.echo(f"sent {report.sent}, rejected {len(report.rejected)}", err=True)
     sys.exit(1 if report.rejected else 0)
 
 
