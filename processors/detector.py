@@ -168,7 +168,7 @@ class PartitionDetector:
             seq=0,
             status_since_ms=clock,
             peak_count=count,
-            error_count=1,
+            error_count=count,
         )
         self.open_by_service.setdefault(family.service, set()).add(family)
         self._idle_check_ms = None
