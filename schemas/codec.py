@@ -66,7 +66,10 @@ class AvroSchema:
         self.raw: dict[str, Any] = json.loads(schema_text(name))
         self.parsed = fastavro.parse_schema(_strip_logical(copy.deepcopy(self.raw)))
         canonical = to_parsing_canonical_form(fastavro.parse_schema(copy.deepcopy(self.raw)))
-        self.fingerprint = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))[::-1]
+        # fastavro gives the fingerprint as the hex of its little-endian bytes, which is
+        # the order single-object encoding puts on the wire (spec example: "int" ->
+        # C3 01 8F 5C 39 3F 1A D5 75 72).
+        self.fingerprint = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
         self.header = SOE_MAGIC + self.fingerprint
         self.fields = [f["name"] for f in self.raw["fields"]]
 

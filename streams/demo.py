@@ -28,7 +28,7 @@ from tocsin.streams.broker import EmbeddedBroker, free_port
 from tocsin.streams.kafka_io import TopicSpec, ensure_topics
 from tocsin.streams.producing import ProduceReport, publish
 
-DEMO_T0_MS = 1_793_610_000_000  # 2026-11-02T08:20:00Z
+DEMO_T0_MS = 1_793_610_000_000  # 2026-11-02T09:00:00Z
 SERVICES: dict[str, list[str]] = {
     "frontend": ["GET /checkout", "GET /search", "GET /cart"],
     "checkout": ["payment.charge", "inventory.reserve", "cart.load"],

@@ -31,7 +31,7 @@ from tocsin.streams.kafka_io import TopicSpec, ensure_topics, read_to_end
 
 _ids = itertools.count(1)
 HOUR_MS = 3_600_000
-T0_MS = 1_793_610_000_000  # 2026-11-02T08:20:00Z
+T0_MS = 1_793_610_000_000  # 2026-11-02T09:00:00Z
 
 
 @dataclass
