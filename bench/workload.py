@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from functools import cache
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import orjson

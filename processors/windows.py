@@ -8,8 +8,9 @@ precede it, back to back. A bucket absent from the map counts 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from statistics import median
+from typing import Any
 
 
 def bucket_index(t_ms: int, bucket_ms: int) -> int:
@@ -40,7 +41,7 @@ def baseline(buckets: Mapping[int, int], last_index: int, width: int, count: int
     return float(median(prior_window_sums(buckets, last_index, width, count)))
 
 
-def trim(buckets: dict[int, int], keep_from_index: int) -> None:
+def trim(buckets: MutableMapping[int, Any], keep_from_index: int) -> None:
     """Drop buckets older than ``keep_from_index`` (in place)."""
     for i in [i for i in buckets if i < keep_from_index]:
         del buckets[i]

@@ -108,7 +108,7 @@ def _failing_field(raw: Mapping[str, Any], record: Mapping[str, Any]) -> str | N
     for f in raw["fields"]:
         name = f["name"]
         if name not in record and "default" not in f:
-            return name
+            return str(name)
     for f in raw["fields"]:
         name = f["name"]
         sub = _strip_logical({"type": "record", "name": "Probe", "fields": [f]})

@@ -86,11 +86,11 @@ class Worker(mode.Service):
                 self.detection = Detection(
                     s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
                 await self.detection.run()
-        except Exception:
+        except Exception as exc:
+            # Crash the whole worker (non-zero exit): a supervisor restarts it and it
+            # resumes from its checkpoints; limping on without detection would hide it.
             log.exception("worker failed; stopping so that a restart resumes from state")
-            self.app._crash_reason = "worker failed"  # noqa: SLF001
-            asyncio.get_running_loop().call_soon(_exit_hard)
-            raise
+            await self.crash(exc)
 
     async def on_stop(self) -> None:
         if self.detection is not None:
@@ -101,10 +101,6 @@ class Worker(mode.Service):
             await asyncio.wait(self._runs, timeout=15)
         if self.sink is not None:
             self.sink.close()
-
-
-def _exit_hard() -> None:
-    raise SystemExit(1)
 
 
 def topic_specs(s: Settings) -> list[TopicSpec]:

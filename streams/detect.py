@@ -75,7 +75,7 @@ def window_records(fams: list[FamilyWindow], steps: list[StepWindow], bucket_ms:
     return out
 
 
-class Detection(ConsumerRebalanceListener):
+class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
     """Owns the events consumer, the detectors of its partitions and their checkpoints."""
 
     def __init__(self, settings: Settings, bootstrap: str, store: CheckpointStore,

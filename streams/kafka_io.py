@@ -53,10 +53,8 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], replication:
             if s.name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 

@@ -27,7 +27,7 @@ log = logging.getLogger("tocsin.project")
 def _header(rec: ConsumerRecord[bytes, bytes], name: str) -> str | None:
     for k, v in rec.headers or ():
         if k == name:
-            return v.decode(errors="replace")
+            return bytes(v).decode(errors="replace")
     return None
 
 

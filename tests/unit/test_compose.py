@@ -20,6 +20,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
 from tocsin.streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -188,7 +188,7 @@ def test_restart_at_any_point_gives_the_same_output(cuts: list[int]) -> None:
     det = PartitionDetector(cfg)
     out: list[IncidentEvent] = []
     start = 0
-    for cut in sorted(cuts) + [len(SCENARIO)]:
+    for cut in [*sorted(cuts), len(SCENARIO)]:
         out += run(SCENARIO[start:cut], detector=det)
         det.drain_windows()
         det = PartitionDetector.restore(cfg, json.loads(json.dumps(det.snapshot())))
@@ -202,7 +202,7 @@ def test_eviction_at_any_point_is_invisible(points: list[int]) -> None:
     det = PartitionDetector(DetectorConfig())
     out: list[IncidentEvent] = []
     start = 0
-    for p in sorted(points) + [len(SCENARIO)]:
+    for p in [*sorted(points), len(SCENARIO)]:
         out += run(SCENARIO[start:p], detector=det)
         det.evict_idle()
         start = p

@@ -78,5 +78,5 @@ def test_query_surface_is_read_only(sink: DuckDBSink, sql: str) -> None:
 def test_query_surface_cannot_read_files(sink: DuckDBSink, tmp_path: Path) -> None:
     secret = tmp_path / "secret.csv"
     secret.write_text("a\n1\n")
-    with pytest.raises(Exception, match="(?i)external|permission"):
+    with pytest.raises(Exception, match=r"(?i)external|permission"):
         sink.query(f"SELECT * FROM read_csv('{secret}')")
