@@ -61,9 +61,9 @@ def _strip_logical(node: Any) -> Any:
 class AvroSchema:
     """One parsed schema with its single-object-encoding header."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, text: str | None = None) -> None:
         self.name = name
-        self.raw: dict[str, Any] = json.loads(schema_text(name))
+        self.raw: dict[str, Any] = json.loads(schema_text(name) if text is None else text)
         self.parsed = fastavro.parse_schema(_strip_logical(copy.deepcopy(self.raw)))
         canonical = to_parsing_canonical_form(fastavro.parse_schema(copy.deepcopy(self.raw)))
         # fastavro gives the fingerprint as the hex of its little-endian bytes, which is
@@ -72,6 +72,14 @@ class AvroSchema:
         self.fingerprint = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
         self.header = SOE_MAGIC + self.fingerprint
         self.fields = [f["name"] for f in self.raw["fields"]]
+
+    @classmethod
+    def from_text(cls, name: str, text: str) -> AvroSchema:
+        """A writer schema from elsewhere (a registry); it must parse as Avro."""
+        try:
+            return cls(name, text)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SchemaError(f"{name} is not a usable Avro schema: {exc}") from exc
 
     def encode_body(self, record: Mapping[str, Any]) -> bytes:
         buf = io.BytesIO()
@@ -249,7 +257,7 @@ class WideEventDecoder:
             if self.registry_lookup is None or len(data) < 5:
                 raise SchemaError("Confluent wire format, but no schema registry is configured")
             schema = self.registry_lookup(int.from_bytes(data[1:5], "big"))
-            return schema.decode_body(data[5:])
+            return validate_wide_event(schema.decode_body(data[5:]))
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -266,9 +274,12 @@ def encode_incident(record: Mapping[str, Any], encoding: Encoding) -> bytes:
     return avro_schema(INCIDENT_EVENT).encode_soe(record)
 
 
-def decode_incident(data: bytes) -> dict[str, Any]:
+def decode_incident(data: bytes, registry_lookup: Callable[[int], AvroSchema] | None = None
+                    ) -> dict[str, Any]:
     if data[:1] == b"\xc3":
         return avro_schema(INCIDENT_EVENT).decode_soe(data)
+    if data[:1] == CONFLUENT_MAGIC and registry_lookup is not None and len(data) > 5:
+        return registry_lookup(int.from_bytes(data[1:5], "big")).decode_body(data[5:])
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

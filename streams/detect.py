@@ -30,9 +30,17 @@ from aiokafka.abc import ConsumerRebalanceListener
 from tocsin.processors.detector import FamilyWindow, PartitionDetector, StepWindow
 from tocsin.processors.family import family_of
 from tocsin.processors.lifecycle import IncidentEvent
-from tocsin.schemas.codec import SchemaError, WideEventDecoder, decode_incident, encode_incident
+from tocsin.schemas.codec import (
+    INCIDENT_EVENT,
+    SchemaError,
+    WideEventDecoder,
+    avro_schema,
+    decode_incident,
+    encode_incident,
+)
 from tocsin.streams.kafka_io import dead_letter_headers, read_to_end, stop_quietly
 from tocsin.streams.metrics import Metrics
+from tocsin.streams.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.settings import Settings
 
 log = logging.getLogger("tocsin.detect")
@@ -86,7 +94,10 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
         self.store = store
         self.metrics = metrics
         self.on_event = on_event
-        self.decode = WideEventDecoder()
+        self.registry = SchemaRegistry(settings.schema_registry_url) \
+            if settings.schema_registry_url else None
+        self.decode = WideEventDecoder(self.registry.lookup if self.registry else None)
+        self._incident_schema_id: int | None = None
         self.runs: dict[int, PartitionRun] = {}
         self.emitted: set[str] = set()
         self.consumer: AIOKafkaConsumer | None = None
@@ -110,6 +121,10 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             max_poll_records=s.max_poll_records, fetch_max_bytes=s.fetch_max_bytes,
             max_partition_fetch_bytes=s.fetch_max_bytes, fetch_max_wait_ms=50,
         )
+        if self.registry is not None and s.incident_encoding == "avro":
+            self._incident_schema_id = await asyncio.to_thread(
+                self.registry.register, f"{s.topics.incidents}-value",
+                avro_schema(INCIDENT_EVENT))
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([s.topics.events], listener=self)
@@ -160,7 +175,8 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
         records = await read_to_end(self.bootstrap, self.settings.topics.incidents)
         for rec in records:
             try:
-                value = decode_incident(rec.value or b"")
+                value = decode_incident(rec.value or b"",
+                                        self.registry.lookup if self.registry else None)
                 self.emitted.add(f"{value['incident_id']}:{value['seq']}")
             except (SchemaError, KeyError):
                 continue
@@ -204,7 +220,11 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             self.metrics.duplicates_suppressed += 1
             return
         self.emitted.add(change.event_id)
-        value = encode_incident(change.to_dict(), self.settings.incident_encoding)
+        if self._incident_schema_id is not None:
+            value = confluent_frame(self._incident_schema_id,
+                                    avro_schema(INCIDENT_EVENT).encode_body(change.to_dict()))
+        else:
+            value = encode_incident(change.to_dict(), self.settings.incident_encoding)
         run.pending.append(asyncio.ensure_future(self.producer.send(
             self.settings.topics.incidents, value, key=change.incident_id.encode(),
             headers=[("tocsin.event_id", change.event_id.encode()),

@@ -19,6 +19,7 @@ from tocsin.schemas.codec import SchemaError, decode_incident
 from tocsin.sinks.duckdb_sink import DuckDBSink
 from tocsin.streams.kafka_io import _wait_partitions, stop_quietly
 from tocsin.streams.metrics import Metrics
+from tocsin.streams.registry import SchemaRegistry
 from tocsin.streams.settings import Settings
 
 log = logging.getLogger("tocsin.project")
@@ -41,6 +42,8 @@ class Projection:
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.caught_up = asyncio.Event()
+        self.registry = SchemaRegistry(settings.schema_registry_url) \
+            if settings.schema_registry_url else None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -84,7 +87,8 @@ class Projection:
             for rec in records:
                 if tp.topic == topics.incidents:
                     try:
-                        events.append(decode_incident(rec.value or b""))
+                        events.append(decode_incident(
+                            rec.value or b"", self.registry.lookup if self.registry else None))
                     except SchemaError as exc:
                         log.error("undecodable incident event at %s:%s: %s",
                                   tp, rec.offset, exc)

@@ -1,0 +1,127 @@
+"""``python -m bench [--json] [--events N] [--no-quix]``: Tocsin's benchmark.
+
+One embedded broker per run; the workload is produced once, then read by (a) the bare
+consumer, (b) the Tocsin worker (followed by the live-spike latency phase while it is
+caught up) and (c) the quixstreams peer, one after the other so they never share the CPU.
+Progress goes to stderr; the figures to stdout. Every subprocess and the broker are
+stopped whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tocsin.streams.broker import EmbeddedBroker
+
+from .bare import measure_bare
+from .latency import LatencyResult, measure_latency
+from .quix import QuixResult, run_quix
+from .report import Run, render, to_dict
+from .worker import Throughput, TocsinWorker
+from .workload import Workload, produce
+
+STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.monotonic() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--events", type=int, default=300_000, help="workload size (default 300000)")
+    p.add_argument("--spikes", type=int, default=20, help="live spikes for latency (default 20)")
+    p.add_argument("--no-quix", action="store_true", help="skip (c), the quixstreams peer")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs, DuckDB)")
+    p.add_argument("--check", action="store_true", help="exit 3 when a target is missed")
+    args = p.parse_args(argv)
+    if args.events < 10_000:
+        p.error("--events must be at least 10000")
+    if not 1 <= args.spikes <= 200:
+        p.error("--spikes must be within 1..200")
+    return args
+
+
+def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path
+                 ) -> tuple[Throughput, LatencyResult, float | None, dict[str, Any], int | None]:
+    """(b) and the latency phase on one worker; it is stopped (SIGTERM) at the end."""
+    worker = TocsinWorker(bootstrap, workdir).start()
+    try:
+        say(f"(b) worker pid {worker.pid} ({worker.app_id}); waiting for it to count "
+            f"{workload.events:,} events")
+        tput = worker.measure(workload.events, timeout_s=max(120.0, workload.events / 2000))
+        say(f"(b) {tput.events_per_s:,.0f} events/s; live spikes for detection latency")
+        worker.wait_detecting(30.0)
+        latency = measure_latency(bootstrap, workload, spikes, uuid.uuid4().hex[:6])
+        body = worker.health() or {}
+        rss = worker.peak_rss_mb()
+    finally:
+        code = worker.stop()
+    say(f"(b) worker stopped (exit code {code})")
+    return tput, latency, rss, body.get("metrics", {}), code
+
+
+def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
+    notes: list[str] = []
+    say("(c) quixstreams peer (venv under ~/.cache/tocsin-bench)")
+    result = run_quix(bootstrap, events, workdir, notes)
+    for note in notes:
+        say(f"(c) {note}")
+    if result.skipped:
+        say(f"(c) skipped: {result.skipped}")
+    else:
+        say(f"(c) {result.events_per_s or 0:,.0f} events/s")
+    return result
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        say(f"broker on {broker.bootstrap}; producing {args.events:,} events")
+        workload = asyncio.run(produce(broker.bootstrap, args.events))
+        say(f"produced {workload.events:,} events ({workload.bytes / 1e6:.1f} MB); (a) bare")
+        bare = measure_bare(broker.bootstrap, workload.events)
+        say(f"(a) {bare.events_per_s:,.0f} events/s ({bare.keys} keys)")
+        tput, latency, rss, metrics, code = tocsin_phase(
+            broker.bootstrap, workload, args.spikes, workdir)
+        quix = None if args.no_quix else quix_phase(broker.bootstrap, workload.events, workdir)
+    return to_dict(Run(workload, bare, tput, latency, quix, rss, metrics, code))
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    workdir = Path(tempfile.mkdtemp(prefix="tocsin-bench-"))
+    try:
+        result = run(args, workdir)
+    except Exception as exc:
+        say(f"failed: {type(exc).__name__}: {exc}")
+        say(f"logs kept in {workdir}")
+        return 1
+    result["seconds"] = round(time.monotonic() - STARTED, 1)
+    if args.keep:
+        say(f"work dir kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(result, sort_keys=True) if args.json else render(result), flush=True)
+    missed = [k for k, ok in result["targets_met"].items() if ok is False]
+    return 3 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

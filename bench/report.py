@@ -1,0 +1,117 @@
+"""The figures of one run: one JSON-able dict, and its text rendering with the targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .bare import BareResult
+from .latency import LatencyResult
+from .quix import QuixResult
+from .worker import Throughput
+from .workload import PARTITIONS, SERVICES, Workload
+
+TARGET_RATIO_VS_BARE = 0.5
+TARGET_RATIO_VS_QUIX = 1.0
+TARGET_P99_MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Run:
+    workload: Workload
+    bare: BareResult
+    tocsin: Throughput
+    latency: LatencyResult
+    quix: QuixResult | None
+    peak_rss_mb: float | None
+    worker_metrics: dict[str, Any]
+    worker_exit: int | None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _round(x: float | None, digits: int = 1) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def _targets(r: dict[str, Any]) -> dict[str, bool | None]:
+    vs_quix = r["ratio_vs_quix"]
+    p99 = r["p99_detect_ms"]
+    return {
+        "ratio_vs_bare": r["ratio_vs_bare"] is not None
+        and r["ratio_vs_bare"] >= TARGET_RATIO_VS_BARE,
+        "ahead_of_quix": None if vs_quix is None else vs_quix > TARGET_RATIO_VS_QUIX,
+        "p99_detect": p99 is not None and p99 <= TARGET_P99_MS and r["detect_missed"] == 0,
+    }
+
+
+def to_dict(run: Run) -> dict[str, Any]:
+    w, quix = run.workload, run.quix
+    quix_rate = quix.events_per_s if quix and not quix.skipped else None
+    result: dict[str, Any] = {
+        "events": w.events,
+        "event_bytes": w.bytes,
+        "services": len(SERVICES),
+        "families": w.families,
+        "partitions": PARTITIONS,
+        "bare_events_per_s": _round(run.bare.events_per_s),
+        "tocsin_events_per_s": _round(run.tocsin.events_per_s),
+        "quix_events_per_s": _round(quix_rate),
+        "quix_version": quix.version if quix else None,
+        "quix_skipped": (quix.skipped if quix else "--no-quix"),
+        "ratio_vs_bare": _ratio(run.tocsin.events_per_s, run.bare.events_per_s),
+        "ratio_vs_quix": _ratio(run.tocsin.events_per_s, quix_rate),
+        "p50_detect_ms": _round(run.latency.percentile(50)),
+        "p99_detect_ms": _round(run.latency.percentile(99)),
+        "detect_samples_ms": [round(x, 1) for x in run.latency.samples_ms],
+        "detect_missed": run.latency.missed,
+        "peak_rss_mb": _round(run.peak_rss_mb),
+        "replay_spikes_expected": len(w.spikes),
+        "replay_spikes_opened": len(run.latency.replay_opened),
+        "worker_lifecycle": run.worker_metrics.get("lifecycle", {}),
+        "worker_dead_letters": run.worker_metrics.get("dead_letters"),
+        "worker_exit_code": run.worker_exit,
+    }
+    result["targets_met"] = _targets(result)
+    return result
+
+
+def _mark(ok: bool | None) -> str:
+    return {True: "ok", False: "MISSED", None: "n/a"}[ok]
+
+
+def _num(x: float | None, unit: str = "", fmt: str = ",.0f") -> str:
+    return "n/a" if x is None else f"{x:{fmt}}{unit}"
+
+
+def render(r: dict[str, Any]) -> str:
+    t = r["targets_met"]
+    quix_name = f"quixstreams {r['quix_version'] or ''}".rstrip()
+    quix_line = (_num(r["quix_events_per_s"], " ev/s") if r["quix_events_per_s"] is not None
+                 else f"skipped ({r['quix_skipped']})")
+    lines = [
+        f"workload: {r['events']:,} wide events ({r['event_bytes'] / 1e6:.1f} MB JSON), "
+        f"{r['services']} services, {r['families']} error families, {r['partitions']} "
+        "partitions, 5% errors, 4 replay spikes",
+        "",
+        f"(a) bare aiokafka getmany + WideEventDecoder  {_num(r['bare_events_per_s'], ' ev/s')}",
+        f"(b) Tocsin worker (run --role all)            {_num(r['tocsin_events_per_s'], ' ev/s')}",
+        f"(c) {quix_name + ' (group_by + 30 s window)':<42}  {quix_line}",
+        "",
+        f"Tocsin / bare        {_num(r['ratio_vs_bare'], '', '.2f'):>8}   "
+        f"target >= {TARGET_RATIO_VS_BARE}  {_mark(t['ratio_vs_bare'])}",
+        f"Tocsin / quixstreams {_num(r['ratio_vs_quix'], '', '.2f'):>8}   "
+        f"target > 1 (ahead)  {_mark(t['ahead_of_quix'])}",
+        f"detect p50           {_num(r['p50_detect_ms'], ' ms', '.1f'):>8}",
+        f"detect p99           {_num(r['p99_detect_ms'], ' ms', '.1f'):>8}   "
+        f"target <= {TARGET_P99_MS:.0f} ms  {_mark(t['p99_detect'])}"
+        f"  ({len(r['detect_samples_ms'])} spikes, {r['detect_missed']} missed)",
+        f"peak RSS of worker   {_num(r['peak_rss_mb'], ' MB', '.1f'):>8}",
+        "",
+        f"replay spikes opened during (b): {r['replay_spikes_opened']} of "
+        f"{r['replay_spikes_expected']}; worker lifecycle events {r['worker_lifecycle']}, "
+        f"dead letters {r['worker_dead_letters']}, exit code {r['worker_exit_code']}",
+    ]
+    return "\n".join(lines)
