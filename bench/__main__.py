@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
@@ -32,6 +33,7 @@ from .worker import Throughput, TocsinWorker
 from .workload import Workload, produce
 
 STARTED = time.monotonic()
+BUSY_LOAD = 0.7  # 1-minute load average above which other work skews the figures
 
 
 def say(message: str) -> None:
@@ -87,6 +89,9 @@ def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    load = os.getloadavg()[0]
+    if load > BUSY_LOAD:
+        say(f"the machine is busy (1-minute load {load:.2f}): figures may be noisy")
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         say(f"broker on {broker.bootstrap}; producing {args.events:,} events")
         workload = asyncio.run(produce(broker.bootstrap, args.events))
@@ -96,7 +101,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         tput, latency, rss, metrics, code = tocsin_phase(
             broker.bootstrap, workload, args.spikes, workdir)
         quix = None if args.no_quix else quix_phase(broker.bootstrap, workload.events, workdir)
-    return to_dict(Run(workload, bare, tput, latency, quix, rss, metrics, code))
+    result = to_dict(Run(workload, bare, tput, latency, quix, rss, metrics, code))
+    result["load_avg_1m_at_start"] = round(load, 2)
+    return result
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tocsin-bench-"))
     try:
         result = run(args, workdir)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - report any failure, keep the logs
         say(f"failed: {type(exc).__name__}: {exc}")
         say(f"logs kept in {workdir}")
         return 1

@@ -34,7 +34,9 @@ events, timeout_s = int(events), float(timeout_s)
 app = Application(
     broker_address=broker, consumer_group=group, auto_offset_reset="earliest",
     state_dir=state_dir, loglevel="WARNING",
-    consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 10},
+    consumer_extra_config={
+        "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50,
+    },
 )
 topic = app.topic(
     topic_name, value_deserializer="json",

@@ -114,4 +114,8 @@ def render(r: dict[str, Any]) -> str:
         f"{r['replay_spikes_expected']}; worker lifecycle events {r['worker_lifecycle']}, "
         f"dead letters {r['worker_dead_letters']}, exit code {r['worker_exit_code']}",
     ]
+    load = r.get("load_avg_1m_at_start")
+    if load is not None:
+        lines.append(f"1-minute load average at start: {load:.2f}"
+                     + (" (busy machine: figures may be noisy)" if load > 0.7 else ""))
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 
-@dataclass
+@dataclass(eq=False)
 class Metrics(Collector):
     events_in: int = 0
     dead_letters: int = 0

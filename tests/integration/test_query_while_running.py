@@ -45,3 +45,32 @@ def test_cli_queries_the_database_a_running_worker_holds(broker: str, tmp_path: 
                  "--format", "json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [{"n": 3}]
+
+
+def test_bad_http_requests_get_4xx_with_a_message(broker: str, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    names = Names.fresh("http")
+    worker = WorkerProc(broker, names, tmp_path / "h.duckdb").start()
+    try:
+        worker._wait(lambda h: h["detecting"], 60, "detecting")
+        url = f"http://127.0.0.1:{worker.http_port}/v1/query"
+        for body, expected in [(b"{nope", "body must be JSON"),
+                               (b'{"query": "SELECT 1"}', "body must be"),
+                               (b'{"sql": "SELECT 1", "params": 3}', "params"),
+                               (b'{"sql": "DROP TABLE incidents"}', "only SELECT"),
+                               (b'{"sql": "SELEC 1"}', "syntax error")]:
+            req = urllib.request.Request(url, data=body, method="POST")
+            try:
+                urllib.request.urlopen(req, timeout=10)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 400
+                assert expected in json.loads(exc.read())["error"]
+            else:
+                raise AssertionError(f"{body!r} was accepted")
+        assert worker.query("SELECT count(*) AS n FROM incidents") == [{"n": 0}]
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.http_port}/metrics") as resp:
+            assert b"tocsin_events_total" in resp.read()
+    finally:
+        assert worker.stop() == 0
