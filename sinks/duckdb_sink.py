@@ -179,9 +179,9 @@ class DuckDBSink:
     def query(self, sql: str, params: Sequence[Any] | None = None
               ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only statement on a cursor of the writer's connection."""
-        check_read_only(self.con, sql)
-        cur = self.con.cursor()
+        cur = self.con.cursor()  # its own connection to the database: thread-safe
         try:
+            check_read_only(cur, sql)
             rel = cur.execute(sql, params or [])
             names = [d[0] for d in rel.description or []]
             return names, rel.fetchall()

@@ -86,20 +86,53 @@ def _query(port: int, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(body["columns"], r, strict=True)) for r in body["rows"]]
 
 
-def _wait(port: int, sql: str, proc: subprocess.Popen[bytes], timeout_s: float
+class DemoError(RuntimeError):
+    """The demo could not finish; the message says where, with the worker's last words."""
+
+
+def _check(proc: subprocess.Popen[bytes], log: Path) -> None:
+    if proc.poll() is not None:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise DemoError(f"the worker exited with {proc.returncode}:\n{tail}")
+
+
+def _health(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError:
+        raise
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def _wait_detecting(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float
+                    ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _check(proc, log)
+        health = _health(port)
+        if health and health["detecting"]:
+            return
+        time.sleep(0.1)
+    raise DemoError(f"the worker was not consuming after {timeout_s:.0f}s (log: {log})")
+
+
+def _wait(port: int, sql: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float
           ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with {proc.returncode}")
+        _check(proc, log)
         try:
             rows = _query(port, sql)
             if rows:
                 return rows
+        except urllib.error.HTTPError as exc:
+            raise DemoError(f"the worker refused {sql!r}: {exc.read()[:500]!r}") from exc
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing after {timeout_s:.0f}s for: {sql}")
+        time.sleep(0.05)
+    raise DemoError(f"nothing after {timeout_s:.0f}s for: {sql} (log: {log})")
 
 
 def _iso(ms: int) -> str:
@@ -108,8 +141,10 @@ def _iso(ms: int) -> str:
 
 def run_demo(db: str | None = None, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
-    workdir = Path(tempfile.mkdtemp(prefix="tocsin-demo-"))
-    db_path = Path(db) if db else workdir / "tocsin.duckdb"
+    db_path = Path(db) if db else None
+    workdir = db_path.parent if db_path else Path(tempfile.mkdtemp(prefix="tocsin-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_path = db_path or workdir / "tocsin.duckdb"
     if db_path.exists():
         db_path.unlink()
     http_port = free_port()
@@ -123,13 +158,13 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
             asyncio.run(ensure_topics(broker.bootstrap, [
                 TopicSpec("tocsin.events", 6, 72 * 3600 * 1000)]))
             status.update("starting a worker")
-            with open(workdir / "worker.log", "wb") as log:
+            log_path = workdir / "worker.log"
+            with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "tocsin", "run", "--broker", broker.bootstrap,
+                    [sys.executable, "-P", "-m", "tocsin", "run", "--broker", broker.bootstrap,
                      "--db", str(db_path), "--http-port", str(http_port)],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-            _wait(port=http_port, proc=proc, timeout_s=45,
-                  sql="SELECT 1 AS up FROM tocsin_meta LIMIT 1")
+            _wait_detecting(http_port, proc, log_path, 45)
             console.log(f"broker on {broker.bootstrap}, worker up, DuckDB at {db_path}")
 
             status.update("publishing 40 min of healthy traffic across 6 services")
@@ -143,7 +178,8 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
                                 _encoded(traffic(DEMO_T0_MS + 2_400_000, 180, spike=True)),
                                 report))
             status.update("waiting for the incident")
-            rows = _wait(http_port, "SELECT * FROM incidents ORDER BY onset_ms LIMIT 1", proc, 30)
+            rows = _wait(http_port, "SELECT * FROM incidents ORDER BY onset_ms LIMIT 1", proc,
+                         log_path, 30)
             detect_s = time.monotonic() - sent_at
             incident = rows[0]
             console.log(f"incident {incident['incident_id']} opened on {incident['family']}")
@@ -155,7 +191,7 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
             status.update("waiting for the incident to resolve")
             incident = _wait(
                 http_port, "SELECT * FROM incidents WHERE status = 'resolved' LIMIT 1", proc,
-                30)[0]
+                log_path, 30)[0]
             events = _query(http_port, "SELECT seq, kind, at_ms FROM incident_events "
                             f"WHERE incident_id = '{incident['incident_id']}' ORDER BY seq")
             console.log("lifecycle: " + ", ".join(

@@ -69,9 +69,13 @@ def run(broker: str | None, db: str | None, http_port: int | None, partitions: i
               help="Keep the demo's DuckDB file here (default: a temporary folder).")
 def demo(as_json: bool, db: str | None) -> None:
     """Start a broker and a worker, send traffic with a spike, show the incident."""
-    from tocsin.streams.demo import run_demo
+    from tocsin.streams.demo import DemoError, run_demo
 
-    result = run_demo(db=db, console=err)
+    try:
+        result = run_demo(db=db, console=err)
+    except DemoError as exc:
+        err.print(f"[red]demo failed:[/] {exc}")
+        sys.exit(1)
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
         return

@@ -156,7 +156,7 @@ class WorkerProc:
         self.log_path = self.db.with_suffix(f".{self.role}.{self.http_port}.log")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tocsin", "run", "--broker", self.bootstrap,
+                [sys.executable, "-P", "-m", "tocsin", "run", "--broker", self.bootstrap,
                  "--db", str(self.db), "--http-port", str(self.http_port),
                  "--role", self.role, "--log-level", "info"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

@@ -25,7 +25,7 @@ from tocsin.schemas.codec import WideEventDecoder
 
 def produce(broker: str, *args: str, stdin: bytes | None = None
             ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "tocsin", "produce", *args, "--broker", broker],
+    return subprocess.run([sys.executable, "-P", "-m", "tocsin", "produce", *args, "--broker", broker],
                           input=stdin, capture_output=True, timeout=60, env=dict(os.environ))
 
 

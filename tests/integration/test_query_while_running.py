@@ -12,7 +12,7 @@ from tests.integration.harness import Names, WorkerProc, produce_events, spike_l
 
 
 def tocsin(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tocsin", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-P", "-m", "tocsin", *args], capture_output=True,
                           text=True, timeout=60, env=dict(os.environ, COLUMNS="200"))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 
 def tocsin(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tocsin", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-P", "-m", "tocsin", *args], capture_output=True,
                           text=True, timeout=60)
 
 
@@ -36,7 +36,7 @@ def test_bad_arguments_give_usage_and_no_traceback(args: list[str]) -> None:
 def test_bad_settings_from_the_environment_are_a_usage_error() -> None:
     import os
 
-    out = subprocess.run([sys.executable, "-m", "tocsin", "run"], capture_output=True,
+    out = subprocess.run([sys.executable, "-P", "-m", "tocsin", "run"], capture_output=True,
                          text=True, timeout=60,
                          env=dict(os.environ, TOCSIN_DETECTOR__WINDOW_MS="7"))
     assert out.returncode == 2
