@@ -26,10 +26,10 @@ from typing import Any
 from tocsin.streams.broker import EmbeddedBroker
 
 from .bare import measure_bare
-from .latency import LatencyResult, measure_latency
+from .latency import measure_latency
 from .quix import QuixResult, run_quix
-from .report import Run, render, to_dict
-from .worker import Throughput, TocsinWorker
+from .report import Run, TocsinRun, render, to_dict
+from .worker import TocsinWorker
 from .workload import Workload, produce
 
 STARTED = time.monotonic()
@@ -57,22 +57,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path
-                 ) -> tuple[Throughput, LatencyResult, float | None, dict[str, Any], int | None]:
+                 ) -> TocsinRun:
     """(b) and the latency phase on one worker; it is stopped (SIGTERM) at the end."""
     worker = TocsinWorker(bootstrap, workdir).start()
     try:
         say(f"(b) worker pid {worker.pid} ({worker.app_id}); waiting for it to count "
             f"{workload.events:,} events")
         tput = worker.measure(workload.events, timeout_s=max(120.0, workload.events / 2000))
-        say(f"(b) {tput.events_per_s:,.0f} events/s; live spikes for detection latency")
+        say(f"(b) {tput.events_per_s:,.0f} events/s; waiting for the worker to settle")
+        settle = worker.wait_quiet()
         worker.wait_detecting(30.0)
+        say(f"(b) settled after {settle if settle is not None else float('nan'):.1f}s; "
+            f"{spikes} live spikes for detection latency")
         latency = measure_latency(bootstrap, workload, spikes, uuid.uuid4().hex[:6])
         body = worker.health() or {}
         rss = worker.peak_rss_mb()
     finally:
         code = worker.stop()
     say(f"(b) worker stopped (exit code {code})")
-    return tput, latency, rss, body.get("metrics", {}), code
+    return TocsinRun(tput, settle, latency, rss, body.get("metrics", {}), code)
 
 
 def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
@@ -98,10 +101,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         say(f"produced {workload.events:,} events ({workload.bytes / 1e6:.1f} MB); (a) bare")
         bare = measure_bare(broker.bootstrap, workload.events)
         say(f"(a) {bare.events_per_s:,.0f} events/s ({bare.keys} keys)")
-        tput, latency, rss, metrics, code = tocsin_phase(
-            broker.bootstrap, workload, args.spikes, workdir)
+        tocsin = tocsin_phase(broker.bootstrap, workload, args.spikes, workdir)
         quix = None if args.no_quix else quix_phase(broker.bootstrap, workload.events, workdir)
-    result = to_dict(Run(workload, bare, tput, latency, quix, rss, metrics, code))
+    result = to_dict(Run(workload, bare, tocsin, quix))
     result["load_avg_1m_at_start"] = round(load, 2)
     return result
 

@@ -130,6 +130,26 @@ class TocsinWorker:
         raise WorkerError(f"the worker counted {self.events_in()} of {events} events in "
                           f"{timeout_s:.0f}s:\n{self.log_tail()}")
 
+    def wait_quiet(self, quiet_s: float = 2.0, timeout_s: float = 90.0) -> float | None:
+        """Seconds until the worker's work counters (events, checkpoints, rows projected)
+        stopped moving for ``quiet_s``: the tail of the backlog (last checkpoint, window
+        records, DuckDB rows) is done. None if it never settled within ``timeout_s``."""
+        started = time.perf_counter()
+        last: tuple[int, ...] | None = None
+        since = started
+        while time.perf_counter() - started < timeout_s:
+            body = self.health()
+            now = time.perf_counter()
+            if body is not None:
+                m = body["metrics"]
+                counters = (m["events_in"], m["checkpoints"], m["rows_projected"])
+                if counters != last:
+                    last, since = counters, now
+                elif now - since >= quiet_s:
+                    return since - started
+            time.sleep(0.1)
+        return None
+
     def peak_rss_mb(self) -> float | None:
         """VmHWM of the worker process, in MiB (None when /proc has no answer)."""
         with contextlib.suppress(OSError):

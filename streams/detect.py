@@ -110,6 +110,10 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def run(self) -> None:
         s = self.settings
+        if self.registry is not None and s.incident_encoding == "avro":
+            self._incident_schema_id = await asyncio.to_thread(
+                self.registry.register, f"{s.topics.incidents}-value",
+                avro_schema(INCIDENT_EVENT))
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
             max_request_size=max(s.max_record_bytes * 2, 1 << 20), enable_idempotence=False)
@@ -121,10 +125,6 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             max_poll_records=s.max_poll_records, fetch_max_bytes=s.fetch_max_bytes,
             max_partition_fetch_bytes=s.fetch_max_bytes, fetch_max_wait_ms=50,
         )
-        if self.registry is not None and s.incident_encoding == "avro":
-            self._incident_schema_id = await asyncio.to_thread(
-                self.registry.register, f"{s.topics.incidents}-value",
-                avro_schema(INCIDENT_EVENT))
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([s.topics.events], listener=self)

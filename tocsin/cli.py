@@ -193,10 +193,12 @@ def broker(port: int | None) -> None:
 
     from tocsin.streams.broker import EmbeddedBroker
 
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     with EmbeddedBroker(port) as b:
         click.echo(b.bootstrap)
         err.print(f"embedded broker on {b.bootstrap} (memory only); Ctrl-C stops it")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop)
 
 
 def entry() -> None:  # pragma: no cover - console script shim
