@@ -151,8 +151,8 @@ class WorkerProc:
     log_path: Path | None = None
 
     def start(self) -> WorkerProc:
-        env = dict(os.environ, **self.names.env(), TOCSIN_SESSION_TIMEOUT_MS="6000",
-                   TOCSIN_CHECKPOINT_INTERVAL_MS="200", **self.extra_env)
+        env = {**os.environ, **self.names.env(), "TOCSIN_SESSION_TIMEOUT_MS": "6000",
+               "TOCSIN_CHECKPOINT_INTERVAL_MS": "200", **self.extra_env}
         self.log_path = self.db.with_suffix(f".{self.role}.{self.http_port}.log")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(

@@ -167,3 +167,23 @@ def test_week_old_timestamps_are_windowed_by_event_time(broker: str, tmp_path: P
     finally:
         assert worker.stop() == 0
     assert rows == [{"onset_ms": week_ago + 2_404_000, "status": "resolved"}]
+
+
+def test_sigterm_flushes_the_last_checkpoint_so_a_restart_replays_nothing(
+        broker: str, tmp_path: Path) -> None:
+    names = Names.fresh("term")
+    log = steady(T0_MS, 600, ("a", "b"))
+    produce_events(broker, names.events, log)
+    db = tmp_path / "term.duckdb"
+    worker = WorkerProc(broker, names, db,
+                        extra_env={"TOCSIN_CHECKPOINT_INTERVAL_MS": "3600000"}).start()
+    worker.wait_events(len(log))
+    assert worker.stop() == 0  # SIGTERM: the hour-long interval never fired; shutdown must
+    worker = WorkerProc(broker, names, db).start()
+    try:
+        worker._wait(lambda h: h["detecting"], 60, "detecting")
+        time.sleep(1.0)
+        assert worker.health()["metrics"]["events_in"] == 0  # type: ignore[index]
+        worker.wait_projected(len(log))
+    finally:
+        assert worker.stop() == 0
