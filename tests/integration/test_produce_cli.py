@@ -25,8 +25,9 @@ from tocsin.schemas.codec import WideEventDecoder
 
 def produce(broker: str, *args: str, stdin: bytes | None = None
             ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-P", "-m", "tocsin", "produce", *args, "--broker", broker],
-                          input=stdin, capture_output=True, timeout=60, env=dict(os.environ))
+    return subprocess.run([sys.executable, "-P", "-m", "tocsin", "produce", *args,
+                           "--broker", broker], input=stdin, capture_output=True,
+                          timeout=60, env=dict(os.environ))
 
 
 def test_ndjson_with_bad_lines_reports_them_and_sends_the_rest(broker: str, tmp_path: Path
