@@ -95,6 +95,7 @@ class LatencyResult:
     samples_ms: list[float]
     missed: int
     replay_opened: list[FamilyKey]
+    unexpected_opened: list[FamilyKey]  # neither a replay spike nor a live one: false alarms
 
     def percentile(self, q: float) -> float | None:
         """Nearest-rank percentile of the samples (None without samples)."""
@@ -120,11 +121,15 @@ async def _send(producer: AIOKafkaProducer, event: dict[str, Any]) -> None:
                                key=event["service"].encode()))
 
 
+def live_family(index: int, tag: str) -> FamilyKey:
+    service = SERVICES[index % len(SERVICES)]
+    return service, f"{service}.live", f"LIVE_{tag}_{index:02d}"
+
+
 async def _one_spike(producer: AIOKafkaProducer, watch: IncidentWatch, index: int,
                      tag: str, start_ms: int, timeout_s: float) -> float | None:
     """Produce one spike; the detection latency in ms, or None if nothing opened."""
-    service = SERVICES[index % len(SERVICES)]
-    step, code = f"{service}.live", f"LIVE_{tag}_{index:02d}"
+    service, step, code = live_family(index, tag)
     for j in range(MIN_COUNT - 1):
         await _send(producer, _error(start_ms + j * 1000, service, step, code, index * 10 + j))
     await asyncio.sleep(GAP_S)
@@ -135,10 +140,14 @@ async def _one_spike(producer: AIOKafkaProducer, watch: IncidentWatch, index: in
     return None if opened is None else (opened - acked) * 1000
 
 
-def replay_opened(watch: IncidentWatch, workload: Workload) -> list[FamilyKey]:
-    """The workload's own spike families that opened during the throughput phase."""
-    wanted = {(s.service, s.step, s.code) for s in workload.spikes}
-    return sorted(k for k in watch.opened if k in wanted)
+def _result(watch: IncidentWatch, workload: Workload, samples: list[float], missed: int,
+            live: set[FamilyKey]) -> LatencyResult:
+    """Sort what opened: the workload's own spikes (during the throughput phase), the live
+    spikes, and anything else (a false alarm)."""
+    replay = {(s.service, s.step, s.code) for s in workload.spikes}
+    return LatencyResult(
+        samples, missed, sorted(k for k in watch.opened if k in replay),
+        sorted(k for k in watch.opened if k not in replay and k not in live))
 
 
 async def run_latency(bootstrap: str, workload: Workload, spikes: int, tag: str,
@@ -151,6 +160,7 @@ async def run_latency(bootstrap: str, workload: Workload, spikes: int, tag: str,
         await watch.start()
         samples: list[float] = []
         missed = 0
+        live = {live_family(i, tag) for i in range(spikes)}
         for i in range(spikes):
             start_ms = workload.end_ms + 60_000 + i * 60_000
             latency = await _one_spike(producer, watch, i, tag, start_ms, timeout_s)
@@ -159,7 +169,7 @@ async def run_latency(bootstrap: str, workload: Workload, spikes: int, tag: str,
             else:
                 samples.append(latency)
             await asyncio.sleep(0.2)
-        return LatencyResult(samples, missed, replay_opened(watch, workload))
+        return _result(watch, workload, samples, missed, live)
     finally:
         await watch.stop()
         await stop_quietly(producer)

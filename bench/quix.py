@@ -33,7 +33,7 @@ events, timeout_s = int(events), float(timeout_s)
 
 app = Application(
     broker_address=broker, consumer_group=group, auto_offset_reset="earliest",
-    state_dir=state_dir, loglevel="WARNING",
+    state_dir=state_dir, loglevel="WARNING", broker_availability_timeout=timeout_s,
     consumer_extra_config={
         "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50,
     },
@@ -93,8 +93,17 @@ def venv_python() -> Path:
 
 
 def _run(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run to completion; on timeout (or interrupt) the child is killed."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=env)
+
+
+def _gist(text: str) -> str:
+    """The last error line of a tool's output (or its last line)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 def quix_version(python: Path) -> str | None:
@@ -113,10 +122,11 @@ def ensure_venv(log: list[str]) -> tuple[Path, str]:
     log.append(f"creating {venv} and installing quixstreams (first run only)")
     made = _run([sys.executable, "-m", "venv", "--clear", str(venv)], 120)
     if made.returncode != 0:
-        raise RuntimeError(f"python -m venv failed: {made.stderr.strip()[-500:]}")
-    pip = _run([str(python), "-m", "pip", "install", "-q", "quixstreams"], 600)
+        raise RuntimeError(f"python -m venv failed: {_gist(made.stderr)}")
+    pip = _run([str(python), "-m", "pip", "install", "-q", "--retries", "2", "--timeout", "30",
+                "quixstreams"], 600)
     if pip.returncode != 0:
-        raise RuntimeError(f"pip install quixstreams failed: {pip.stderr.strip()[-800:]}")
+        raise RuntimeError(f"pip install quixstreams failed: {_gist(pip.stderr)}")
     version = quix_version(python)
     if version is None:
         raise RuntimeError("quixstreams installed but does not import")
@@ -136,8 +146,11 @@ def _skip(reason: str, version: str | None = None) -> QuixResult:
 
 
 def run_quix(bootstrap: str, events: int, workdir: Path, log: list[str],
-             timeout_s: float = 180.0) -> QuixResult:
-    """Run the quixstreams app over the events topic; skipped (with why) on any failure."""
+             idle_timeout_s: float = 30.0) -> QuixResult:
+    """Run the quixstreams app over the events topic; skipped (with why) on any failure.
+
+    The app stops itself after ``idle_timeout_s`` without a message; the process is
+    killed past a hard limit that grows with the workload (at least 2 minutes)."""
     try:
         python, version = ensure_venv(log)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
@@ -146,17 +159,20 @@ def run_quix(bootstrap: str, events: int, workdir: Path, log: list[str],
     script.write_text(QUIX_SCRIPT)
     group = f"bench-quix-{uuid.uuid4().hex[:8]}"
     cmd = [str(python), str(script), bootstrap, EVENTS_TOPIC, str(events), group,
-           str(workdir / "quix-state"), str(timeout_s)]
+           str(workdir / "quix-state"), str(idle_timeout_s)]
+    limit_s = max(120.0, events / 2500)
     try:
-        done = _run(cmd, timeout_s + 60)
+        done = _run(cmd, limit_s)
     except subprocess.TimeoutExpired:
-        return _skip(f"the quixstreams app did not stop within {timeout_s + 60:.0f}s", version)
+        return _skip(f"the quixstreams app did not finish within {limit_s:.0f}s", version)
     (workdir / "quix.log").write_text(done.stdout + done.stderr)
     result = _parse(done.stdout)
     if result is None or not result.get("complete"):
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        return _skip(f"the quixstreams app did not count all {events} events "
-                     f"(exit {done.returncode}, {result}):\n{tail}", version)
+        counted = result.get("events") if result else "?"
+        why = (f"idle for {idle_timeout_s:.0f}s" if result is not None and done.returncode == 0
+               else f"exit {done.returncode}: {_gist(done.stdout + done.stderr)}")
+        return _skip(f"the quixstreams app counted {counted} of {events} events ({why}; "
+                     f"see {workdir / 'quix.log'})", version)
     rate = result["events_per_s"]
     return QuixResult(float(rate) if isinstance(rate, int | float) else None,
                       int(str(result["events"])), float(str(result["seconds"])), version)

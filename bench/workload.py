@@ -88,11 +88,6 @@ def codes_per_step(events: int) -> int:
     return max(8, math.ceil(errors_per_service / windows / len(VERBS)))
 
 
-def _spike_starts(events: int) -> dict[int, Spike]:
-    """Per service index: the spike whose burst starts at that service's k-th event."""
-    return {s.service_index: s for s in REPLAY_SPIKES if events * s.fraction > 0}
-
-
 def _base(n: int, t_ms: int, service: str, step: str) -> dict[str, Any]:
     return {
         "event_time_ms": t_ms, "service": service, "step": step, "env": "prod",
@@ -103,37 +98,49 @@ def _base(n: int, t_ms: int, service: str, step: str) -> dict[str, Any]:
     }
 
 
+def _failed(event: dict[str, Any], code: str, message: str,
+            downstream: str | None = None) -> dict[str, Any]:
+    event.update(status="error", error_code=code, error_message=message)
+    if downstream is not None:
+        event["downstream"] = {"service": downstream, "endpoint": None, "kind": "db"}
+    return event
+
+
+class _Background:
+    """Round-robin of one service's errors over its (step, code) families."""
+
+    def __init__(self, service: str, codes: int) -> None:
+        self.steps = steps_of(service)
+        self.codes = codes
+        self.errors = 0
+
+    def next_error(self, event: dict[str, Any]) -> dict[str, Any]:
+        e, self.errors = self.errors, self.errors + 1
+        step = self.steps[e % len(self.steps)]
+        code = f"E{(e // len(self.steps)) % self.codes:03d}"
+        event["step"] = step
+        return _failed(event, code, f"{code} while handling {step}",
+                       DOWNSTREAMS[e % len(DOWNSTREAMS)])
+
+
 def generate(events: int) -> Iterator[dict[str, Any]]:
-    """The ``events`` wide events, in event-time order."""
+    """The ``events`` wide events, in event-time order, services round-robin."""
     count = len(SERVICES)
-    codes = codes_per_step(events)
-    spikes = _spike_starts(events)
-    spike_at = {i: int(events * s.fraction) // count for i, s in spikes.items()}
-    errors = [0] * count
+    background = [_Background(s, codes_per_step(events)) for s in SERVICES]
+    spikes = {s.service_index: (int(events * s.fraction) // count, s) for s in REPLAY_SPIKES}
     for n in range(events):
-        i = n % count
-        k = n // count  # the service's own event counter
+        i, k = n % count, n // count  # service index, the service's own event counter
         service = SERVICES[i]
-        steps = steps_of(service)
-        t_ms = T0_MS + n * DURATION_MS // events
-        spike = spikes.get(i)
-        if spike is not None and spike_at[i] <= k < spike_at[i] + SPIKE_LENGTH:
-            event = _base(n, t_ms, service, spike.step)
-            event.update(status="error", error_code=spike.code,
-                         error_message=f"{spike.code}: injected spike")
+        event = _base(n, T0_MS + n * DURATION_MS // events, service,
+                      background[i].steps[k % len(VERBS)])
+        start, spike = spikes.get(i, (-1, None))
+        if spike is not None and start <= k < start + SPIKE_LENGTH:
+            event["step"] = spike.step
+            yield _failed(event, spike.code, f"{spike.code}: injected spike")
         elif k % ERROR_EVERY == i % ERROR_EVERY:
-            e = errors[i]
-            errors[i] += 1
-            step = steps[e % len(steps)]
-            code = f"E{(e // len(steps)) % codes:03d}"
-            event = _base(n, t_ms, service, step)
-            event.update(status="error", error_code=code,
-                         error_message=f"{code} while handling {step}",
-                         downstream={"service": DOWNSTREAMS[e % len(DOWNSTREAMS)],
-                                     "endpoint": None, "kind": "db"})
+            yield background[i].next_error(event)
         else:
-            event = _base(n, t_ms, service, steps[k % len(steps)])
-        yield event
+            yield event
 
 
 def family_count(events: int) -> int:
@@ -147,7 +154,7 @@ async def create_topics(bootstrap: str) -> None:
 @cache
 def partition_of(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2 of the key), as the Java client computes it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def _send_batches(producer: AIOKafkaProducer, events: int) -> int:
