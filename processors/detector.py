@@ -15,7 +15,7 @@ service that went silent for longer than ``idle_grace_ms``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tocsin.processors.config import DetectorConfig
 from tocsin.processors.family import Family
@@ -51,17 +51,19 @@ class Counters:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class FamilyWindow:
+class FamilyWindow(NamedTuple):
     """Absolute error count of one family in one bucket (an upsert, idempotent)."""
 
-    family: Family
+    env: str
+    family: str
+    service: str
+    step: str
+    error_code: str
     bucket_start_ms: int
     errors: int
 
 
-@dataclass(frozen=True, slots=True)
-class StepWindow:
+class StepWindow(NamedTuple):
     """Absolute request and error counts of one (env, service, step) in one bucket."""
 
     env: str
@@ -297,10 +299,11 @@ class PartitionDetector:
     def _flush_dirty(self) -> None:
         """Turn changed buckets into rows before anything may forget them."""
         bucket_ms = self.config.bucket_ms
+        families = self.families
+        pending = self._pending_families
         for f, i in self._dirty_families:
-            self._pending_families[(f, i)] = FamilyWindow(
-                f, i * bucket_ms, self.families[f].buckets[i]
-            )
+            pending[(f, i)] = FamilyWindow(f.env, f.key, f.service, f.step, f.error_code,
+                                           i * bucket_ms, families[f].buckets[i])
         for k, i in self._dirty_steps:
             self._pending_steps[(k, i)] = StepWindow(*k, i * bucket_ms, *self.steps[k][i])
         self._dirty_families.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -76,19 +77,22 @@ class Worker(mode.Service):
 
     async def _main(self) -> None:
         s = self.settings
+        await self._guard(ensure_topics(self.bootstrap, topic_specs(s), s.replication_factor))
+        if s.role in ("all", "project") and self.sink is not None:
+            self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
+            self._runs.append(asyncio.ensure_future(self._guard(self.projection.run())))
+        if s.role in ("all", "detect"):
+            await self.app.tables.wait_until_recovery_completed()
+            self.detection = Detection(
+                s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
+            await self._guard(self.detection.run())
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        """Any failure crashes the whole worker (non-zero exit): a supervisor restarts it
+        and it resumes from its checkpoints; limping on half-working would hide it."""
         try:
-            await ensure_topics(self.bootstrap, topic_specs(s), s.replication_factor)
-            if s.role in ("all", "project") and self.sink is not None:
-                self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
-                self._runs.append(asyncio.ensure_future(self.projection.run()))
-            if s.role in ("all", "detect"):
-                await self.app.tables.wait_until_recovery_completed()
-                self.detection = Detection(
-                    s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
-                await self.detection.run()
+            await work
         except Exception as exc:
-            # Crash the whole worker (non-zero exit): a supervisor restarts it and it
-            # resumes from its checkpoints; limping on without detection would hide it.
             log.exception("worker failed; stopping so that a restart resumes from state")
             await self.crash(exc)
 
@@ -108,7 +112,7 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(t.events, s.partitions, s.retention_ms),
         TopicSpec(t.incidents, s.partitions, s.incident_retention_ms),
-        TopicSpec(t.windows, s.partitions, s.retention_ms, compacted=True),
+        TopicSpec(t.windows, s.partitions, s.retention_ms),
         TopicSpec(t.dlq, s.partitions, s.retention_ms),
     ]
 

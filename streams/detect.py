@@ -63,23 +63,22 @@ class PartitionRun:
     pending: list[Awaitable[Any]] = field(default_factory=list)
 
 
-def window_records(fams: list[FamilyWindow], steps: list[StepWindow], bucket_ms: int
-                   ) -> list[tuple[bytes, bytes]]:
-    """Compacted-topic records for the window counts: key = the bucket's identity."""
+WINDOW_ROWS_PER_RECORD = 5_000
+
+
+def window_records(partition: int, fams: list[FamilyWindow], steps: list[StepWindow],
+                   bucket_ms: int) -> list[tuple[bytes, bytes]]:
+    """The changed bucket counts of one checkpoint, as absolute values, packed
+    ``WINDOW_ROWS_PER_RECORD`` rows to a record (one record per row cost more than the
+    detection itself). Keyed by input partition, so a partition's batches stay in order;
+    a later batch's value for a bucket supersedes an earlier one's."""
+    key = str(partition).encode()
     out = []
-    for w in fams:
-        f = w.family
-        key = f"family|{f.env}|{f.key}|{w.bucket_start_ms}"
-        out.append((key.encode(), orjson.dumps({
-            "type": "family", "env": f.env, "family": f.key, "service": f.service,
-            "step": f.step, "error_code": f.error_code, "bucket_start_ms": w.bucket_start_ms,
-            "bucket_ms": bucket_ms, "errors": w.errors})))
-    for s in steps:
-        key = f"step|{s.env}|{s.service}|{s.step}|{s.bucket_start_ms}"
-        out.append((key.encode(), orjson.dumps({
-            "type": "step", "env": s.env, "service": s.service, "step": s.step,
-            "bucket_start_ms": s.bucket_start_ms, "bucket_ms": bucket_ms,
-            "requests": s.requests, "errors": s.errors})))
+    for i in range(0, max(len(fams), len(steps)), WINDOW_ROWS_PER_RECORD):
+        out.append((key, orjson.dumps({
+            "v": 1, "bucket_ms": bucket_ms,
+            "families": [tuple(w) for w in fams[i:i + WINDOW_ROWS_PER_RECORD]],
+            "steps": [tuple(w) for w in steps[i:i + WINDOW_ROWS_PER_RECORD]]})))
     return out
 
 
@@ -253,7 +252,7 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             run.detector.evict_idle()
             fams, steps = run.detector.drain_windows()
-            for key, value in window_records(fams, steps, bucket_ms):
+            for key, value in window_records(p, fams, steps, bucket_ms):
                 run.pending.append(asyncio.ensure_future(
                     self.producer.send(self.settings.topics.windows, value, key=key)))
             pending, run.pending = run.pending, []

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from tocsin.processors.detector import FamilyWindow, StepWindow
 from tocsin.schemas.codec import SchemaError, decode_incident
 from tocsin.sinks.duckdb_sink import DuckDBSink
 from tocsin.streams.kafka_io import _wait_partitions, stop_quietly
@@ -94,7 +95,11 @@ class Projection:
                                   tp, rec.offset, exc)
                 elif tp.topic == topics.windows:
                     value = orjson.loads(rec.value or b"{}")
-                    (families if value.get("type") == "family" else steps).append(value)
+                    bucket_ms = value["bucket_ms"]
+                    families.extend({**dict(zip(FamilyWindow._fields, row, strict=True)),
+                                     "bucket_ms": bucket_ms} for row in value["families"])
+                    steps.extend({**dict(zip(StepWindow._fields, row, strict=True)),
+                                  "bucket_ms": bucket_ms} for row in value["steps"])
                 else:
                     letters.append({
                         "source_topic": _header(rec, "tocsin.dlq.source_topic"),

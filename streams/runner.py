@@ -30,7 +30,12 @@ def run_worker(settings: Settings, embedded_port: int | None = None,
         app, _ = create_app(settings, bootstrap)
         if settings.http_port:
             write_worker_file(settings.db, settings.http_port, bootstrap)
-        worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+        # mode resolves level *names* with logging.getLevelName, which only knows upper case:
+        # "warning" would silently become DEBUG for every library (measured: aiokafka then
+        # formats a record per send and fetch).
+        worker = faust.Worker(app, loglevel=log_level.upper(), quiet=True,
+                              redirect_stdouts=False)
+        worker.spinner = None  # no terminal spinner escapes in logs
         logging.getLogger("tocsin").setLevel(log_level.upper())
         try:
             worker.execute_from_commandline()
