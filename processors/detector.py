@@ -23,6 +23,7 @@ from tocsin.processors.lifecycle import IncidentEvent, OpenIncident, event, inci
 from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
 
 SNAPSHOT_VERSION = 1
+NONE: list[IncidentEvent] = []
 
 StepKey = tuple[str, str, str]
 
@@ -83,27 +84,38 @@ class PartitionDetector:
         self.clocks: dict[str, int] = {}
         self.watermark_ms: int | None = None
         self.open_by_service: dict[str, set[Family]] = {}
-        self.steps: dict[StepKey, dict[int, list[int]]] = {}
+        self.steps: dict[StepKey, dict[int, list[int]]] = {}  # [requests, errors, gen]
         self.counters = Counters()
         self._dirty_families: set[tuple[Family, int]] = set()
         self._dirty_steps: set[tuple[StepKey, int]] = set()
         self._pending_families: dict[tuple[Family, int], FamilyWindow] = {}
         self._pending_steps: dict[tuple[StepKey, int], StepWindow] = {}
         self._idle_check_ms: int | None = None
+        # Read on every event: plain attributes, not properties.
+        self._generation = 0
+        self._out: list[IncidentEvent] = []
+        self._bucket_ms = config.bucket_ms
+        self._buckets_per_window = config.buckets_per_window
 
     # ------------------------------------------------------------------ feeding
 
     def observe(
         self, t_ms: int, env: str, service: str, step: str, family: Family | None
     ) -> list[IncidentEvent]:
-        """Feed one counted wide event (not suppressed); ``family`` is None when it is ok."""
-        out: list[IncidentEvent] = []
+        """Feed one counted wide event (not suppressed); ``family`` is None when it is ok.
+
+        Returns the lifecycle changes it caused, usually none (a shared empty list: do not
+        keep or change it)."""
+        out = self._out
         self._advance(service, t_ms, out)
         self._advance_watermark(t_ms, out)
         self._count_step(t_ms, (env, service, step), family is not None)
         if family is not None:
             self._count_error(t_ms, family, out)
-        return out
+        if out:
+            self._out = []
+            return out
+        return NONE
 
     def tick(self, t_ms: int, service: str) -> list[IncidentEvent]:
         """Advance a service's clock without counting (a suppressed event still tells time)."""
@@ -245,9 +257,10 @@ class PartitionDetector:
         )
 
     def _count_step(self, t_ms: int, key: StepKey, failed: bool) -> None:
-        cfg = self.config
-        index = bucket_index(t_ms, cfg.bucket_ms)
-        if index <= bucket_index(self.clocks[key[1]], cfg.bucket_ms) - cfg.buckets_per_window:
+        """The hottest line of Tocsin: one call per wide event, kept to dict lookups."""
+        bucket_ms = self._bucket_ms
+        index = t_ms // bucket_ms
+        if index <= self.clocks[key[1]] // bucket_ms - self._buckets_per_window:
             self.counters.late_dropped += 1
             return
         buckets = self.steps.get(key)
@@ -255,11 +268,13 @@ class PartitionDetector:
             buckets = self.steps[key] = {}
         cell = buckets.get(index)
         if cell is None:
-            cell = buckets[index] = [0, 0]
+            cell = buckets[index] = [0, 0, -1]
+        if cell[2] != self._generation:  # [requests, errors, generation last marked dirty]
+            cell[2] = self._generation
+            self._dirty_steps.add((key, index))
         cell[0] += 1
         if failed:
             cell[1] += 1
-        self._dirty_steps.add((key, index))
 
     # ------------------------------------------------------------------ bounds
 
@@ -305,9 +320,11 @@ class PartitionDetector:
             pending[(f, i)] = FamilyWindow(f.env, f.key, f.service, f.step, f.error_code,
                                            i * bucket_ms, families[f].buckets[i])
         for k, i in self._dirty_steps:
-            self._pending_steps[(k, i)] = StepWindow(*k, i * bucket_ms, *self.steps[k][i])
+            cell = self.steps[k][i]
+            self._pending_steps[(k, i)] = StepWindow(*k, i * bucket_ms, cell[0], cell[1])
         self._dirty_families.clear()
         self._dirty_steps.clear()
+        self._generation += 1
 
     def drain_windows(self) -> tuple[list[FamilyWindow], list[StepWindow]]:
         """The bucket counts changed since the last drain, as absolute values, sorted."""
@@ -343,7 +360,8 @@ class PartitionDetector:
                 ]
                 for fs in sorted(self.families.values(), key=lambda s: s.family)
             ],
-            "steps": [[*k, sorted(b.items())] for k, b in sorted(self.steps.items())],
+            "steps": [[*k, sorted((i, c[:2]) for i, c in b.items())]
+                      for k, b in sorted(self.steps.items())],
             "counters": self.counters.as_dict(),
         }
 
@@ -365,6 +383,6 @@ class PartitionDetector:
                 det.open_by_service.setdefault(service, set()).add(family)
             det.families[family] = fs
         for env, service, step, buckets in snap["steps"]:
-            det.steps[(env, service, step)] = {int(i): list(c) for i, c in buckets}
+            det.steps[(env, service, step)] = {int(i): [*c, -1] for i, c in buckets}
         det.counters = Counters(**snap["counters"])
         return det
