@@ -1,0 +1,228 @@
+"""Cause classification: deploy | app | dependency | runtime | unknown, by ordered rules.
+
+Every rule, its order and the temporal tiebreak are ADR 0008. The result is data: the rule
+that decided, its version, the thresholds it used and the ids of the inputs that decided
+it, so "why did it say deploy?" is answered by a record, not by prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+CauseKind = Literal["deploy", "app", "dependency", "runtime", "unknown"]
+Confidence = Literal["high", "medium", "low"]
+
+MINUTE_MS = 60_000
+
+
+class SignalLike(Protocol):
+    """What the classifier reads of a normalized signal (processors.signals.model)."""
+
+    @property
+    def signal_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def service(self) -> str | None: ...
+    @property
+    def env(self) -> str | None: ...
+    @property
+    def event_time_ms(self) -> int: ...
+    @property
+    def downstream(self) -> str | None: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def incident_id(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentFacts:
+    """What the detection path knows about an incident."""
+
+    incident_id: str
+    env: str
+    service: str
+    step: str
+    error_code: str
+    onset_ms: int
+    downstream: str | None = None  # the failing step's downstream service, when named
+    version: str | None = None  # the service version seen at onset, when known
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierConfig:
+    deploy_window_ms: int = 15 * MINUTE_MS
+    dependency_window_ms: int = 15 * MINUTE_MS
+    runtime_before_ms: int = 5 * MINUTE_MS
+    runtime_after_ms: int = 1 * MINUTE_MS
+
+    def thresholds(self) -> dict[str, int]:
+        return {
+            "deploy_window_ms": self.deploy_window_ms,
+            "dependency_window_ms": self.dependency_window_ms,
+            "runtime_before_ms": self.runtime_before_ms,
+            "runtime_after_ms": self.runtime_after_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One rule that matched, with the time it anchors the cause at."""
+
+    rule_id: str
+    kind: CauseKind
+    confidence: Confidence
+    anchor_ms: int
+    inputs: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The structured record of a classification."""
+
+    kind: CauseKind
+    confidence: Confidence
+    reason: str
+    rule_id: str
+    rule_version: int
+    thresholds: dict[str, int]
+    inputs: tuple[str, ...]
+    candidates: tuple[Candidate, ...] = field(default_factory=tuple)
+    tiebreak: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "rule_id": self.rule_id,
+            "rule_version": self.rule_version,
+            "thresholds": dict(sorted(self.thresholds.items())),
+            "inputs": list(self.inputs),
+            "candidates": [
+                {"rule_id": c.rule_id, "kind": c.kind, "confidence": c.confidence,
+                 "anchor_ms": c.anchor_ms, "inputs": list(c.inputs)}
+                for c in self.candidates
+            ],
+            "tiebreak": self.tiebreak,
+        }
+
+
+RULE_VERSION = 1
+RULES = (
+    "dependency_signal",  # 1. a dependency signal on the failing downstream
+    "failing_downstream",  # 2. the failing step names a downstream
+    "service_deploy",  # 3. a deploy of the service (env/version matching) within 15 min
+    "linked_deploy",  # 4. a deploy signal linked to the incident
+    "runtime_fault",  # 5. a runtime fault on the service in [onset-5m, onset+1m]
+    "app_step",  # 6. a failing step with no downstream
+    "unknown",  # 7. nothing matched
+)
+DEPENDENCY_RULES = frozenset({"dependency_signal", "failing_downstream"})
+DEPLOY_RULES = frozenset({"service_deploy", "linked_deploy"})
+
+
+def _env_matches(incident: IncidentFacts, signal: SignalLike) -> bool:
+    return signal.env is None or signal.env == incident.env
+
+
+def _by_time(signals: Sequence[SignalLike], onset_ms: int) -> list[SignalLike]:
+    """Closest to onset first, then earlier, then by id: a deterministic pick."""
+    return sorted(signals, key=lambda s: (abs(s.event_time_ms - onset_ms), s.event_time_ms,
+                                          s.signal_id))
+
+
+def candidates(incident: IncidentFacts, signals: Sequence[SignalLike],
+               config: ClassifierConfig) -> list[Candidate]:
+    """Every rule that matches, in rule order."""
+    onset = incident.onset_ms
+    found: list[Candidate] = []
+    down = incident.downstream
+    if down is not None:
+        deps = [s for s in signals if s.type == "dependency" and _env_matches(incident, s)
+                and (s.downstream == down or (s.downstream is None and s.service == down))
+                and abs(s.event_time_ms - onset) <= config.dependency_window_ms]
+        if deps:
+            best = _by_time(deps, onset)[0]
+            found.append(Candidate(
+                "dependency_signal", "dependency", "high", best.event_time_ms,
+                (best.signal_id,),
+                f"dependency signal on {down}, the downstream {incident.step} calls"))
+        found.append(Candidate(
+            "failing_downstream", "dependency", "medium", onset, (),
+            f"{incident.step} fails calling its downstream {down}"))
+    deploys = [s for s in signals if s.type == "deploy" and s.service == incident.service
+               and _env_matches(incident, s)
+               and (incident.version is None or s.version is None
+                    or s.version == incident.version)
+               and abs(s.event_time_ms - onset) <= config.deploy_window_ms]
+    if deploys:
+        best = _by_time(deploys, onset)[0]
+        version = f" {best.version}" if best.version else ""
+        found.append(Candidate(
+            "service_deploy", "deploy", "high", best.event_time_ms, (best.signal_id,),
+            f"deploy{version} of {incident.service} within "
+            f"{config.deploy_window_ms // MINUTE_MS} min of onset"))
+    linked = [s for s in signals if s.type == "deploy"
+              and s.incident_id == incident.incident_id and s not in deploys]
+    if linked:
+        best = _by_time(linked, onset)[0]
+        found.append(Candidate(
+            "linked_deploy", "deploy", "high", best.event_time_ms, (best.signal_id,),
+            f"deploy of {best.service or 'a service'} linked to the incident"))
+    runtime = [s for s in signals if s.type == "runtime" and s.service == incident.service
+               and _env_matches(incident, s)
+               and onset - config.runtime_before_ms <= s.event_time_ms
+               <= onset + config.runtime_after_ms]
+    if runtime:
+        best = _by_time(runtime, onset)[0]
+        found.append(Candidate(
+            "runtime_fault", "runtime", "high", best.event_time_ms, (best.signal_id,),
+            f"runtime fault on {incident.service} around onset"))
+    if down is None:
+        found.append(Candidate("app_step", "app", "medium", onset, (),
+                               f"{incident.step} fails with no downstream named"))
+    return found
+
+
+def _tiebreak(dependency: Candidate, deploy: Candidate, onset_ms: int
+              ) -> tuple[Candidate, str]:
+    """At or before onset beats after; then the closer to onset; a tie keeps dependency."""
+    dep_before = dependency.anchor_ms <= onset_ms
+    deploy_before = deploy.anchor_ms <= onset_ms
+    if dep_before != deploy_before:
+        winner = dependency if dep_before else deploy
+        return winner, f"{winner.rule_id} is anchored at or before onset, the other after"
+    dep_gap = abs(dependency.anchor_ms - onset_ms)
+    deploy_gap = abs(deploy.anchor_ms - onset_ms)
+    if deploy_gap < dep_gap:
+        return deploy, f"deploy is closer to onset ({deploy_gap} ms vs {dep_gap} ms)"
+    if dep_gap < deploy_gap:
+        return dependency, f"dependency is closer to onset ({dep_gap} ms vs {deploy_gap} ms)"
+    return dependency, "equally close to onset: a tie keeps dependency"
+
+
+def classify(incident: IncidentFacts, signals: Sequence[SignalLike],
+             config: ClassifierConfig | None = None) -> Decision:
+    """First match wins, except that a dependency and a deploy candidate are weighed by
+    the temporal tiebreak. Alerts are never an input: they add evidence, not cause."""
+    config = config or ClassifierConfig()
+    found = candidates(incident, [s for s in signals if s.type != "alert"], config)
+    if not found:
+        return Decision("unknown", "low", "no rule matched the evidence", "unknown",
+                        RULE_VERSION, config.thresholds(), ())
+    first = found[0]
+    tiebreak = None
+    if first.rule_id in DEPENDENCY_RULES | DEPLOY_RULES:
+        other_rules = DEPLOY_RULES if first.rule_id in DEPENDENCY_RULES else DEPENDENCY_RULES
+        other = next((c for c in found if c.rule_id in other_rules), None)
+        if other is not None:
+            dependency, deploy = (first, other) if first.rule_id in DEPENDENCY_RULES \
+                else (other, first)
+            first, tiebreak = _tiebreak(dependency, deploy, incident.onset_ms)
+    return Decision(first.kind, first.confidence, first.reason, first.rule_id, RULE_VERSION,
+                    config.thresholds(), first.inputs, tuple(found), tiebreak)
