@@ -1,0 +1,145 @@
+"""Renderings of a triage report: Markdown, Slack Block Kit, PagerDuty note.
+
+Untrusted text (alert titles and annotations, error codes, service names, labels) stays
+text in every target (BRIEF.md invariant 4):
+
+- Markdown: every character Markdown or HTML could act on is backslash-escaped or
+  entity-encoded, so ``[x](javascript:...)``, ``![img](...)``, ``<script>`` and
+  autolinks render literally.
+- Slack mrkdwn: ``&``, ``<``, ``>`` become ``&amp;``, ``&lt;``, ``&gt;`` (Slack's own rule),
+  which defuses ``<!channel>``, ``<@U123>`` and ``<url|label>``; bare ``@channel``,
+  ``@here`` and ``@everyone`` get a zero-width joiner so no client turns them into
+  mentions; formatting characters are shown as themselves.
+- PagerDuty note: plain text, control characters removed, length capped.
+
+Links Tocsin itself builds (provider URLs) are written only when they are http(s) URLs,
+and escaped like any other text.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MENTION = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+ZWJ = "\u200d"
+PAGERDUTY_NOTE_MAX = 25_000
+
+
+def iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[
+        :-3] + "Z"
+
+
+def md(text: object) -> str:
+    """Markdown-safe text: HTML entities first, then Markdown's punctuation escaped."""
+    s = CONTROL.sub("", str(text))
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = MD_SPECIAL.sub(r"\\\1", s)
+    return s.replace("\n", " ").replace("\r", " ")
+
+
+def slack(text: object) -> str:
+    """Slack mrkdwn-safe text (Slack's escaping rules plus defused bare mentions)."""
+    s = CONTROL.sub("", str(text))
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MENTION.sub(lambda m: "@" + ZWJ + m.group(1), s)
+
+
+def plain(text: object) -> str:
+    return CONTROL.sub("", str(text))
+
+
+def _safe_url(url: object) -> str | None:
+    if isinstance(url, str) and re.match(r"^https?://[^\s<>\"'`]+$", url):
+        return url
+    return None
+
+
+def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
+    inc = report["incident"]
+    cause = report["cause"]
+    return inc["family"], f"{cause['kind']} ({cause['confidence']})", cause["reason"]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    inc, cause = report["incident"], report["cause"]
+    family, verdict, reason = _headline(report)
+    w = inc["window"]
+    lines = [
+        f"# Incident {md(inc['id'])}: {md(family)}",
+        "",
+        f"- **Status:** {md(inc['status'])} · **env:** {md(inc['env'])} · "
+        f"**onset:** {iso(inc['onset_ms'])}",
+        f"- **Likely cause:** {md(verdict)}: {md(reason)} "
+        f"(rule `{md(cause['rule_id'])}` v{cause['rule_version']})",
+        f"- **Window:** {w['count']} errors, baseline {w['baseline']}, lift "
+        f"{w['lift'] if w['lift'] is not None else 'n/a'}, peak {w['peak']}",
+        "",
+        "## Next checks",
+        "",
+        *[f"1. {md(c)}" for c in report["next_checks"]],
+        "",
+        "## Evidence",
+        "",
+        "| time | kind | source | summary |",
+        "|---|---|---|---|",
+        *[f"| {iso(e['time_ms'])} | {md(e['kind'])} | {md(e['source'])} | {md(e['summary'])} |"
+          for e in report["evidence"]],
+    ]
+    if report["alerts"]:
+        lines += ["", "## Alerts", ""]
+        for a in report["alerts"]:
+            url = _safe_url(a.get("url"))
+            link = f" ({md(url)})" if url else ""
+            lines.append(f"- {md(a['severity'])} · {md(a['title'])} · {md(a['state'])} · "
+                         f"{a['occurrences']} occurrences{link}")
+    lines += ["", f"`{report['report_hash']}` · evidence `{report['evidence_fingerprint']}`",
+              ""]
+    return "\n".join(lines)
+
+
+def slack_blocks(report: dict[str, Any]) -> dict[str, Any]:
+    """A Slack Block Kit message (``blocks`` plus a plain ``text`` fallback)."""
+    inc, cause = report["incident"], report["cause"]
+    family, verdict, reason = _headline(report)
+    evidence = "\n".join(f"• {iso(e['time_ms'])} *{slack(e['kind'])}* {slack(e['summary'])}"
+                         for e in report["evidence"])
+    checks = "\n".join(f"{n}. {slack(c)}" for n, c in enumerate(report["next_checks"], 1))
+    return {
+        "text": plain(f"Incident {inc['id']} on {family}: {verdict}")[:3000],
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "emoji": False,
+                                        "text": plain(f"Incident: {family}")[:150]}},
+            {"type": "section", "fields": [
+                {"type": "mrkdwn", "text": f"*Status*\n{slack(inc['status'])}"},
+                {"type": "mrkdwn", "text": f"*Onset*\n{iso(inc['onset_ms'])}"},
+                {"type": "mrkdwn", "text": f"*Likely cause*\n{slack(verdict)}"},
+                {"type": "mrkdwn", "text": f"*Rule*\n{slack(cause['rule_id'])}"},
+            ]},
+            {"type": "section", "text": {"type": "mrkdwn", "text": slack(reason)[:3000]}},
+            {"type": "section", "text": {"type": "mrkdwn",
+                                         "text": f"*Next checks*\n{checks}"[:3000]}},
+            {"type": "section", "text": {"type": "mrkdwn",
+                                         "text": f"*Evidence*\n{evidence}"[:3000]}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack(
+                f"{inc['id']} · {report['report_hash']}")}]},
+        ],
+    }
+
+
+def pagerduty_note(report: dict[str, Any]) -> str:
+    """A PagerDuty incident note: plain text."""
+    inc = report["incident"]
+    family, verdict, reason = _headline(report)
+    lines = [f"Tocsin triage {inc['id']} ({family})",
+             f"Likely cause: {verdict}: {reason}",
+             f"Onset {iso(inc['onset_ms'])}, status {inc['status']}",
+             "Next checks:", *[f"- {c}" for c in report["next_checks"]],
+             f"Report {report['report_hash']}"]
+    return plain("\n".join(lines))[:PAGERDUTY_NOTE_MAX]

@@ -1,0 +1,258 @@
+"""The triage report ``triage.v1``: evidence, next checks, canonical bytes and two hashes.
+
+The report is a plain JSON object. Its bytes are its canonical form (ADR 0010): keys
+sorted, no insignificant whitespace, UTF-8, integers for every time. ``report_hash`` is
+"sha256:" + hex sha256 of those bytes with ``generated_at_ms``, ``report_hash`` and
+``evidence_fingerprint`` blanked; ``evidence_fingerprint`` is "sha256:" + hex sha256 of the
+sorted, de-duplicated ``kind:id`` lines of the evidence, so it stays put across
+re-evaluations until the evidence itself changes. Provenance (where each cited record was
+read) is kept beside the report, never inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tocsin.processors.classify import Decision, IncidentFacts
+
+SCHEMA = "triage.v1"
+MAX_ITEMS = 8
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+HASHED_BLANKS = ("generated_at_ms", "report_hash", "evidence_fingerprint")
+
+
+class SignalView(Protocol):
+    """What a report reads of a normalized signal (processors.signals.model.Signal)."""
+
+    @property
+    def signal_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def service(self) -> str | None: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def event_time_ms(self) -> int: ...
+    @property
+    def provider_url(self) -> str | None: ...
+    @property
+    def downstream(self) -> str | None: ...
+    @property
+    def runtime_subtype(self) -> str | None: ...
+    @property
+    def pod(self) -> str | None: ...
+    @property
+    def container(self) -> str | None: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def restart_count(self) -> int | None: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def commit(self) -> str | None: ...
+    @property
+    def pr_url(self) -> str | None: ...
+    @property
+    def author(self) -> str | None: ...
+    @property
+    def occurrences(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentState:
+    """The incident as the detection path last described it."""
+
+    facts: IncidentFacts
+    family: str
+    status: str
+    seq: int
+    window_count: int
+    peak_count: int
+    error_count: int
+    baseline: float
+    lift: float | None
+    last_error_ms: int
+    resolved_ms: int | None = None
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one byte form of a report: sorted keys, compact separators, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _signal_row(s: SignalView) -> dict[str, Any]:
+    return {"kind": s.type, "id": s.signal_id, "source": s.source,
+            "summary": s.title, "time_ms": s.event_time_ms}
+
+
+def _capped(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ordered by time, kind, summary (then id, for a total order); at most 8."""
+    return sorted(rows, key=lambda r: (r["time_ms"], r["kind"], r["summary"], r["id"]))[
+        :MAX_ITEMS]
+
+
+def _alert(s: SignalView) -> dict[str, Any]:
+    return {"id": s.signal_id, "source": s.source, "title": s.title, "state": s.state,
+            "severity": s.severity, "service": s.service, "time_ms": s.event_time_ms,
+            "occurrences": s.occurrences, "url": s.provider_url,
+            "summary": s.title, "kind": "alert"}
+
+
+def _runtime(s: SignalView) -> dict[str, Any]:
+    return {"id": s.signal_id, "source": s.source, "subtype": s.runtime_subtype,
+            "reason": s.reason, "severity": s.severity, "service": s.service,
+            "pod": s.pod, "container": s.container, "exit_code": s.exit_code,
+            "restart_count": s.restart_count, "time_ms": s.event_time_ms,
+            "occurrences": s.occurrences, "title": s.title}
+
+
+def _deploy(s: SignalView) -> dict[str, Any]:
+    return {"id": s.signal_id, "source": s.source, "service": s.service,
+            "version": s.version, "commit": s.commit, "pr_url": s.pr_url,
+            "author": s.author, "time_ms": s.event_time_ms, "title": s.title}
+
+
+def _strip_sort_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in ("summary", "kind")} for r in rows]
+
+
+def next_checks(incident: IncidentState, decision: Decision,
+                by_id: dict[str, SignalView]) -> list[str]:
+    """What to look at first, named from the evidence that decided, not a template."""
+    f = incident.facts
+    cited = [by_id[i] for i in decision.inputs if i in by_id]
+    checks: list[str] = []
+    if decision.kind == "deploy" and cited:
+        d = cited[0]
+        what = " ".join(x for x in (d.version, f"(commit {d.commit})" if d.commit else None)
+                        if x)
+        who = f" by {d.author}" if d.author else ""
+        checks.append(f"Compare {d.service} {what or 'deploy'}{who} with the version before "
+                      f"it; roll back if {incident.family} started with it.")
+        if d.pr_url:
+            checks.append(f"Read the change: {d.pr_url}")
+    if decision.kind == "dependency":
+        down = f.downstream or (cited[0].downstream or cited[0].service if cited else None)
+        checks.append(f"Check {down}: {f.service} {f.step} fails with {f.error_code} "
+                      f"calling it ({incident.error_count} errors since onset).")
+        for s in cited:
+            checks.append(f"Dependency signal from {s.source}: {s.title}")
+    if decision.kind == "runtime" and cited:
+        r = cited[0]
+        where = " ".join(x for x in (f"pod {r.pod}" if r.pod else None,
+                                     f"container {r.container}" if r.container else None)
+                         if x) or f"{r.service}"
+        detail = ", ".join(x for x in (
+            f"exit code {r.exit_code}" if r.exit_code is not None else None,
+            f"{r.restart_count} restarts" if r.restart_count is not None else None) if x)
+        checks.append(f"Inspect {where}: {r.runtime_subtype or r.reason}"
+                      + (f" ({detail})" if detail else "") + ".")
+    if decision.kind == "app":
+        checks.append(f"Read {f.service} {f.step} errors {f.error_code}: no downstream is "
+                      "involved, so the fault is likely in the service's own code or data.")
+    if decision.kind == "unknown":
+        checks.append(f"Look at {f.service} {f.step} ({f.error_code}): no deploy, dependency "
+                      "or runtime evidence correlated yet.")
+    return checks
+
+
+def build(incident: IncidentState, signals: Sequence[SignalView], decision: Decision,
+          as_of_ms: int) -> dict[str, Any]:
+    """The report, sealed with its two hashes."""
+    f = incident.facts
+    by_id = {s.signal_id: s for s in signals}
+    alerts = [s for s in signals if s.type == "alert"]
+    runtime = sorted((s for s in signals if s.type == "runtime"),
+                     key=lambda s: (SEVERITY_RANK.get(s.severity, 3), s.event_time_ms,
+                                    s.signal_id))[:MAX_ITEMS]
+    deploys = [s for s in signals if s.type == "deploy"]
+    dependencies = [s for s in signals if s.type == "dependency"]
+    suspect = next((by_id[i] for i in decision.inputs
+                    if i in by_id and by_id[i].type == "deploy"), None)
+    incident_row = {"kind": "incident", "id": f.incident_id, "source": "tocsin",
+                    "summary": f"{incident.family} spiked", "time_ms": f.onset_ms}
+    evidence = [incident_row, *_capped(_signal_row(s) for s in
+                                       [*deploys, *dependencies, *alerts])]
+    evidence += [_signal_row(s) for s in runtime]
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "incident": {
+            "id": f.incident_id, "family": incident.family, "env": f.env,
+            "service": f.service, "step": f.step, "error_code": f.error_code,
+            "downstream": f.downstream, "status": incident.status, "seq": incident.seq,
+            "onset_ms": f.onset_ms, "last_error_ms": incident.last_error_ms,
+            "resolved_ms": incident.resolved_ms,
+            "window": {"count": incident.window_count, "peak": incident.peak_count,
+                       "errors": incident.error_count,
+                       "baseline": incident.baseline, "lift": incident.lift},
+        },
+        "cause": decision.to_dict(),
+        "suspect_change": _deploy(suspect) if suspect else None,
+        "evidence": evidence,
+        "alerts": _strip_sort_keys(_capped(_alert(s) for s in alerts)),
+        "runtime": [_runtime(s) for s in runtime],
+        "deploys": [_deploy(s) for s in sorted(deploys, key=lambda s: (s.event_time_ms,
+                                                                      s.signal_id))][
+            :MAX_ITEMS],
+        "snapshots": {
+            "blast": {"capture": "partial",
+                      "affected_requests": incident.error_count,
+                      "affected_services": [f.service],
+                      "note": "from the detection path's counts; traces enrich it later"},
+            "propagation": {"capture": "partial" if f.downstream else "missing",
+                            "origin": {"service": f.downstream, "step": None}
+                            if f.downstream else None,
+                            "path": [f.service, f.downstream] if f.downstream else [],
+                            "sample_trace": None},
+        },
+        "next_checks": next_checks(incident, decision, by_id),
+        "generated_at_ms": as_of_ms,
+    }
+    return seal(report)
+
+
+def fingerprint_lines(report: dict[str, Any]) -> list[str]:
+    lines = {f"{row['kind']}:{row['id']}" for row in report["evidence"]}
+    for alert in report["alerts"]:
+        lines.add(f"alert:{alert['id']}")
+    for item in report["runtime"]:
+        lines.add(f"runtime:{item['id']}")
+    if report.get("suspect_change"):
+        lines.add(f"deploy:{report['suspect_change']['id']}")
+    trace = report["snapshots"]["propagation"].get("sample_trace")
+    if trace:
+        lines.add(f"trace:{trace}")
+    return sorted(lines)
+
+
+def seal(report: dict[str, Any]) -> dict[str, Any]:
+    """Set ``evidence_fingerprint`` and ``report_hash`` (over everything else)."""
+    sealed = dict(report)
+    sealed["evidence_fingerprint"] = _sha256("\n".join(fingerprint_lines(report)).encode())
+    blanked = {**sealed, **dict.fromkeys(HASHED_BLANKS, "")}
+    sealed["report_hash"] = _sha256(canonical_json(blanked))
+    return sealed
+
+
+def verify(report: dict[str, Any]) -> bool:
+    """Whether a report's two hashes match its content."""
+    return seal({k: v for k, v in report.items()}) == report
