@@ -115,17 +115,24 @@ def test_two_workers_give_the_same_rows_as_one(
         broker: str, reference: dict[str, Any], log: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     names = Names.fresh("two")
-    names.events = reference["names"].events
     db = tmp_path / "two.duckdb"
     first = WorkerProc(broker, names, db, role="all").start()
     second = WorkerProc(broker, names, tmp_path / "second.duckdb", role="detect").start()
     try:
-        second._wait(lambda h: len(h["partitions"]) > 0, 60, "partitions on worker 2")
+        # Both members of the group own some of the six partitions before any input.
+        def split(_: dict[str, Any]) -> bool:
+            mine, theirs = first.health(), second.health()
+            return bool(mine and theirs and mine["partitions"] and theirs["partitions"]
+                        and len(mine["partitions"]) + len(theirs["partitions"]) == 6)
+
+        first._wait(split, 90, "the partitions split between two workers")
+        produce_events(broker, names.events, log, partitions=6)
         first.wait_projected(len(log))
-        assert 0 < len(second.health()["partitions"]) < 6  # type: ignore[index]
+        counted = [w.health()["metrics"]["events_in"] for w in (first, second)]  # type: ignore[index]
     finally:
         assert second.stop() == 0
         assert first.stop() == 0
+    assert all(n > 0 for n in counted) and sum(counted) >= len(log), counted
     assert dump(db) == reference["rows"]
 
 
