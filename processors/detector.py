@@ -22,7 +22,7 @@ from tocsin.processors.family import Family
 from tocsin.processors.lifecycle import IncidentEvent, OpenIncident, event, incident_id
 from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 NONE: list[IncidentEvent] = []
 
 StepKey = tuple[str, str, str]
@@ -34,6 +34,7 @@ class FamilyState:
     buckets: dict[int, int] = field(default_factory=dict)
     last_error_ms: int = 0
     incident: OpenIncident | None = None
+    downstream: str | None = None  # of the latest error, in log order
 
 
 @dataclass(slots=True)
@@ -100,7 +101,8 @@ class PartitionDetector:
     # ------------------------------------------------------------------ feeding
 
     def observe(
-        self, t_ms: int, env: str, service: str, step: str, family: Family | None
+        self, t_ms: int, env: str, service: str, step: str, family: Family | None,
+        downstream: str | None = None,
     ) -> list[IncidentEvent]:
         """Feed one counted wide event (not suppressed); ``family`` is None when it is ok.
 
@@ -111,7 +113,7 @@ class PartitionDetector:
         self._advance_watermark(t_ms, out)
         self._count_step(t_ms, (env, service, step), family is not None)
         if family is not None:
-            self._count_error(t_ms, family, out)
+            self._count_error(t_ms, family, downstream, out)
         if out:
             self._out = []
             return out
@@ -141,7 +143,8 @@ class PartitionDetector:
             return False, count, base
         return True, count, base
 
-    def _count_error(self, t_ms: int, family: Family, out: list[IncidentEvent]) -> None:
+    def _count_error(self, t_ms: int, family: Family, downstream: str | None,
+                     out: list[IncidentEvent]) -> None:
         cfg = self.config
         clock = self.clocks[family.service]
         now_index = bucket_index(clock, cfg.bucket_ms)
@@ -155,6 +158,7 @@ class PartitionDetector:
             if fs is None:
                 return
         fs.buckets[index] = fs.buckets.get(index, 0) + 1
+        fs.downstream = downstream
         self._dirty_families.add((family, index))
         fs.last_error_ms = max(fs.last_error_ms, t_ms)
         incident = fs.incident
@@ -183,6 +187,7 @@ class PartitionDetector:
             status_since_ms=clock,
             peak_count=count,
             error_count=count,
+            downstream=fs.downstream,
         )
         self.open_by_service.setdefault(family.service, set()).add(family)
         self._idle_check_ms = None
@@ -357,6 +362,7 @@ class PartitionDetector:
                     fs.last_error_ms,
                     sorted(fs.buckets.items()),
                     fs.incident.to_list() if fs.incident else None,
+                    fs.downstream,
                 ]
                 for fs in sorted(self.families.values(), key=lambda s: s.family)
             ],
@@ -375,9 +381,10 @@ class PartitionDetector:
         det = cls(config)
         det.clocks = dict(snap["clocks"])
         det.watermark_ms = snap["watermark_ms"]
-        for env, service, step, code, last_error_ms, buckets, incident in snap["families"]:
+        for env, service, step, code, last_error_ms, buckets, incident, down in snap["families"]:
             family = Family(env, service, step, code)
-            fs = FamilyState(family, {int(i): int(n) for i, n in buckets}, last_error_ms)
+            fs = FamilyState(family, {int(i): int(n) for i, n in buckets}, last_error_ms,
+                             downstream=down)
             if incident is not None:
                 fs.incident = OpenIncident.from_list(incident)
                 det.open_by_service.setdefault(service, set()).add(family)

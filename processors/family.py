@@ -52,6 +52,16 @@ def anchor(event: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def failing_downstream(event: Mapping[str, Any]) -> str | None:
+    """The service the anchor step was calling, when the event names one."""
+    for step in event.get("steps") or ():
+        if step.get("status", "ok") in FAILING:
+            down = step.get("downstream")
+            return down.get("service") if down else None
+    down = event.get("downstream")
+    return down.get("service") if down else None
+
+
 def family_of(event: Mapping[str, Any]) -> Family | None:
     found = anchor(event)
     if found is None:

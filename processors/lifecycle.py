@@ -51,6 +51,7 @@ class IncidentEvent:
     error_count: int
     last_error_ms: int
     rule: str = RULE
+    downstream: str | None = None
 
     @property
     def event_id(self) -> str:
@@ -71,11 +72,12 @@ class OpenIncident:
     status_since_ms: int
     peak_count: int
     error_count: int
+    downstream: str | None = None
 
     def to_list(self) -> list[Any]:
         return [
             self.incident_id, self.onset_ms, self.status, self.seq,
-            self.status_since_ms, self.peak_count, self.error_count,
+            self.status_since_ms, self.peak_count, self.error_count, self.downstream,
         ]
 
     @classmethod
@@ -117,4 +119,5 @@ def event(
         peak_count=incident.peak_count,
         error_count=incident.error_count,
         last_error_ms=last_error_ms,
+        downstream=incident.downstream,
     )

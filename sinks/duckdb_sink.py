@@ -30,13 +30,15 @@ CREATE TABLE IF NOT EXISTS incident_events (
     env VARCHAR, service VARCHAR, step VARCHAR, error_code VARCHAR, family VARCHAR,
     onset_ms BIGINT, at_ms BIGINT, window_count INTEGER, baseline DOUBLE, lift DOUBLE,
     peak_count INTEGER, error_count INTEGER, last_error_ms BIGINT, rule VARCHAR,
+    downstream VARCHAR,
     PRIMARY KEY (incident_id, seq));
 CREATE TABLE IF NOT EXISTS incidents (
     incident_id VARCHAR PRIMARY KEY, env VARCHAR, service VARCHAR, step VARCHAR,
     error_code VARCHAR, family VARCHAR, status VARCHAR, seq INTEGER,
     onset TIMESTAMPTZ, onset_ms BIGINT, updated_ms BIGINT, resolved_ms BIGINT,
     opened_window_count INTEGER, opened_baseline DOUBLE, opened_lift DOUBLE,
-    window_count INTEGER, peak_count INTEGER, error_count INTEGER, last_error_ms BIGINT);
+    window_count INTEGER, peak_count INTEGER, error_count INTEGER, last_error_ms BIGINT,
+    downstream VARCHAR);
 CREATE TABLE IF NOT EXISTS family_windows (
     env VARCHAR, family VARCHAR, service VARCHAR, step VARCHAR, error_code VARCHAR,
     bucket_start_ms BIGINT, bucket_ms INTEGER, errors INTEGER,
@@ -57,7 +59,7 @@ EVENT_COLUMNS = (
     ("error_code", "VARCHAR"), ("family", "VARCHAR"), ("onset_ms", "BIGINT"),
     ("at_ms", "BIGINT"), ("window_count", "INTEGER"), ("baseline", "DOUBLE"),
     ("lift", "DOUBLE"), ("peak_count", "INTEGER"), ("error_count", "INTEGER"),
-    ("last_error_ms", "BIGINT"), ("rule", "VARCHAR"),
+    ("last_error_ms", "BIGINT"), ("rule", "VARCHAR"), ("downstream", "VARCHAR"),
 )
 FAMILY_WINDOW_COLUMNS = (
     ("env", "VARCHAR"), ("family", "VARCHAR"), ("service", "VARCHAR"), ("step", "VARCHAR"),
@@ -81,7 +83,8 @@ SELECT e.incident_id, e.env, e.service, e.step, e.error_code, e.family, last.sta
        make_timestamptz(e.onset_ms * 1000), e.onset_ms, last.at_ms,
        CASE WHEN last.status = 'resolved' THEN last.at_ms END,
        e.window_count, e.baseline, e.lift,
-       last.window_count, last.peak_count, last.error_count, last.last_error_ms
+       last.window_count, last.peak_count, last.error_count, last.last_error_ms,
+       e.downstream
 FROM incident_events e
 JOIN (SELECT incident_id, arg_max(status, seq) AS status, max(seq) AS seq,
              arg_max(at_ms, seq) AS at_ms, arg_max(window_count, seq) AS window_count,

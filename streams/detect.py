@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 
 from tocsin.processors.detector import FamilyWindow, PartitionDetector, StepWindow
-from tocsin.processors.family import family_of
+from tocsin.processors.family import failing_downstream, family_of
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,
@@ -206,8 +206,10 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             if event["status"] == "suppressed":
                 changes = detector.tick(t_ms, service)
             else:
+                family = family_of(event)
                 changes = detector.observe(
-                    t_ms, event["env"], service, event["step"], family_of(event))
+                    t_ms, event["env"], service, event["step"], family,
+                    failing_downstream(event) if family is not None else None)
             for change in changes:
                 self._emit(run, change)
         self.metrics.events_in += counted

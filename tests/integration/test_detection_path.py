@@ -34,6 +34,7 @@ def test_spike_opens_exactly_one_incident(broker: str, tmp_path: Path) -> None:
     # The fifth error inside the window crosses MIN_COUNT with a zero baseline.
     assert opened[0]["onset_ms"] == T0_MS + 2_400_000 + 4_000
     assert opened[0]["window_count"] == 5 and opened[0]["lift"] is None
+    assert opened[0]["downstream"] == "payment", "the failing step's downstream travels along"
     assert [r["kind"] for r in records] == ["opened", "recovering", "resolved"]
     assert [r["seq"] for r in records] == [1, 2, 3]
     assert len(rows) == 1

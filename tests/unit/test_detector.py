@@ -61,6 +61,17 @@ def test_opens_at_the_crossing_error_not_at_window_close() -> None:
     assert opened.incident_id == incident_id(PAY, opened.onset_ms)
 
 
+def test_the_failing_downstream_travels_with_the_incident() -> None:
+    det = PartitionDetector(DetectorConfig())
+    out = []
+    for k in range(5):
+        out += det.observe(T0 + k * 1000, "prod", "checkout", "payment.charge", PAY, "payment")
+    assert out[0].kind == "opened" and out[0].downstream == "payment"
+    snap = json.loads(json.dumps(det.snapshot()))
+    restored = PartitionDetector.restore(DetectorConfig(), snap)
+    assert restored.snapshot() == det.snapshot()
+
+
 def test_recovers_when_the_window_no_longer_qualifies_and_resolves_after_quiet_time() -> None:
     out = run(spike_scenario())
     assert [e.kind for e in out] == ["opened", "recovering", "resolved"]

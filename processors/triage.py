@@ -1,0 +1,142 @@
+"""Triage: fold incidents and signals, correlate them, and emit a report version whenever
+its hash changes (ADR 0009).
+
+The fold is order-independent by construction, so a signal arriving before or after the
+events it relates to, in any interleaving, gives the same final report bytes:
+
+- signals with the same ``signal_id`` fold into one: occurrences add up, first and last
+  seen are the min and max event times, and the other fields come from the occurrence
+  with the latest event time (ties: resolved > acknowledged > firing, then the larger
+  canonical form);
+- correlation is a predicate over event times and keys, never over arrival;
+- ``generated_at_ms`` is the latest event time among the incident's own changes and its
+  correlated signals, so it too is a function of the evidence set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tocsin.processors.classify import ClassifierConfig, IncidentFacts, classify
+from tocsin.processors.report import IncidentState, build, canonical_json
+
+STATE_RANK = {"firing": 0, "acknowledged": 1, "resolved": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class TriageConfig:
+    correlation_window_ms: int = 15 * 60_000
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """A signal after folding its duplicates."""
+
+    signal: Any  # processors.signals.model.Signal
+    occurrences: int
+    first_seen_ms: int
+    last_seen_ms: int
+
+    def merge(self, other: Any) -> Folded:
+        def key(s: Any) -> tuple[int, int, bytes]:
+            return (s.event_time_ms, STATE_RANK.get(s.state, -1), canonical_json(s.to_dict()))
+
+        latest = max(self.signal, other, key=key)
+        return Folded(latest, self.occurrences + int(other.occurrences),
+                      min(self.first_seen_ms, other.event_time_ms),
+                      max(self.last_seen_ms, other.event_time_ms))
+
+    def view(self) -> Any:
+        """The signal as reports see it: its folded occurrence count."""
+        return replace(self.signal, occurrences=self.occurrences)
+
+
+def fold(previous: Folded | None, signal: Any) -> Folded:
+    if previous is None:
+        return Folded(signal, int(signal.occurrences), signal.event_time_ms,
+                      signal.event_time_ms)
+    return previous.merge(signal)
+
+
+def incident_state(event: Mapping[str, Any], downstream: str | None) -> IncidentState:
+    facts = IncidentFacts(event["incident_id"], event["env"], event["service"], event["step"],
+                          event["error_code"], event["onset_ms"], downstream)
+    return IncidentState(
+        facts, event["family"], event["status"], event["seq"], event["window_count"],
+        event["peak_count"], event["error_count"], event["baseline"], event["lift"],
+        event["last_error_ms"], event["at_ms"] if event["status"] == "resolved" else None)
+
+
+def correlates(incident: IncidentState, signal: Any, window_ms: int) -> bool:
+    """Whether a signal is evidence for an incident (ADR 0009). A resolved incident absorbs
+    nothing that happened after it resolved."""
+    f = incident.facts
+    t = signal.event_time_ms
+    if incident.resolved_ms is not None and t > incident.resolved_ms:
+        return False
+    if signal.incident_id is not None:
+        return bool(signal.incident_id == f.incident_id)
+    if not f.onset_ms - window_ms <= t <= incident.last_error_ms + window_ms:
+        return False
+    if signal.env is not None and signal.env != f.env:
+        return False
+    if signal.error_code is not None and signal.error_code == f.error_code:
+        return True
+    names = {f.service} | ({f.downstream} if f.downstream else set())
+    return bool(signal.service in names or (signal.downstream is not None
+                                            and signal.downstream in names))
+
+
+class Triage:
+    """All incidents and signals of the stream; reports when something material changes."""
+
+    def __init__(self, config: TriageConfig | None = None) -> None:
+        self.config = config or TriageConfig()
+        self.incidents: dict[str, IncidentState] = {}
+        self.signals: dict[str, Folded] = {}
+        self.last_hash: dict[str, str] = {}
+        self.downstreams: dict[str, str] = {}
+
+    def on_incident_event(self, event: Mapping[str, Any], downstream: str | None = None
+                          ) -> list[dict[str, Any]]:
+        incident_id = event["incident_id"]
+        if downstream is not None:
+            self.downstreams[incident_id] = downstream
+        current = self.incidents.get(incident_id)
+        if current is not None and current.seq >= event["seq"]:
+            return []
+        self.incidents[incident_id] = incident_state(event, self.downstreams.get(incident_id))
+        return self._evaluate([incident_id])
+
+    def on_signal(self, signal: Any) -> list[dict[str, Any]]:
+        folded = fold(self.signals.get(signal.signal_id), signal)
+        self.signals[signal.signal_id] = folded
+        window = self.config.correlation_window_ms
+        touched = [i for i, inc in sorted(self.incidents.items())
+                   if correlates(inc, folded.signal, window)]
+        return self._evaluate(touched)
+
+    def evidence_for(self, incident: IncidentState) -> list[Any]:
+        window = self.config.correlation_window_ms
+        return [f.view() for _, f in sorted(self.signals.items())
+                if correlates(incident, f.signal, window)]
+
+    def report(self, incident_id: str) -> dict[str, Any]:
+        incident = self.incidents[incident_id]
+        evidence = self.evidence_for(incident)
+        decision = classify(incident.facts, evidence, self.config.classifier)
+        times = [incident.last_error_ms, incident.resolved_ms or 0,
+                 *(s.event_time_ms for s in evidence)]
+        return build(incident, evidence, decision, max(times))
+
+    def _evaluate(self, incident_ids: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for incident_id in incident_ids:
+            report = self.report(incident_id)
+            if self.last_hash.get(incident_id) != report["report_hash"]:
+                self.last_hash[incident_id] = report["report_hash"]
+                out.append(report)
+        return out
