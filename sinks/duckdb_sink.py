@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (source_topic, source_partition, source_offset));
 """
 
+# Columns added after a table first shipped: files written by an older Tocsin gain them.
+MIGRATIONS = (
+    ("incident_events", "downstream", "VARCHAR"),
+    ("incidents", "downstream", "VARCHAR"),
+)
+
 EVENT_COLUMNS = (
     ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("kind", "VARCHAR"),
     ("status", "VARCHAR"), ("env", "VARCHAR"), ("service", "VARCHAR"), ("step", "VARCHAR"),
@@ -119,6 +125,8 @@ class DuckDBSink:
         self.con = duckdb.connect(self.path)
         self._lock = threading.Lock()
         self.con.execute(DDL)
+        for table, column, kind in MIGRATIONS:
+            self.con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         # The query surface runs analysts' SQL on this connection: no file reads or writes
         # beyond the database itself, and nobody may turn that back on.
         self.con.execute("SET enable_external_access = false")

@@ -38,6 +38,11 @@ class Sig:
     author: str | None = None
     incident_id: str | None = None
     occurrences: int = 1
+    error_code: str | None = None
+    trace_id: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
 
 
 FACTS = IncidentFacts("inc_dd40b8528905eadf", "prod", "checkout", "payment.charge", "PMT_502",

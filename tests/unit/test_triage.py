@@ -1,0 +1,106 @@
+"""Triage fold: any interleaving of incidents and signals gives the same final report bytes;
+duplicates fold; a resolved incident absorbs nothing; identical re-evaluations emit
+nothing."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from tests.unit.report_fixtures import MIN, ONSET, SIGNALS, Sig
+from tocsin.processors.report import canonical_json
+from tocsin.processors.triage import Triage
+
+BASE = {"incident_id": "inc_dd40b8528905eadf", "env": "prod", "service": "checkout",
+        "step": "payment.charge", "error_code": "PMT_502",
+        "family": "checkout:payment.charge:PMT_502", "onset_ms": ONSET, "baseline": 0.0,
+        "lift": None, "rule": "spike.v1", "downstream": "payment"}
+LIFECYCLE = [
+    {**BASE, "seq": 1, "kind": "opened", "status": "active", "at_ms": ONSET,
+     "window_count": 5, "peak_count": 5, "error_count": 5, "last_error_ms": ONSET},
+    {**BASE, "seq": 2, "kind": "recovering", "status": "recovering", "at_ms": ONSET + 12 * MIN,
+     "window_count": 0, "peak_count": 40, "error_count": 40, "last_error_ms": ONSET + 2 * MIN},
+    {**BASE, "seq": 3, "kind": "resolved", "status": "resolved", "at_ms": ONSET + 12 * MIN,
+     "window_count": 0, "peak_count": 40, "error_count": 40, "last_error_ms": ONSET + 2 * MIN},
+]
+LATE_ALERT = Sig("sig_late", "alert", "fired after resolve", ONSET + 30 * MIN)
+DUPLICATE = replace(SIGNALS[3], event_time_ms=ONSET + 90_000, state="resolved", occurrences=1)
+
+Item = tuple[str, Any]
+ITEMS: list[Item] = [("incident", e) for e in LIFECYCLE] + \
+    [("signal", s) for s in [*SIGNALS, LATE_ALERT, DUPLICATE]]
+
+
+def run(items: list[Item]) -> tuple[Triage, list[dict[str, Any]]]:
+    triage = Triage()
+    reports: list[dict[str, Any]] = []
+    for kind, item in items:
+        if kind == "incident":
+            reports += triage.on_incident_event(item, item.get("downstream"))
+        else:
+            reports += triage.on_signal(item)
+    return triage, reports
+
+
+def ordered(seed: int) -> list[Item]:
+    """Lifecycle events keep their own order (one key, one partition); the rest is shuffled."""
+    rnd = random.Random(seed)
+    signals = [i for i in ITEMS if i[0] == "signal"]
+    rnd.shuffle(signals)
+    merged: list[Item] = []
+    lifecycle = [i for i in ITEMS if i[0] == "incident"]
+    while signals or lifecycle:
+        source = signals if (signals and (not lifecycle or rnd.random() < 0.5)) else lifecycle
+        merged.append(source.pop(0))
+    return merged
+
+
+REFERENCE = canonical_json(run(ITEMS)[1][-1])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 42, 1234])
+def test_any_interleaving_gives_the_same_final_report_bytes(seed: int) -> None:
+    _, reports = run(ordered(seed))
+    assert canonical_json(reports[-1]) == REFERENCE
+
+
+def test_signals_before_the_incident_exists_are_not_lost() -> None:
+    signals_first = [i for i in ITEMS if i[0] == "signal"] + [i for i in ITEMS
+                                                             if i[0] == "incident"]
+    assert canonical_json(run(signals_first)[1][-1]) == REFERENCE
+
+
+def test_duplicates_fold_with_an_occurrence_count_and_the_latest_state() -> None:
+    triage, _ = run(ITEMS)
+    folded = triage.signals["sig_alert"]
+    assert folded.occurrences == 4  # 3 in the first delivery, 1 more
+    assert folded.signal.state == "resolved"
+    assert (folded.first_seen_ms, folded.last_seen_ms) == (ONSET + 30_000, ONSET + 90_000)
+    alert = next(a for a in run(ITEMS)[1][-1]["alerts"] if a["id"] == "sig_alert")
+    assert alert["occurrences"] == 4 and alert["state"] == "resolved"
+
+
+def test_a_resolved_incident_absorbs_nothing_after_it_resolved() -> None:
+    final = run(ITEMS)[1][-1]
+    assert "sig_late" not in {row["id"] for row in final["evidence"]}
+
+
+def test_identical_re_evaluations_emit_nothing() -> None:
+    triage, reports = run(ITEMS)
+    assert len({r["report_hash"] for r in reports}) == len(reports)
+    # A re-delivered deploy folds (its count is not part of the report): nothing new.
+    assert triage.on_signal(SIGNALS[0]) == []
+    assert triage.on_incident_event(LIFECYCLE[2]) == []  # a replayed lifecycle event
+    # A re-delivered alert changes its occurrence count, which the report shows.
+    assert len(triage.on_signal(SIGNALS[3])) == 1
+
+
+def test_every_emitted_version_differs_from_the_previous() -> None:
+    for perm in itertools.islice(itertools.permutations(range(len(ITEMS))), 0, 40, 7):
+        _, reports = run([ITEMS[i] for i in perm])
+        hashes = [r["report_hash"] for r in reports]
+        assert all(a != b for a, b in itertools.pairwise(hashes))
