@@ -26,6 +26,19 @@ SNAPSHOT_VERSION = 2
 NONE: list[IncidentEvent] = []
 
 StepKey = tuple[str, str, str]
+KNOWN_VERSIONS = 8  # versions remembered per (service, env): a rolling deploy's old and
+# new instances interleave, and only a version not seen lately is a deploy
+
+
+@dataclass(frozen=True, slots=True)
+class VersionChanged:
+    """A service's version changed on incoming events: a deploy, registered (ADR 0007)."""
+
+    service: str
+    env: str
+    version: str
+    previous: str
+    t_ms: int
 
 
 @dataclass(slots=True)
@@ -95,6 +108,7 @@ class PartitionDetector:
         # Read on every event: plain attributes, not properties.
         self._generation = 0
         self._out: list[IncidentEvent] = []
+        self.versions: dict[tuple[str, str], list[str]] = {}
         self._bucket_ms = config.bucket_ms
         self._buckets_per_window = config.buckets_per_window
 
@@ -118,6 +132,25 @@ class PartitionDetector:
             self._out = []
             return out
         return NONE
+
+    def version_seen(self, t_ms: int, env: str, service: str, version: str
+                     ) -> VersionChanged | None:
+        """Note a service's version; a version not among the last few seen for this
+        (service, env) is a deploy. The first version ever seen is not one."""
+        seen = self.versions.get((service, env))
+        if seen is None:
+            self.versions[(service, env)] = [version]
+            return None
+        if seen[-1] == version:
+            return None
+        if version in seen:
+            seen.remove(version)
+            seen.append(version)
+            return None
+        previous = seen[-1]
+        seen.append(version)
+        del seen[:-KNOWN_VERSIONS]
+        return VersionChanged(service, env, version, previous, t_ms)
 
     def tick(self, t_ms: int, service: str) -> list[IncidentEvent]:
         """Advance a service's clock without counting (a suppressed event still tells time)."""
@@ -368,6 +401,7 @@ class PartitionDetector:
             ],
             "steps": [[*k, sorted((i, c[:2]) for i, c in b.items())]
                       for k, b in sorted(self.steps.items())],
+            "versions": [[*k, v] for k, v in sorted(self.versions.items())],
             "counters": self.counters.as_dict(),
         }
 
@@ -392,4 +426,5 @@ class PartitionDetector:
         for env, service, step, buckets in snap["steps"]:
             det.steps[(env, service, step)] = {int(i): [*c, -1] for i, c in buckets}
         det.counters = Counters(**snap["counters"])
+        det.versions = {(service, env): list(v) for service, env, v in snap["versions"]}
         return det

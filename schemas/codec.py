@@ -33,6 +33,7 @@ CONFLUENT_MAGIC = b"\x00"
 
 WIDE_EVENT = "wide_event.v1"
 INCIDENT_EVENT = "incident_event.v1"
+SIGNAL = "signal.v1"
 
 Encoding = Literal["avro", "json"]
 

@@ -47,6 +47,27 @@ CREATE TABLE IF NOT EXISTS step_windows (
     env VARCHAR, service VARCHAR, step VARCHAR, bucket_start_ms BIGINT, bucket_ms INTEGER,
     requests INTEGER, errors INTEGER,
     PRIMARY KEY (env, service, step, bucket_start_ms));
+CREATE TABLE IF NOT EXISTS signals (
+    signal_id VARCHAR PRIMARY KEY, dedup_key VARCHAR, type VARCHAR, state VARCHAR,
+    source VARCHAR, service VARCHAR, env VARCHAR, severity VARCHAR, title VARCHAR,
+    reason VARCHAR, description VARCHAR, event_time_ms BIGINT, starts_at_ms BIGINT,
+    ends_at_ms BIGINT, fingerprint VARCHAR, provider_url VARCHAR, labels VARCHAR,
+    annotations VARCHAR, incident_id VARCHAR, trace_id VARCHAR, error_code VARCHAR,
+    downstream VARCHAR, runtime_subtype VARCHAR, pod VARCHAR, container VARCHAR,
+    node VARCHAR, exit_code INTEGER, restart_count INTEGER, version VARCHAR,
+    "commit" VARCHAR, pr_url VARCHAR, author VARCHAR, occurrences INTEGER,
+    first_seen_ms BIGINT, last_seen_ms BIGINT);
+CREATE TABLE IF NOT EXISTS triage_reports (
+    incident_id VARCHAR, report_hash VARCHAR, evidence_fingerprint VARCHAR,
+    generated_at_ms BIGINT, status VARCHAR, incident_seq INTEGER, cause_kind VARCHAR,
+    cause_confidence VARCHAR, cause_rule VARCHAR, body VARCHAR, provenance VARCHAR,
+    written_seq BIGINT,
+    PRIMARY KEY (incident_id, report_hash));
+CREATE TABLE IF NOT EXISTS evidence (
+    incident_id VARCHAR, report_hash VARCHAR, kind VARCHAR, id VARCHAR, source VARCHAR,
+    summary VARCHAR, time_ms BIGINT,
+    PRIMARY KEY (incident_id, report_hash, kind, id));
+CREATE SEQUENCE IF NOT EXISTS report_order;
 CREATE TABLE IF NOT EXISTS dead_letters (
     source_topic VARCHAR, source_partition INTEGER, source_offset BIGINT,
     reason VARCHAR, size_bytes INTEGER, dlq_partition INTEGER, dlq_offset BIGINT,
@@ -77,6 +98,30 @@ STEP_WINDOW_COLUMNS = (
     ("bucket_start_ms", "BIGINT"), ("bucket_ms", "INTEGER"), ("requests", "INTEGER"),
     ("errors", "INTEGER"),
 )
+SIGNAL_COLUMNS = tuple((name, kind) for name, kind in (
+    ("signal_id", "VARCHAR"), ("dedup_key", "VARCHAR"), ("type", "VARCHAR"),
+    ("state", "VARCHAR"), ("source", "VARCHAR"), ("service", "VARCHAR"), ("env", "VARCHAR"),
+    ("severity", "VARCHAR"), ("title", "VARCHAR"), ("reason", "VARCHAR"),
+    ("description", "VARCHAR"), ("event_time_ms", "BIGINT"), ("starts_at_ms", "BIGINT"),
+    ("ends_at_ms", "BIGINT"), ("fingerprint", "VARCHAR"), ("provider_url", "VARCHAR"),
+    ("labels", "VARCHAR"), ("annotations", "VARCHAR"), ("incident_id", "VARCHAR"),
+    ("trace_id", "VARCHAR"), ("error_code", "VARCHAR"), ("downstream", "VARCHAR"),
+    ("runtime_subtype", "VARCHAR"), ("pod", "VARCHAR"), ("container", "VARCHAR"),
+    ("node", "VARCHAR"), ("exit_code", "INTEGER"), ("restart_count", "INTEGER"),
+    ("version", "VARCHAR"), ("commit", "VARCHAR"), ("pr_url", "VARCHAR"),
+    ("author", "VARCHAR"), ("occurrences", "INTEGER"), ("first_seen_ms", "BIGINT"),
+    ("last_seen_ms", "BIGINT"),
+))
+REPORT_COLUMNS = (
+    ("incident_id", "VARCHAR"), ("report_hash", "VARCHAR"),
+    ("evidence_fingerprint", "VARCHAR"), ("generated_at_ms", "BIGINT"), ("status", "VARCHAR"),
+    ("incident_seq", "INTEGER"), ("cause_kind", "VARCHAR"), ("cause_confidence", "VARCHAR"),
+    ("cause_rule", "VARCHAR"), ("body", "VARCHAR"), ("provenance", "VARCHAR"),
+)
+EVIDENCE_COLUMNS = (
+    ("incident_id", "VARCHAR"), ("report_hash", "VARCHAR"), ("kind", "VARCHAR"),
+    ("id", "VARCHAR"), ("source", "VARCHAR"), ("summary", "VARCHAR"), ("time_ms", "BIGINT"),
+)
 DEAD_LETTER_COLUMNS = (
     ("source_topic", "VARCHAR"), ("source_partition", "INTEGER"), ("source_offset", "BIGINT"),
     ("reason", "VARCHAR"), ("size_bytes", "INTEGER"), ("dlq_partition", "INTEGER"),
@@ -104,9 +149,9 @@ WHERE e.seq = 1
 
 def _insert_sql(table: str, columns: Sequence[tuple[str, str]], verb: str) -> str:
     selects = ", ".join(
-        f"unnest(${n}::{kind}[]) AS {name}" for n, (name, kind) in enumerate(columns, 1)
+        f'unnest(${n}::{kind}[]) AS "{name}"' for n, (name, kind) in enumerate(columns, 1)
     )
-    names = ", ".join(name for name, _ in columns)
+    names = ", ".join(f'"{name}"' for name, _ in columns)
     return f"INSERT {verb} INTO {table} ({names}) SELECT {selects}"
 
 
@@ -149,6 +194,9 @@ class DuckDBSink:
         family_windows: Sequence[Mapping[str, Any]] = (),
         step_windows: Sequence[Mapping[str, Any]] = (),
         dead_letters: Sequence[Mapping[str, Any]] = (),
+        signals: Sequence[Mapping[str, Any]] = (),
+        reports: Sequence[Mapping[str, Any]] = (),
+        evidence: Sequence[Mapping[str, Any]] = (),
         positions: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         """Apply one batch and its input positions atomically."""
@@ -172,6 +220,18 @@ class DuckDBSink:
                         _columns(_last_by(step_windows,
                                           ("env", "service", "step", "bucket_start_ms")),
                                  STEP_WINDOW_COLUMNS))
+                if signals:
+                    con.execute(_insert_sql("signals", SIGNAL_COLUMNS, "OR REPLACE"),
+                                _columns(_last_by(signals, ("signal_id",)), SIGNAL_COLUMNS))
+                if reports:
+                    con.execute(_insert_sql("triage_reports", REPORT_COLUMNS, "OR IGNORE"),
+                                _columns(reports, REPORT_COLUMNS))
+                    con.execute(
+                        "UPDATE triage_reports SET written_seq = nextval('report_order') "
+                        "WHERE written_seq IS NULL")
+                if evidence:
+                    con.execute(_insert_sql("evidence", EVIDENCE_COLUMNS, "OR IGNORE"),
+                                _columns(evidence, EVIDENCE_COLUMNS))
                 if dead_letters:
                     con.execute(_insert_sql("dead_letters", DEAD_LETTER_COLUMNS, "OR IGNORE"),
                                 _columns(dead_letters, DEAD_LETTER_COLUMNS))
@@ -186,6 +246,17 @@ class DuckDBSink:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+    def latest_report(self, incident_id: str) -> str | None:
+        """The newest report version of an incident, as its canonical bytes (text)."""
+        cur = self.con.cursor()
+        try:
+            row = cur.execute(
+                "SELECT body FROM triage_reports WHERE incident_id = ? "
+                "ORDER BY written_seq DESC LIMIT 1", [incident_id]).fetchone()
+        finally:
+            cur.close()
+        return None if row is None else str(row[0])
 
     def query(self, sql: str, params: Sequence[Any] | None = None
               ) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -15,12 +15,14 @@ from typing import Any
 import faust
 import mode
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from tocsin.processors.detector import SNAPSHOT_VERSION
 from tocsin.sinks.duckdb_sink import DuckDBSink
 from tocsin.streams.detect import Detection
 from tocsin.streams.http import register_views
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics
+from tocsin.streams.intake import Intake
+from tocsin.streams.kafka_io import TopicSpec, ensure_topics, new_producer, stop_quietly
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.project import Projection
 from tocsin.streams.settings import Settings
@@ -71,6 +73,8 @@ class Worker(mode.Service):
         self.projection: Projection | None = None
         self.table = table
         self._runs: list[asyncio.Task[None]] = []
+        self._producers: list[AIOKafkaProducer] = []
+        self.intake: Intake | None = None
 
     async def on_started(self) -> None:
         self._runs.append(asyncio.ensure_future(self._main()))
@@ -78,6 +82,11 @@ class Worker(mode.Service):
     async def _main(self) -> None:
         s = self.settings
         await self._guard(ensure_topics(self.bootstrap, topic_specs(s), s.replication_factor))
+        if s.http_port > 0:
+            producer = new_producer(self.bootstrap)
+            await self._guard(producer.start())
+            self._producers.append(producer)
+            self.intake = Intake(s, producer, self.metrics)
         if s.role in ("all", "project") and self.sink is not None:
             self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
             self._runs.append(asyncio.ensure_future(self._guard(self.projection.run())))
@@ -103,6 +112,7 @@ class Worker(mode.Service):
             self.projection.stop()
         if self._runs:
             await asyncio.wait(self._runs, timeout=15)
+        await stop_quietly(*self._producers)
         if self.sink is not None:
             self.sink.close()
 
@@ -114,6 +124,8 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(t.incidents, s.partitions, s.incident_retention_ms),
         TopicSpec(t.windows, s.partitions, s.retention_ms),
         TopicSpec(t.dlq, s.partitions, s.retention_ms),
+        TopicSpec(t.signals, s.partitions, s.retention_ms),
+        TopicSpec(t.reports, s.partitions, s.incident_retention_ms),
     ]
 
 

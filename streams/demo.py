@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 
+from tocsin.processors.render import markdown
 from tocsin.streams.broker import EmbeddedBroker, free_port
 from tocsin.streams.kafka_io import TopicSpec, ensure_topics
 from tocsin.streams.producing import ProduceReport, publish
@@ -71,6 +72,60 @@ def traffic(start_ms: int, seconds: int, spike: bool) -> Iterator[dict[str, Any]
                                      error_message="inventory store unavailable")
                     else:
                         yield _event(t, service, step, n)
+
+
+DEMO_ONSET_MS = DEMO_T0_MS + 2_403_000  # the 5th PMT_502 crosses MIN_COUNT
+MINUTE_MS = 60_000
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def demo_signals() -> list[tuple[str, dict[str, Any]]]:
+    """The reference acceptance demo's evidence, in the formats real systems send: a CI
+    deploy of checkout, a dependency signal on payment, a Kubernetes OOMKill on checkout and
+    an Alertmanager alert. Fixed times: two runs give the same report hash."""
+    onset = DEMO_ONSET_MS
+    return [
+        ("/v1/signals/ci", {
+            "event": "deploy", "service": "checkout", "environment": "prod",
+            "version": "1.5.0", "commit": "8f2c1e0a", "author": "dana", "status": "success",
+            "pr_url": "https://github.com/acme/checkout/pull/412",
+            "timestamp": _rfc3339(onset - 6 * MINUTE_MS)}),
+        ("/v1/signals/native", {
+            "type": "dependency", "service": "payment", "env": "prod",
+            "severity": "critical", "title": "payment gateway answers 502",
+            "event_time_ms": onset - 2 * MINUTE_MS}),
+        ("/v1/signals/native", {
+            "type": "runtime", "runtime_subtype": "oom_killed", "service": "checkout",
+            "env": "prod", "severity": "critical", "pod": "checkout-7d9f", "container": "api",
+            "exit_code": 137, "reason": "OOMKilled", "title": "checkout-7d9f api OOMKilled",
+            "event_time_ms": onset - MINUTE_MS}),
+        ("/v1/signals", {
+            "version": "4", "status": "firing", "receiver": "tocsin", "groupKey": "{}:{}",
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093", "truncatedAlerts": 0,
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": "CheckoutErrorRate", "service": "checkout",
+                           "env": "prod", "severity": "warning"},
+                "annotations": {"summary": "checkout error rate above 5%"},
+                "startsAt": _rfc3339(onset + 30_000), "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus:9090/graph?g0.expr=checkout_errors",
+                "fingerprint": "c0ffee0123456789"}]}),
+    ]
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> list[str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return list(json.loads(resp.read())["signal_ids"])
+    except urllib.error.HTTPError as exc:
+        raise DemoError(f"the intake refused {path}: {exc.read()[:300]!r}") from exc
 
 
 def _encoded(events: Iterator[dict[str, Any]]) -> Iterator[tuple[bytes | None, bytes]]:
@@ -165,6 +220,9 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
                      "--db", str(db_path), "--http-port", str(http_port)],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             _wait_detecting(http_port, proc, log_path, 45)
+            status.update("sending a deploy, a dependency signal, an OOMKill and an alert")
+            signal_ids = [_post(http_port, path, body) for path, body in demo_signals()]
+            console.log(f"accepted {len(signal_ids)} signals over HTTP")
             console.log(f"broker on {broker.bootstrap}, worker up, DuckDB at {db_path}")
 
             status.update("publishing 40 min of healthy traffic across 6 services")
@@ -196,6 +254,12 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
                             f"WHERE incident_id = '{incident['incident_id']}' ORDER BY seq")
             console.log("lifecycle: " + ", ".join(
                 f"{e['kind']} at {_iso(e['at_ms'])}" for e in events))
+            status.update("waiting for the final triage report")
+            final = _wait(http_port, "SELECT body FROM triage_reports WHERE incident_id = "
+                          f"'{incident['incident_id']}' AND status = 'resolved' "
+                          "ORDER BY written_seq DESC LIMIT 1", proc, log_path, 30)[0]
+            triage = json.loads(final["body"])
+            console.print(markdown(triage), markup=False, highlight=False)
             status.update("stopping the worker")
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
@@ -217,6 +281,11 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
         "baseline": incident["opened_baseline"],
         "lift": incident["opened_lift"],
         "lifecycle": [e["kind"] for e in events],
+        "cause": triage["cause"]["kind"],
+        "cause_confidence": triage["cause"]["confidence"],
+        "cause_rule": triage["cause"]["rule_id"],
+        "report_hash": triage["report_hash"],
+        "evidence_fingerprint": triage["evidence_fingerprint"],
         "events_published": report.sent,
         "detect_seconds": round(detect_s, 3),
     }

@@ -27,9 +27,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from tocsin.processors.detector import FamilyWindow, PartitionDetector, StepWindow
+from tocsin.processors.detector import (
+    FamilyWindow,
+    PartitionDetector,
+    StepWindow,
+    VersionChanged,
+)
 from tocsin.processors.family import failing_downstream, family_of
 from tocsin.processors.lifecycle import IncidentEvent
+from tocsin.processors.signals.model import Signal
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,
     SchemaError,
@@ -42,6 +48,7 @@ from tocsin.streams.kafka_io import dead_letter_headers, read_to_end, stop_quiet
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.settings import Settings
+from tocsin.streams.triage_io import encode_signal
 
 log = logging.getLogger("tocsin.detect")
 
@@ -203,6 +210,11 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             counted += 1
             t_ms = event["event_time_ms"]
             service = event["service"]
+            version = event.get("service_version")
+            if version:
+                changed = detector.version_seen(t_ms, event["env"], service, version)
+                if changed is not None:
+                    self._register_deploy(run, changed)
             if event["status"] == "suppressed":
                 changes = detector.tick(t_ms, service)
             else:
@@ -232,6 +244,24 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
                      ("tocsin.kind", change.kind.encode())])))
         if self.on_event is not None:
             self.on_event(change)
+
+    def _register_deploy(self, run: PartitionRun, changed: VersionChanged) -> None:
+        """A version change on the events registers a deploy signal (no CI needed)."""
+        assert self.producer is not None
+        signal = Signal(
+            dedup_key=f"version:{changed.service}|{changed.env}|{changed.version}|"
+                      f"{changed.t_ms}",
+            type="deploy", state="firing", source="native", service=changed.service,
+            env=changed.env, severity="info", event_time_ms=changed.t_ms,
+            starts_at_ms=changed.t_ms, version=changed.version,
+            title=f"{changed.service} {changed.version} seen on events "
+                  f"(was {changed.previous})",
+            reason="version_changed", annotations={"previous_version": changed.previous})
+        self.metrics.deploys_registered += 1
+        run.pending.append(asyncio.ensure_future(self.producer.send(
+            self.settings.topics.signals, encode_signal(signal),
+            key=changed.service.encode(),
+            headers=[("tocsin.signal_id", signal.signal_id.encode())])))
 
     def _dead_letter(self, run: PartitionRun, rec: ConsumerRecord[bytes, bytes], reason: str,
                      field_name: str | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -16,12 +17,26 @@ import orjson
 from faust.web import Request, Response, View
 
 from tocsin.sinks.duckdb_sink import DuckDBSink, ReadOnlyViolation
+from tocsin.streams.reports import RENDERINGS, render_report
 
 if TYPE_CHECKING:
     from tocsin.streams.app import Worker
     from tocsin.streams.metrics import Metrics
 
 MAX_ROWS = 100_000
+OPENAPI = Path(__file__).with_name("openapi.json")
+INCIDENTS_SQL = """
+SELECT i.incident_id, i.family, i.env, i.service, i.step, i.error_code, i.status,
+       i.onset_ms, i.updated_ms, i.resolved_ms, i.peak_count, i.error_count,
+       r.report_hash, r.cause_kind, r.cause_confidence
+FROM incidents i
+LEFT JOIN (SELECT incident_id, arg_max(report_hash, written_seq) AS report_hash,
+                  arg_max(cause_kind, written_seq) AS cause_kind,
+                  arg_max(cause_confidence, written_seq) AS cause_confidence
+           FROM triage_reports GROUP BY incident_id) r USING (incident_id)
+WHERE $1::VARCHAR IS NULL OR i.status = $1
+ORDER BY i.onset_ms DESC, i.incident_id
+"""
 
 
 def _default(value: Any) -> Any:
@@ -63,6 +78,60 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
     class Prometheus(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/v1/signals")
+    class Signals(View):
+        async def post(self, request: Request) -> Response:
+            return await _intake(self, request, None)
+
+    @app.page("/v1/signals/{provider}")
+    class SignalsFrom(View):
+        async def post(self, request: Request, provider: str) -> Response:
+            return await _intake(self, request, provider)
+
+    async def _intake(view: View, request: Request, provider: str | None) -> Response:
+        if worker.intake is None:
+            return answer(view, 503, {"error": "intake not ready yet"})
+        limit = worker.settings.intake_max_body_bytes
+        length = request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return answer(view, 413, {"error": f"body over {limit} bytes"})
+        body = await request.read()
+        result = await worker.intake.handle(body, provider, request.headers.get("Authorization"))
+        return view.bytes(orjson.dumps(result.body), content_type="application/json",
+                          status=result.status, headers=result.headers)
+
+    @app.page("/v1/incidents")
+    class Incidents(View):
+        async def get(self, request: Request) -> Response:
+            if sink is None:
+                return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
+            status = request.query.get("status")
+            if status is not None and status not in ("active", "recovering", "resolved"):
+                return answer(self, 400, {"error": "status is active, recovering or resolved"})
+            columns, rows = await asyncio.to_thread(sink.query, INCIDENTS_SQL, [status])
+            return self.bytes(orjson.dumps({"incidents": [dict(zip(columns, r, strict=True))
+                                                          for r in rows]}, default=_default),
+                              content_type="application/json")
+
+    @app.page("/v1/incidents/{incident_id}/report")
+    class Report(View):
+        async def get(self, request: Request, incident_id: str) -> Response:
+            if sink is None:
+                return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
+            fmt = request.query.get("format", "json")
+            if fmt not in RENDERINGS:
+                return answer(self, 400, {"error": f"format is one of {sorted(RENDERINGS)}"})
+            body = await asyncio.to_thread(sink.latest_report, incident_id)
+            if body is None:
+                return answer(self, 404, {"error": f"no report for {incident_id}"})
+            data, content_type = render_report(body, fmt)
+            return self.bytes(data, content_type=content_type)
+
+    @app.page("/openapi.json")
+    class OpenAPI(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(OPENAPI.read_bytes(), content_type="application/json")
 
     @app.page("/v1/query")
     class Query(View):

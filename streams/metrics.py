@@ -18,6 +18,9 @@ class Metrics(Collector):
     duplicates_suppressed: int = 0
     checkpoints: int = 0
     rows_projected: int = 0
+    reports_published: int = 0
+    signals_accepted: int = 0
+    deploys_registered: int = 0
     lifecycle: Counter[str] = field(default_factory=Counter)
     counters: dict[int, dict[str, int]] = field(default_factory=dict)
 
@@ -33,6 +36,13 @@ class Metrics(Collector):
                                   value=self.checkpoints)
         yield CounterMetricFamily("tocsin_rows_projected", "rows written to DuckDB",
                                   value=self.rows_projected)
+        yield CounterMetricFamily("tocsin_reports_published", "report versions published",
+                                  value=self.reports_published)
+        yield CounterMetricFamily("tocsin_signals_accepted", "signals accepted over HTTP",
+                                  value=self.signals_accepted)
+        yield CounterMetricFamily("tocsin_deploys_registered",
+                                  "deploys registered from version changes on events",
+                                  value=self.deploys_registered)
         life = CounterMetricFamily("tocsin_lifecycle_events", "lifecycle changes", labels=["kind"])
         for kind, n in sorted(self.lifecycle.items()):
             life.add_metric([kind], n)
@@ -54,5 +64,8 @@ class Metrics(Collector):
             "events_in": self.events_in, "dead_letters": self.dead_letters,
             "duplicates_suppressed": self.duplicates_suppressed,
             "checkpoints": self.checkpoints, "rows_projected": self.rows_projected,
+            "reports_published": self.reports_published,
+            "signals_accepted": self.signals_accepted,
+            "deploys_registered": self.deploys_registered,
             "lifecycle": dict(self.lifecycle),
         }

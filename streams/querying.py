@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,33 @@ def _via_worker(port: int, sql: str) -> tuple[list[str], list[list[Any]]] | None
     except (urllib.error.URLError, TimeoutError, ConnectionError):
         return None
     return body["columns"], body["rows"]
+
+
+def fetch_report(db: str | Path, incident_id: str, fmt: str) -> bytes:
+    """The latest report of an incident, in a format: the same bytes as the HTTP API."""
+    from tocsin.streams.reports import render_report
+
+    port = _worker_port(db)
+    if port is not None:
+        url = f"http://127.0.0.1:{port}/v1/incidents/{urllib.parse.quote(incident_id)}" \
+              f"/report?format={urllib.parse.quote(fmt)}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                return bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except ValueError:
+                message = exc.reason
+            raise QueryError(message) from exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            pass
+    _, rows = run_query(db, "SELECT body FROM triage_reports WHERE incident_id = "
+                            f"'{incident_id.replace(chr(39), chr(39) * 2)}' "
+                            "ORDER BY written_seq DESC LIMIT 1")
+    if not rows:
+        raise QueryError(f"no report for {incident_id}")
+    return render_report(str(rows[0][0]), fmt)[0]
 
 
 def run_query(db: str | Path, sql: str) -> tuple[list[str], list[list[Any]]]:

@@ -21,6 +21,8 @@ class Topics(BaseModel):
     incidents: str = "tocsin.incidents"
     windows: str = "tocsin.windows"
     dlq: str = "tocsin.dlq"
+    signals: str = "tocsin.signals"
+    reports: str = "tocsin.reports"
 
 
 class Settings(BaseSettings):
@@ -47,3 +49,8 @@ class Settings(BaseSettings):
     retention_ms: int = Field(72 * 3600 * 1000, description="events/windows/dlq retention")
     incident_retention_ms: int = Field(168 * 3600 * 1000)
     detector: DetectorConfig = DetectorConfig()
+    intake_tokens: dict[str, str] = Field(
+        default_factory=dict, description="source name -> bearer token; empty = no auth")
+    intake_max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    intake_rate_per_s: float = Field(50.0, gt=0, description="requests a second per token")
+    intake_burst: float = Field(100.0, ge=1)

@@ -81,7 +81,7 @@ def demo(as_json: bool, db: str | None) -> None:
         return
     table = Table(title="incident opened", show_header=False)
     for key in ("incident_id", "family", "env", "status", "onset", "window_count",
-                "baseline", "lift", "detect_seconds"):
+                "baseline", "lift", "detect_seconds", "cause", "cause_rule", "report_hash"):
         table.add_row(key, str(result.get(key)))
     Console().print(table)
 
@@ -180,6 +180,23 @@ def incidents(db: str | None, fmt: str, status: str | None) -> None:
            f"FROM incidents {where} ORDER BY onset_ms DESC, incident_id")
     columns, rows = _run_query(db or _settings().db, sql)
     _print_rows(columns, rows, fmt)
+
+
+@main.command()
+@click.argument("incident_id")
+@DB
+@click.option("--format", "fmt", type=click.Choice(["json", "md", "slack", "pagerduty"]),
+              default="md", show_default=True)
+def report(incident_id: str, db: str | None, fmt: str) -> None:
+    """Print the latest triage report of an incident (same bytes as the API and topic)."""
+    from tocsin.streams.querying import QueryError, fetch_report
+
+    try:
+        data = fetch_report(db or _settings().db, incident_id, fmt)
+    except QueryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    sys.stdout.buffer.write(data)  # exactly the stored or rendered bytes, nothing added
 
 
 # ---------------------------------------------------------------------- broker

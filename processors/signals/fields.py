@@ -55,6 +55,11 @@ def _offset(zone: str) -> timedelta:
     return sign * timedelta(minutes=minutes)
 
 
+def first_of(*values: int | None) -> int | None:
+    """The first value that is not None (``or`` would also skip a time of 0)."""
+    return next((v for v in values if v is not None), None)
+
+
 def seconds_ms(value: float) -> int:
     """Epoch milliseconds of epoch seconds with a fraction (Sentry's ``timestamp``)."""
     return round(value * 1000)
@@ -80,7 +85,7 @@ class Obj:
     @classmethod
     def root(cls, payload: object, provider: str) -> Obj:
         if not isinstance(payload, Mapping):
-            raise IntakeError(f"a payload is a JSON object, got {_kind(payload)}",
+            raise IntakeError(f"a payload is a JSON object, got {kind_of(payload)}",
                               provider=provider)
         return cls(payload, provider)
 
@@ -96,12 +101,13 @@ class Obj:
     # -- strings
 
     def opt_str(self, key: str) -> str | None:
-        """The string at ``key``; None when absent, null or empty ("" means unset here)."""
+        """The string at ``key``; None when absent, null or empty ("" means unset here).
+        An integer is accepted as its text: ids are numbers in some payloads (GitHub)."""
         value = self.data.get(key)
         if value is None or value == "":
             return None
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise self.error(key, f"must be a string, got {_kind(value)}")
+            raise self.error(key, f"must be a string, got {kind_of(value)}")
         return str(value)
 
     def req_str(self, key: str) -> str:
@@ -123,7 +129,7 @@ class Obj:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"must be an integer, got {_kind(value)}")
+            raise self.error(key, f"must be an integer, got {kind_of(value)}")
         return value
 
     # -- times
@@ -134,7 +140,7 @@ class Obj:
         if value is None or value == "":
             return None
         if not isinstance(value, str):
-            raise self.error(key, f"must be an RFC 3339 time string, got {_kind(value)}")
+            raise self.error(key, f"must be an RFC 3339 time string, got {kind_of(value)}")
         try:
             return time_ms(value)
         except ValueError as exc:
@@ -153,7 +159,7 @@ class Obj:
         if value is None:
             return None
         if not isinstance(value, Mapping):
-            raise self.error(key, f"must be an object, got {_kind(value)}")
+            raise self.error(key, f"must be an object, got {kind_of(value)}")
         return Obj(value, self.provider, f"{self.path}{key}.")
 
     def obj(self, key: str) -> Obj:
@@ -168,11 +174,11 @@ class Obj:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise self.error(key, f"must be an array, got {_kind(value)}")
+            raise self.error(key, f"must be an array, got {kind_of(value)}")
         out = []
         for n, item in enumerate(value):
             if not isinstance(item, Mapping):
-                raise self.error(f"{key}[{n}]", f"must be an object, got {_kind(item)}")
+                raise self.error(f"{key}[{n}]", f"must be an object, got {kind_of(item)}")
             out.append(Obj(item, self.provider, f"{self.path}{key}[{n}]."))
         return out
 
@@ -187,11 +193,12 @@ class Obj:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise self.error(key, f"must be an object, got {_kind(value)}")
+            raise self.error(key, f"must be an object, got {kind_of(value)}")
         return {str(k): text_of(v) for k, v in value.items() if v is not None}
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
+    """How a JSON value is described in error messages ("an array", "a string", ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -205,8 +212,3 @@ def _kind(value: object) -> str:
     if isinstance(value, Mapping):
         return "an object"
     return type(value).__name__
-
-
-def kind_of(value: object) -> str:
-    """How a JSON value is described in error messages ("an array", "a string", ...)."""
-    return _kind(value)

@@ -249,3 +249,20 @@ def test_window_counts_drain_as_absolute_values() -> None:
     fams, _ = det.drain_windows()
     assert fams[0].errors == 4, "absolute, so a replayed upsert converges"
     assert det.drain_windows() == ([], [])
+
+
+def test_a_new_service_version_registers_a_deploy_but_not_the_first_or_a_rolling_mix() -> None:
+    det = PartitionDetector(DetectorConfig())
+    assert det.version_seen(T0, "prod", "checkout", "1.4.2") is None  # first seen
+    assert det.version_seen(T0 + 1, "prod", "checkout", "1.4.2") is None
+    changed = det.version_seen(T0 + 2, "prod", "checkout", "1.5.0")
+    assert changed is not None and (changed.version, changed.previous, changed.t_ms) == \
+        ("1.5.0", "1.4.2", T0 + 2)
+    # A rolling deploy: old and new instances interleave; nothing more is registered.
+    for k in range(10):
+        version = "1.4.2" if k % 2 else "1.5.0"
+        assert det.version_seen(T0 + 3 + k, "prod", "checkout", version) is None
+    assert det.version_seen(T0 + 20, "staging", "checkout", "1.5.0") is None  # other env
+    snap = json.loads(json.dumps(det.snapshot()))
+    restored = PartitionDetector.restore(DetectorConfig(), snap)
+    assert restored.version_seen(T0 + 30, "prod", "checkout", "1.6.0") is not None

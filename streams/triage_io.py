@@ -1,0 +1,144 @@
+"""Triage wiring: incidents and signals in, report versions out (ADR 0009).
+
+Runs inside the projection (one writer per DuckDB file): each batch of lifecycle events and
+signals is folded by the pure :class:`~tocsin.processors.triage.Triage`; every report whose
+hash changed is published on the reports topic (key = incident id, value = the report's
+canonical bytes), acknowledged, and then written to DuckDB with the batch's positions.
+
+Restart: the fold is rebuilt from the two topics up to the positions DuckDB holds (nothing
+is emitted while rebuilding), and the reports topic is read once so that a version
+published just before a crash is not published again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, TypeAlias
+
+import orjson
+from aiokafka import ConsumerRecord
+
+from tocsin.processors.report import canonical_json
+from tocsin.processors.signals.model import FIELDS as SIGNAL_FIELDS
+from tocsin.processors.signals.model import Signal
+from tocsin.processors.triage import Triage
+from tocsin.schemas.codec import SIGNAL, SchemaError, avro_schema, decode_incident
+
+log = logging.getLogger("tocsin.triage")
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+def encode_signal(signal: Signal, encoding: str = "avro") -> bytes:
+    if encoding == "json":
+        return orjson.dumps(signal.to_dict(), option=orjson.OPT_SORT_KEYS)
+    return avro_schema(SIGNAL).encode_soe(signal.to_dict())
+
+
+def decode_signal(data: bytes) -> Signal:
+    """A signal record: Avro single-object encoding of signal.v1, or its JSON form."""
+    if data[:1] == b"\xc3":
+        raw = avro_schema(SIGNAL).decode_soe(data)
+    else:
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise SchemaError(f"signal is neither Avro nor JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise SchemaError("a signal is a JSON object")
+    try:
+        return Signal(**{k: raw[k] for k in SIGNAL_FIELDS if k != "signal_id" and k in raw})
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"not a valid signal.v1: {exc}") from exc
+
+
+def _where(rec: Record) -> list[Any]:
+    return [rec.topic, rec.partition, rec.offset]
+
+
+class TriageLoop:
+    """The fold plus what a report needs beside it: provenance and published versions."""
+
+    def __init__(self, incidents_topic: str, signals_topic: str) -> None:
+        self.incidents_topic = incidents_topic
+        self.signals_topic = signals_topic
+        self.triage = Triage()
+        self.provenance: dict[str, list[Any]] = {}
+        self.published: set[tuple[str, str]] = set()
+        self.rejected = 0
+
+    def restore(self, records: Iterable[Record], reports: Iterable[Record]) -> None:
+        """Fold what DuckDB already reflects, emitting nothing; note published versions."""
+        for rec in records:
+            self._apply(rec)
+        for rec in reports:
+            try:
+                report = orjson.loads(rec.value or b"{}")
+                self.published.add((report["incident"]["id"], report["report_hash"]))
+                self.triage.last_hash[report["incident"]["id"]] = report["report_hash"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+
+    def feed(self, records: Iterable[Record]) -> list[dict[str, Any]]:
+        """Fold a batch; the report versions it produced, in order, at most one an incident
+        (the latest: intermediate versions within one batch are not material)."""
+        latest: dict[str, dict[str, Any]] = {}
+        for rec in records:
+            for report in self._apply(rec):
+                latest[report["incident"]["id"]] = report
+        return [latest[k] for k in sorted(latest)]
+
+    def _apply(self, rec: Record) -> list[dict[str, Any]]:
+        try:
+            if rec.topic == self.incidents_topic:
+                event = decode_incident(rec.value or b"")
+                self.provenance[f"incident:{event['incident_id']}:{event['seq']}"] = \
+                    _where(rec)
+                return self.triage.on_incident_event(event, event.get("downstream"))
+            signal = decode_signal(rec.value or b"")
+            self.provenance[f"signal:{signal.signal_id}"] = _where(rec)
+            return self.triage.on_signal(signal)
+        except (SchemaError, KeyError, TypeError) as exc:
+            self.rejected += 1
+            log.warning("triage skipped %s:%s:%s: %s", rec.topic, rec.partition,
+                        rec.offset, exc)
+            return []
+
+    def provenance_of(self, report: dict[str, Any]) -> dict[str, list[Any]]:
+        """Where each cited record was read: beside the report, never inside its hash."""
+        incident = report["incident"]
+        keys = [f"incident:{incident['id']}:{seq}" for seq in range(1, incident["seq"] + 1)]
+        keys += [f"signal:{row['id']}" for row in report["evidence"]
+                 if row["kind"] != "incident"]
+        return {k: self.provenance[k] for k in keys if k in self.provenance}
+
+
+def report_rows(report: dict[str, Any], provenance: dict[str, list[Any]]
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The DuckDB rows of one report version: the version and its evidence."""
+    incident, cause = report["incident"], report["cause"]
+    version = {
+        "incident_id": incident["id"], "report_hash": report["report_hash"],
+        "evidence_fingerprint": report["evidence_fingerprint"],
+        "generated_at_ms": report["generated_at_ms"], "status": incident["status"],
+        "incident_seq": incident["seq"], "cause_kind": cause["kind"],
+        "cause_confidence": cause["confidence"], "cause_rule": cause["rule_id"],
+        "body": canonical_json(report).decode(),
+        "provenance": orjson.dumps(provenance, option=orjson.OPT_SORT_KEYS).decode(),
+    }
+    evidence = [{"incident_id": incident["id"], "report_hash": report["report_hash"],
+                 "kind": row["kind"], "id": row["id"], "source": row["source"],
+                 "summary": row["summary"], "time_ms": row["time_ms"]}
+                for row in report["evidence"]]
+    return version, evidence
+
+
+def signal_row(folded: Any) -> dict[str, Any]:
+    s = folded.signal
+    row = {k: v for k, v in s.to_dict().items() if k not in ("labels", "annotations")}
+    row.update(occurrences=folded.occurrences, first_seen_ms=folded.first_seen_ms,
+               last_seen_ms=folded.last_seen_ms,
+               labels=orjson.dumps(s.labels, option=orjson.OPT_SORT_KEYS).decode(),
+               annotations=orjson.dumps(s.annotations, option=orjson.OPT_SORT_KEYS).decode())
+    return row
