@@ -186,3 +186,36 @@ def test_unknown_and_malformed_payloads_get_4xx_with_a_message(flow: dict[str, A
     assert status == 404 and "alertmanager" in body["providers"]
     status, body, _ = post(worker, "/v1/signals", b"x" * (2 * 1024 * 1024))
     assert status == 413
+
+
+def test_signals_after_the_events_give_the_same_final_report_bytes(
+        flow: dict[str, Any], broker: str, tmp_path: Path) -> None:
+    """Invariant 1 across topics: here the signals arrive after the incident resolved
+    (in arrival order; their event times are the same), against the flow above where they
+    arrived before any event."""
+    first = flow["worker"]
+    incident = first.query("SELECT incident_id FROM incidents")[0]["incident_id"]
+    expected = json.dumps(_wait_report(first, incident, "resolved"), sort_keys=True)
+    names = Names.fresh("late")
+    worker = WorkerProc(broker, names, tmp_path / "late.duckdb", extra_env={
+        "TOCSIN_TOPICS__SIGNALS": f"sig-{names.app_id}",
+        "TOCSIN_TOPICS__REPORTS": f"rep-{names.app_id}"}).start()
+    try:
+        log = spike_log()
+        produce_events(broker, names.events, log)
+        worker.wait_projected(len(log))
+        _wait_report(worker, incident, "resolved")
+        for s in reversed(DEMO_SIGNALS):
+            assert post(worker, "/v1/signals/native", s)[0] == 202
+        deadline = __import__("time").monotonic() + 30
+        while __import__("time").monotonic() < deadline:
+            report = _wait_report(worker, incident, "resolved")
+            if len(report["evidence"]) == 5:
+                break
+            __import__("time").sleep(0.2)
+        _, api_bytes = get(worker, f"/v1/incidents/{incident}/report?format=json")
+    finally:
+        assert worker.stop() == 0
+    assert json.dumps(json.loads(api_bytes), sort_keys=True) == expected
+    _, first_bytes = get(first, f"/v1/incidents/{incident}/report?format=json")
+    assert api_bytes == first_bytes
