@@ -64,3 +64,26 @@ def test_steady_traffic_and_low_traffic_noise_open_nothing(broker: str, tmp_path
     finally:
         assert worker.stop() == 0
     assert incident_records(broker, names.incidents) == []
+
+
+def test_a_version_change_on_wide_events_registers_a_deploy_signal(broker: str,
+                                                                   tmp_path: Path) -> None:
+    from tests.integration.harness import read_topic
+    from tocsin.streams.triage_io import decode_signal
+
+    names = Names.fresh("ver")
+    log = [event(T0_MS + k * 1000, "checkout", "GET /", service_version="1.4.2")
+           for k in range(60)]
+    log += [event(T0_MS + 60_000 + k * 1000, "checkout", "GET /",
+                  service_version="1.5.0" if k % 2 else "1.4.2") for k in range(60)]
+    produce_events(broker, names.events, log)
+    signals_topic = f"sig-{names.app_id}"
+    worker = WorkerProc(broker, names, tmp_path / "ver.duckdb",
+                        extra_env={"TOCSIN_TOPICS__SIGNALS": signals_topic}).start()
+    try:
+        worker.wait_projected(len(log))
+    finally:
+        assert worker.stop() == 0
+    deploys = [decode_signal(r.value) for r in read_topic(broker, signals_topic)]
+    assert [(d.type, d.service, d.version, d.event_time_ms) for d in deploys] == [
+        ("deploy", "checkout", "1.5.0", T0_MS + 61_000)]
