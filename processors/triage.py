@@ -29,6 +29,8 @@ STATE_RANK = {"firing": 0, "acknowledged": 1, "resolved": 2}
 class TriageConfig:
     correlation_window_ms: int = 15 * 60_000
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    signal_retention_ms: int = 72 * 3_600_000  # BRIEF.md: events and signals 72 h
+    incident_retention_ms: int = 168 * 3_600_000  # resolved incidents 168 h
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,25 +101,60 @@ class Triage:
         self.signals: dict[str, Folded] = {}
         self.last_hash: dict[str, str] = {}
         self.downstreams: dict[str, str] = {}
+        self.dirty: set[str] = set()
+        self.horizon_ms = 0  # the latest event time seen: what retention counts from
 
-    def on_incident_event(self, event: Mapping[str, Any], downstream: str | None = None
-                          ) -> list[dict[str, Any]]:
+    # Each input marks the incidents it touches; flush() evaluates each of them once.
+
+    def apply_incident_event(self, event: Mapping[str, Any],
+                             downstream: str | None = None) -> None:
         incident_id = event["incident_id"]
         if downstream is not None:
             self.downstreams[incident_id] = downstream
         current = self.incidents.get(incident_id)
         if current is not None and current.seq >= event["seq"]:
-            return []
+            return
         self.incidents[incident_id] = incident_state(event, self.downstreams.get(incident_id))
-        return self._evaluate([incident_id])
+        self.horizon_ms = max(self.horizon_ms, int(event["at_ms"]))
+        self.dirty.add(incident_id)
 
-    def on_signal(self, signal: Any) -> list[dict[str, Any]]:
+    def apply_signal(self, signal: Any) -> None:
         folded = fold(self.signals.get(signal.signal_id), signal)
         self.signals[signal.signal_id] = folded
+        self.horizon_ms = max(self.horizon_ms, signal.event_time_ms)
         window = self.config.correlation_window_ms
-        touched = [i for i, inc in sorted(self.incidents.items())
-                   if correlates(inc, folded.signal, window)]
-        return self._evaluate(touched)
+        self.dirty.update(i for i, inc in self.incidents.items()
+                          if correlates(inc, folded.signal, window))
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Report versions of the touched incidents whose hash changed, by incident id."""
+        touched, self.dirty = sorted(self.dirty), set()
+        reports = self._evaluate(touched)
+        self.evict()
+        return reports
+
+    def evict(self) -> None:
+        """Forget, by event time, signals past their retention and incidents resolved
+        longer ago than theirs (BRIEF.md retention)."""
+        cfg = self.config
+        for signal_id in [k for k, f in self.signals.items()
+                          if f.last_seen_ms < self.horizon_ms - cfg.signal_retention_ms]:
+            del self.signals[signal_id]
+        for incident_id in [k for k, inc in self.incidents.items()
+                            if inc.resolved_ms is not None
+                            and inc.resolved_ms < self.horizon_ms - cfg.incident_retention_ms]:
+            del self.incidents[incident_id]
+            self.last_hash.pop(incident_id, None)
+            self.downstreams.pop(incident_id, None)
+
+    def on_incident_event(self, event: Mapping[str, Any], downstream: str | None = None
+                          ) -> list[dict[str, Any]]:
+        self.apply_incident_event(event, downstream)
+        return self.flush()
+
+    def on_signal(self, signal: Any) -> list[dict[str, Any]]:
+        self.apply_signal(signal)
+        return self.flush()
 
     def evidence_for(self, incident: IncidentState) -> list[Any]:
         window = self.config.correlation_window_ms

@@ -72,6 +72,7 @@ class TriageLoop:
         """Fold what DuckDB already reflects, emitting nothing; note published versions."""
         for rec in records:
             self._apply(rec)
+        self.triage.flush()
         for rec in reports:
             try:
                 report = orjson.loads(rec.value or b"{}")
@@ -81,29 +82,27 @@ class TriageLoop:
                 continue
 
     def feed(self, records: Iterable[Record]) -> list[dict[str, Any]]:
-        """Fold a batch; the report versions it produced, in order, at most one an incident
-        (the latest: intermediate versions within one batch are not material)."""
-        latest: dict[str, dict[str, Any]] = {}
+        """Fold a batch, then evaluate each incident it touched once: at most one version
+        an incident a batch, by incident id."""
         for rec in records:
-            for report in self._apply(rec):
-                latest[report["incident"]["id"]] = report
-        return [latest[k] for k in sorted(latest)]
+            self._apply(rec)
+        return self.triage.flush()
 
-    def _apply(self, rec: Record) -> list[dict[str, Any]]:
+    def _apply(self, rec: Record) -> None:
         try:
             if rec.topic == self.incidents_topic:
                 event = decode_incident(rec.value or b"")
                 self.provenance[f"incident:{event['incident_id']}:{event['seq']}"] = \
                     _where(rec)
-                return self.triage.on_incident_event(event, event.get("downstream"))
+                self.triage.apply_incident_event(event, event.get("downstream"))
+                return
             signal = decode_signal(rec.value or b"")
             self.provenance[f"signal:{signal.signal_id}"] = _where(rec)
-            return self.triage.on_signal(signal)
+            self.triage.apply_signal(signal)
         except (SchemaError, KeyError, TypeError) as exc:
             self.rejected += 1
             log.warning("triage skipped %s:%s:%s: %s", rec.topic, rec.partition,
                         rec.offset, exc)
-            return []
 
     def provenance_of(self, report: dict[str, Any]) -> dict[str, list[Any]]:
         """Where each cited record was read: beside the report, never inside its hash."""

@@ -104,3 +104,13 @@ def test_every_emitted_version_differs_from_the_previous() -> None:
         _, reports = run([ITEMS[i] for i in perm])
         hashes = [r["report_hash"] for r in reports]
         assert all(a != b for a, b in itertools.pairwise(hashes))
+
+
+def test_retention_forgets_old_signals_and_long_resolved_incidents_by_event_time() -> None:
+    triage, _ = run(ITEMS)
+    assert "sig_alert" in triage.signals and BASE["incident_id"] in triage.incidents
+    later = Sig("sig_much_later", "alert", "a week later", ONSET + 169 * 60 * MIN,
+                service="search")
+    triage.on_signal(later)
+    assert set(triage.signals) == {"sig_much_later"}
+    assert triage.incidents == {}
