@@ -53,13 +53,12 @@ def _worker_port(db: str | Path) -> int | None:
     return int(info["http_port"])
 
 
-def _via_worker(port: int, sql: str) -> tuple[list[str], list[list[Any]]] | None:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/query", data=json.dumps({"sql": sql}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST")
+def _from_worker(request: urllib.request.Request | str, timeout_s: float) -> bytes | None:
+    """The worker's answer; None when no worker answers (the caller falls back to the
+    file); a 4xx/5xx becomes a QueryError carrying the worker's message."""
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            body = json.loads(resp.read())
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            return bytes(resp.read())
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("error", exc.reason)
@@ -68,6 +67,16 @@ def _via_worker(port: int, sql: str) -> tuple[list[str], list[list[Any]]] | None
         raise QueryError(message) from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError):
         return None
+
+
+def _via_worker(port: int, sql: str) -> tuple[list[str], list[list[Any]]] | None:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/query", data=json.dumps({"sql": sql}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    answer = _from_worker(req, 60)
+    if answer is None:
+        return None
+    body = json.loads(answer)
     return body["columns"], body["rows"]
 
 
@@ -77,19 +86,11 @@ def fetch_report(db: str | Path, incident_id: str, fmt: str) -> bytes:
 
     port = _worker_port(db)
     if port is not None:
-        url = f"http://127.0.0.1:{port}/v1/incidents/{urllib.parse.quote(incident_id)}" \
-              f"/report?format={urllib.parse.quote(fmt)}"
-        try:
-            with urllib.request.urlopen(url, timeout=30) as resp:
-                return bytes(resp.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read()).get("error", exc.reason)
-            except ValueError:
-                message = exc.reason
-            raise QueryError(message) from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError):
-            pass
+        answer = _from_worker(
+            f"http://127.0.0.1:{port}/v1/incidents/{urllib.parse.quote(incident_id)}"
+            f"/report?format={urllib.parse.quote(fmt)}", 30)
+        if answer is not None:
+            return answer
     _, rows = run_query(db, "SELECT body FROM triage_reports WHERE incident_id = "
                             f"'{incident_id.replace(chr(39), chr(39) * 2)}' "
                             "ORDER BY written_seq DESC LIMIT 1")
