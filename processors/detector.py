@@ -22,10 +22,11 @@ from tocsin.processors.family import Family
 from tocsin.processors.lifecycle import IncidentEvent, OpenIncident, event, incident_id
 from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 NONE: list[IncidentEvent] = []
 
 StepKey = tuple[str, str, str]
+SAMPLE_TRACES = 8  # trace ids an incident keeps as samples: its first errors', in log order
 KNOWN_VERSIONS = 8  # versions remembered per (service, env): a rolling deploy's old and
 # new instances interleave, and only a version not seen lately is a deploy
 
@@ -48,6 +49,7 @@ class FamilyState:
     last_error_ms: int = 0
     incident: OpenIncident | None = None
     downstream: str | None = None  # of the latest error, in log order
+    traces: list[str] = field(default_factory=list)  # latest error trace ids, log order
 
 
 @dataclass(slots=True)
@@ -116,7 +118,7 @@ class PartitionDetector:
 
     def observe(
         self, t_ms: int, env: str, service: str, step: str, family: Family | None,
-        downstream: str | None = None,
+        downstream: str | None = None, trace_id: str | None = None,
     ) -> list[IncidentEvent]:
         """Feed one counted wide event (not suppressed); ``family`` is None when it is ok.
 
@@ -127,7 +129,7 @@ class PartitionDetector:
         self._advance_watermark(t_ms, out)
         self._count_step(t_ms, (env, service, step), family is not None)
         if family is not None:
-            self._count_error(t_ms, family, downstream, out)
+            self._count_error(t_ms, family, downstream, trace_id, out)
         if out:
             self._out = []
             return out
@@ -177,7 +179,7 @@ class PartitionDetector:
         return True, count, base
 
     def _count_error(self, t_ms: int, family: Family, downstream: str | None,
-                     out: list[IncidentEvent]) -> None:
+                     trace_id: str | None, out: list[IncidentEvent]) -> None:
         cfg = self.config
         clock = self.clocks[family.service]
         now_index = bucket_index(clock, cfg.bucket_ms)
@@ -195,6 +197,11 @@ class PartitionDetector:
         self._dirty_families.add((family, index))
         fs.last_error_ms = max(fs.last_error_ms, t_ms)
         incident = fs.incident
+        if trace_id and trace_id not in fs.traces:
+            fs.traces.append(trace_id)
+            del fs.traces[:-SAMPLE_TRACES]
+            if incident is not None and len(incident.sample_traces) < SAMPLE_TRACES:
+                incident.sample_traces.append(trace_id)
         if incident is not None:
             incident.error_count += 1
         qualifies, count, base = self._evaluate(fs, now_index)
@@ -221,6 +228,7 @@ class PartitionDetector:
             peak_count=count,
             error_count=count,
             downstream=fs.downstream,
+            sample_traces=list(fs.traces),
         )
         self.open_by_service.setdefault(family.service, set()).add(family)
         self._idle_check_ms = None
@@ -396,6 +404,7 @@ class PartitionDetector:
                     sorted(fs.buckets.items()),
                     fs.incident.to_list() if fs.incident else None,
                     fs.downstream,
+                    list(fs.traces),
                 ]
                 for fs in sorted(self.families.values(), key=lambda s: s.family)
             ],
@@ -415,10 +424,11 @@ class PartitionDetector:
         det = cls(config)
         det.clocks = dict(snap["clocks"])
         det.watermark_ms = snap["watermark_ms"]
-        for env, service, step, code, last_error_ms, buckets, incident, down in snap["families"]:
+        for (env, service, step, code, last_error_ms, buckets, incident, down,
+             traces) in snap["families"]:
             family = Family(env, service, step, code)
             fs = FamilyState(family, {int(i): int(n) for i, n in buckets}, last_error_ms,
-                             downstream=down)
+                             downstream=down, traces=list(traces))
             if incident is not None:
                 fs.incident = OpenIncident.from_list(incident)
                 det.open_by_service.setdefault(service, set()).add(family)

@@ -7,7 +7,7 @@ seq)``, so a re-emission after a crash is recognised downstream. Times are event
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from tocsin.processors.family import Family
@@ -52,13 +52,16 @@ class IncidentEvent:
     last_error_ms: int
     rule: str = RULE
     downstream: str | None = None
+    sample_trace_ids: tuple[str, ...] = ()
 
     @property
     def event_id(self) -> str:
         return f"{self.incident_id}:{self.seq}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["sample_trace_ids"] = list(self.sample_trace_ids)
+        return out
 
 
 @dataclass(slots=True)
@@ -73,11 +76,13 @@ class OpenIncident:
     peak_count: int
     error_count: int
     downstream: str | None = None
+    sample_traces: list[str] = field(default_factory=list)
 
     def to_list(self) -> list[Any]:
         return [
             self.incident_id, self.onset_ms, self.status, self.seq,
             self.status_since_ms, self.peak_count, self.error_count, self.downstream,
+            list(self.sample_traces),
         ]
 
     @classmethod
@@ -120,4 +125,5 @@ def event(
         error_count=incident.error_count,
         last_error_ms=last_error_ms,
         downstream=incident.downstream,
+        sample_trace_ids=tuple(incident.sample_traces),
     )

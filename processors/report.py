@@ -87,6 +87,7 @@ class IncidentState:
     lift: float | None
     last_error_ms: int
     resolved_ms: int | None = None
+    sample_traces: tuple[str, ...] = ()
 
 
 def canonical_json(value: Any) -> bytes:
@@ -217,12 +218,14 @@ def build(incident: IncidentState, signals: Sequence[SignalView], decision: Deci
             "blast": {"capture": "partial",
                       "affected_requests": incident.error_count,
                       "affected_services": [f.service],
+                      "sample_traces": list(incident.sample_traces),
                       "note": "from the detection path's counts; traces enrich it later"},
             "propagation": {"capture": "partial" if f.downstream else "missing",
                             "origin": {"service": f.downstream, "step": None}
                             if f.downstream else None,
                             "path": [f.service, f.downstream] if f.downstream else [],
-                            "sample_trace": None},
+                            "sample_trace": incident.sample_traces[0]
+                            if incident.sample_traces else None},
         },
         "next_checks": next_checks(incident, decision, by_id),
         "generated_at_ms": as_of_ms,

@@ -69,7 +69,8 @@ def incident_state(event: Mapping[str, Any], downstream: str | None) -> Incident
     return IncidentState(
         facts, event["family"], event["status"], event["seq"], event["window_count"],
         event["peak_count"], event["error_count"], event["baseline"], event["lift"],
-        event["last_error_ms"], event["at_ms"] if event["status"] == "resolved" else None)
+        event["last_error_ms"], event["at_ms"] if event["status"] == "resolved" else None,
+        tuple(event.get("sample_trace_ids") or ()))
 
 
 def correlates(incident: IncidentState, signal: Any, window_ms: int) -> bool:
@@ -81,6 +82,8 @@ def correlates(incident: IncidentState, signal: Any, window_ms: int) -> bool:
         return False
     if signal.incident_id is not None:
         return bool(signal.incident_id == f.incident_id)
+    if signal.trace_id is not None and signal.trace_id in incident.sample_traces:
+        return True
     if not f.onset_ms - window_ms <= t <= incident.last_error_ms + window_ms:
         return False
     if signal.env is not None and signal.env != f.env:

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS incident_events (
     env VARCHAR, service VARCHAR, step VARCHAR, error_code VARCHAR, family VARCHAR,
     onset_ms BIGINT, at_ms BIGINT, window_count INTEGER, baseline DOUBLE, lift DOUBLE,
     peak_count INTEGER, error_count INTEGER, last_error_ms BIGINT, rule VARCHAR,
-    downstream VARCHAR,
+    downstream VARCHAR, sample_trace_ids VARCHAR[],
     PRIMARY KEY (incident_id, seq));
 CREATE TABLE IF NOT EXISTS incidents (
     incident_id VARCHAR PRIMARY KEY, env VARCHAR, service VARCHAR, step VARCHAR,
@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 MIGRATIONS = (
     ("incident_events", "downstream", "VARCHAR"),
     ("incidents", "downstream", "VARCHAR"),
+    ("incident_events", "sample_trace_ids", "VARCHAR[]"),
 )
 
 EVENT_COLUMNS = (
@@ -87,6 +88,7 @@ EVENT_COLUMNS = (
     ("at_ms", "BIGINT"), ("window_count", "INTEGER"), ("baseline", "DOUBLE"),
     ("lift", "DOUBLE"), ("peak_count", "INTEGER"), ("error_count", "INTEGER"),
     ("last_error_ms", "BIGINT"), ("rule", "VARCHAR"), ("downstream", "VARCHAR"),
+    ("sample_trace_ids", "VARCHAR[]"),
 )
 FAMILY_WINDOW_COLUMNS = (
     ("env", "VARCHAR"), ("family", "VARCHAR"), ("service", "VARCHAR"), ("step", "VARCHAR"),

@@ -221,7 +221,8 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
                 family = family_of(event)
                 changes = detector.observe(
                     t_ms, event["env"], service, event["step"], family,
-                    failing_downstream(event) if family is not None else None)
+                    failing_downstream(event) if family is not None else None,
+                    event.get("trace_id"))
             for change in changes:
                 self._emit(run, change)
         self.metrics.events_in += counted

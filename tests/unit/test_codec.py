@@ -141,7 +141,8 @@ def test_incident_events_round_trip(encoding: str) -> None:
               "status": "active", "env": "prod", "service": "s", "step": "p",
               "error_code": "E", "family": "s:p:E", "onset_ms": 5, "at_ms": 5,
               "window_count": 5, "baseline": 0.0, "lift": None, "peak_count": 5,
-              "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": "payment"}
+              "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": "payment",
+              "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"]}
     assert decode_incident(encode_incident(record, encoding)) == record  # type: ignore[arg-type]
     assert avro_schema(INCIDENT_EVENT).fields == list(record)
 

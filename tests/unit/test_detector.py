@@ -64,9 +64,13 @@ def test_opens_at_the_crossing_error_not_at_window_close() -> None:
 def test_the_failing_downstream_travels_with_the_incident() -> None:
     det = PartitionDetector(DetectorConfig())
     out = []
-    for k in range(5):
-        out += det.observe(T0 + k * 1000, "prod", "checkout", "payment.charge", PAY, "payment")
+    for k in range(12):
+        out += det.observe(T0 + k * 1000, "prod", "checkout", "payment.charge", PAY, "payment",
+                           f"trace{k:02d}")
     assert out[0].kind == "opened" and out[0].downstream == "payment"
+    # The opening errors' traces are the samples, then later ones up to eight, log order.
+    assert out[0].sample_trace_ids == tuple(f"trace{k:02d}" for k in range(5))
+    assert det.families[PAY].incident.sample_traces == [f"trace{k:02d}" for k in range(8)]
     snap = json.loads(json.dumps(det.snapshot()))
     restored = PartitionDetector.restore(DetectorConfig(), snap)
     assert restored.snapshot() == det.snapshot()

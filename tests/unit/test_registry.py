@@ -40,7 +40,8 @@ def test_incident_events_in_confluent_framing_decode_with_the_registry() -> None
                   "env": "prod", "service": "s", "step": "p", "error_code": "E",
                   "family": "s:p:E", "onset_ms": 1, "at_ms": 1, "window_count": 5,
                   "baseline": 0.0, "lift": None, "peak_count": 5, "error_count": 5,
-                  "last_error_ms": 1, "rule": "spike.v1", "downstream": None}
+                  "last_error_ms": 1, "rule": "spike.v1", "downstream": None,
+                  "sample_trace_ids": []}
         data = confluent_frame(registry.register("tocsin.incidents-value", schema),
                                schema.encode_body(record))
         assert decode_incident(data, SchemaRegistry(url).lookup) == record

@@ -114,3 +114,17 @@ def test_retention_forgets_old_signals_and_long_resolved_incidents_by_event_time
     triage.on_signal(later)
     assert set(triage.signals) == {"sig_much_later"}
     assert triage.incidents == {}
+
+
+def test_a_signal_correlates_by_trace_id_even_outside_the_window() -> None:
+    traced = {**LIFECYCLE[0], "sample_trace_ids": ["abc123"]}
+    triage = Triage()
+    triage.on_incident_event(traced)
+    far = Sig("sig_trace", "alert", "exception in trace", ONSET + 60 * MIN, service="other",
+              trace_id="abc123")
+    reports = triage.on_signal(far)
+    assert reports and "sig_trace" in {r["id"] for r in reports[-1]["evidence"]}
+    assert reports[-1]["snapshots"]["propagation"]["sample_trace"] == "abc123"
+    unrelated = Sig("sig_other", "alert", "x", ONSET + 60 * MIN, service="other",
+                    trace_id="zzz")
+    assert triage.on_signal(unrelated) == []
