@@ -1,10 +1,11 @@
-"""``python -m bench [--json] [--events N] [--no-quix]``: Tocsin's benchmark.
+"""``python -m bench [--json] [--events N] [--no-quix] [--no-intake]``: Tocsin's benchmark.
 
 One embedded broker per run; the workload is produced once, then read by (a) the bare
-consumer, (b) the Tocsin worker (followed by the live-spike latency phase while it is
-caught up) and (c) the quixstreams peer, one after the other so they never share the CPU.
-Progress goes to stderr; the figures to stdout. Every subprocess and the broker are
-stopped whatever happens.
+consumer, (b) the Tocsin worker (followed, while it is caught up, by the live-spike
+latency phase, (e) the report burst and (d) its HTTP intake under load) and (c) the
+quixstreams peer, one after the other so they never share the CPU. The bare HTTP intake
+endpoint of (d) runs right after the worker stopped, before (c). Progress goes to stderr;
+the figures to stdout. Every subprocess and the broker are stopped whatever happens.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,9 +28,11 @@ from typing import Any
 from tocsin.streams.broker import EmbeddedBroker
 
 from .bare import measure_bare
+from .burst import BurstResult, measure_burst
+from .intake import CONCURRENCY, REQUESTS, SECONDS, BareIntake, LoadResult, measure_load
 from .latency import measure_latency
 from .quix import QuixResult, run_quix
-from .report import BUSY_LOAD, Run, TocsinRun, render, to_dict
+from .report import BUSY_LOAD, IntakeRun, Run, TocsinRun, render, to_dict
 from .worker import TocsinWorker
 from .workload import Workload, produce
 
@@ -49,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=300_000, help="workload size (default 300000)")
     p.add_argument("--spikes", type=int, default=20, help="live spikes for latency (default 20)")
     p.add_argument("--no-quix", action="store_true", help="skip (c), the quixstreams peer")
+    p.add_argument("--no-intake", action="store_true",
+                   help="skip (d) HTTP intake signals/s and (e) the report burst")
+    p.add_argument("--burst", type=int, default=2000,
+                   help="alerts POSTed on one incident in (e) (default 2000)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, DuckDB)")
     p.add_argument("--check", action="store_true", help="exit 3 when a target is missed")
     args = p.parse_args(argv)
@@ -56,12 +64,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--events must be at least {MIN_EVENTS} (the worker is polled every 50 ms)")
     if not 1 <= args.spikes <= 200:
         p.error("--spikes must be within 1..200")
+    if not 10 <= args.burst <= 20_000:
+        p.error("--burst must be within 10..20000")
     return args
 
 
-def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path
-                 ) -> TocsinRun:
-    """(b) and the latency phase on one worker; it is stopped (SIGTERM) at the end."""
+def _load_line(name: str, r: LoadResult) -> str:
+    errors = f", errors {dict(r.errors)}" if r.errors else ""
+    return (f"{name}: {r.signals_per_s or 0:,.0f} signals/s ({r.requests_per_s or 0:,.0f} "
+            f"req/s), p50 {r.p(50) or 0:.1f} ms, p99 {r.p(99) or 0:.1f} ms{errors}")
+
+
+def bare_intake_phase(bootstrap: str, workdir: Path) -> LoadResult:
+    """(d) the bare HTTP endpoint, right after the worker stopped: alone on the machine,
+    and against the broker as the Tocsin intake left it."""
+    bare = BareIntake(bootstrap, workdir).start()
+    try:
+        say(f"(d) bare intake pid {bare.pid} on {bare.base_url}; {REQUESTS:,} requests or "
+            f"{SECONDS:.0f} s over {CONCURRENCY} connections")
+        result = measure_load(bare.base_url, uuid.uuid4().hex[:6])
+    finally:
+        bare.stop()
+    say(_load_line("(d) bare", result))
+    return result
+
+
+def worker_intake_phases(worker: TocsinWorker, bootstrap: str, workload: Workload,
+                         spikes: int, burst: int) -> tuple[BurstResult, LoadResult]:
+    """(e) the report burst, then (d) the worker's intake under load."""
+    tag = uuid.uuid4().hex[:6]
+    say(f"(e) report burst: a fresh incident, then {burst:,} correlated alerts POSTed")
+    result = measure_burst(bootstrap, worker.base_url, workload, spikes, tag, burst,
+                           timeout_s=30 + burst * burst / 50_000)
+    say(f"(e) {result.versions} report versions for {result.signals:,} signals on "
+        f"{result.incident_id} in {result.burst_s or float('nan'):.1f}s "
+        f"(complete: {result.complete}); waiting for the worker to settle")
+    worker.wait_quiet(quiet_s=1.0, timeout_s=60.0)
+    say(f"(d) Tocsin intake on {worker.base_url}; {REQUESTS:,} requests or {SECONDS:.0f} s "
+        f"over {CONCURRENCY} connections")
+    load = measure_load(worker.base_url, tag)
+    say(_load_line("(d) Tocsin", load))
+    return result, load
+
+
+def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path,
+                 intake: IntakeRun, burst_n: int) -> tuple[TocsinRun, IntakeRun]:
+    """(b), the latency phase, then (e) and (d) on one worker; it is stopped (SIGTERM) at
+    the end. ``intake.skipped`` says why (d)/(e) do not run."""
     worker = TocsinWorker(bootstrap, workdir).start()
     try:
         say(f"(b) worker pid {worker.pid} ({worker.app_id}); waiting for it to count "
@@ -73,12 +122,20 @@ def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path
         say(f"(b) settled after {settle if settle is not None else float('nan'):.1f}s; "
             f"{spikes} live spikes for detection latency")
         latency = measure_latency(bootstrap, workload, spikes, uuid.uuid4().hex[:6])
+        rss = worker.peak_rss_mb()  # before (d)/(e): the detection workload's figure
+        if not intake.skipped:
+            try:
+                burst, load = worker_intake_phases(worker, bootstrap, workload, spikes,
+                                                   burst_n)
+                intake = IntakeRun(tocsin=load, burst=burst, rss_after_mb=worker.peak_rss_mb())
+            except Exception as exc:  # noqa: BLE001 - keep (b) and (c); say what failed
+                say(f"(d)/(e) failed: {type(exc).__name__}: {exc}")
+                intake = IntakeRun(skipped=f"failed: {type(exc).__name__}: {exc}")
         body = worker.health() or {}
-        rss = worker.peak_rss_mb()
     finally:
         code = worker.stop()
     say(f"(b) worker stopped (exit code {code})")
-    return TocsinRun(tput, settle, latency, rss, body.get("metrics", {}), code)
+    return TocsinRun(tput, settle, latency, rss, body.get("metrics", {}), code), intake
 
 
 def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
@@ -104,9 +161,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         say(f"produced {workload.events:,} events ({workload.bytes / 1e6:.1f} MB); (a) bare")
         bare = measure_bare(broker.bootstrap, workload.events)
         say(f"(a) {bare.events_per_s:,.0f} events/s ({bare.keys} keys)")
-        tocsin = tocsin_phase(broker.bootstrap, workload, args.spikes, workdir)
+        intake = IntakeRun(skipped="--no-intake" if args.no_intake else None)
+        tocsin, intake = tocsin_phase(broker.bootstrap, workload, args.spikes, workdir,
+                                      intake, args.burst)
+        if not intake.skipped:
+            try:
+                intake = replace(intake, bare=bare_intake_phase(broker.bootstrap, workdir))
+            except Exception as exc:  # noqa: BLE001 - keep the other figures
+                say(f"(d) bare intake failed: {type(exc).__name__}: {exc}")
         quix = None if args.no_quix else quix_phase(broker.bootstrap, workload.events, workdir)
-    result = to_dict(Run(workload, bare, tocsin, quix))
+    result = to_dict(Run(workload, bare, tocsin, quix, intake))
     result["load_avg_1m_at_start"] = round(load, 2)
     return result
 

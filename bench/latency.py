@@ -35,6 +35,7 @@ class IncidentWatch:
 
     bootstrap: str
     opened: dict[FamilyKey, float] = field(default_factory=dict)
+    opened_events: dict[FamilyKey, dict[str, Any]] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
     _waiters: dict[FamilyKey, asyncio.Event] = field(default_factory=dict)
     _consumer: AIOKafkaConsumer | None = None
@@ -71,6 +72,7 @@ class IncidentWatch:
             return
         key = (str(value["service"]), str(value["step"]), str(value["error_code"]))
         self.opened.setdefault(key, now)
+        self.opened_events.setdefault(key, value)
         self._waiter(key).set()
 
     def _waiter(self, key: FamilyKey) -> asyncio.Event:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bare import BareResult
+from .burst import BurstResult
+from .intake import CONCURRENCY, LoadResult
 from .latency import LatencyResult
 from .quix import QuixResult
 from .worker import Throughput
@@ -30,11 +32,23 @@ class TocsinRun:
 
 
 @dataclass(frozen=True)
+class IntakeRun:
+    """(d) HTTP intake, Tocsin and bare, and (e) the report burst; None when not run."""
+
+    bare: LoadResult | None = None
+    tocsin: LoadResult | None = None
+    burst: BurstResult | None = None
+    skipped: str | None = None
+    rss_after_mb: float | None = None  # the worker's peak RSS once (e) and (d) ran
+
+
+@dataclass(frozen=True)
 class Run:
     workload: Workload
     bare: BareResult
     tocsin: TocsinRun
     quix: QuixResult | None
+    intake: IntakeRun = IntakeRun(skipped="--no-intake")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -62,6 +76,41 @@ def _targets(r: dict[str, Any]) -> dict[str, bool | None]:
         "ahead_of_quix": None if vs_quix is None else vs_quix > TARGET_RATIO_VS_QUIX,
         "p99_detect": p99 is not None and p99 <= TARGET_P99_MS and r["detect_missed"] == 0,
     }
+
+
+def _load_dict(prefix: str, r: LoadResult | None) -> dict[str, Any]:
+    return {
+        f"{prefix}_signals_per_s": _round(r.signals_per_s) if r else None,
+        f"{prefix}_requests_per_s": _round(r.requests_per_s) if r else None,
+        f"{prefix}_requests": r.requests if r else None,
+        f"{prefix}_signals": r.signals if r else None,
+        f"{prefix}_p50_ms": _round(r.p(50), 2) if r else None,
+        f"{prefix}_p99_ms": _round(r.p(99), 2) if r else None,
+        f"{prefix}_errors": dict(r.errors) if r else None,
+    }
+
+
+def _intake_dict(i: IntakeRun) -> dict[str, Any]:
+    b = i.burst
+    result: dict[str, Any] = {
+        "intake_skipped": i.skipped,
+        "intake_connections": CONCURRENCY,
+        **_load_dict("intake", i.tocsin),
+        **_load_dict("bare_intake", i.bare),
+        "peak_rss_after_intake_mb": _round(i.rss_after_mb),
+        "intake_ratio_vs_bare": _ratio(i.tocsin.signals_per_s if i.tocsin else None,
+                                       i.bare.signals_per_s if i.bare else None),
+        "report_burst_signals": b.signals if b else None,
+        "report_burst_versions": b.versions if b else None,
+        "report_versions_per_s": _round(b.versions_per_s, 2) if b else None,
+        "report_burst_seconds": _round(b.burst_s, 2) if b else None,
+        "report_final_after_last_ack_ms": _round(b.final_after_ack_ms) if b else None,
+        "report_burst_complete": b.complete if b else None,
+        "report_burst_post_seconds": _round(b.post.seconds, 2) if b else None,
+        "report_burst_post_p99_ms": _round(b.post.p(99), 1) if b else None,
+        "report_burst_post_errors": dict(b.post.errors) if b else None,
+    }
+    return result
 
 
 def to_dict(run: Run) -> dict[str, Any]:
@@ -93,7 +142,10 @@ def to_dict(run: Run) -> dict[str, Any]:
         "worker_lifecycle": t.metrics.get("lifecycle", {}),
         "worker_dead_letters": t.metrics.get("dead_letters"),
         "worker_rows_projected": t.metrics.get("rows_projected"),
+        "worker_signals_accepted": t.metrics.get("signals_accepted"),
+        "worker_reports_published": t.metrics.get("reports_published"),
         "worker_exit_code": t.exit_code,
+        **_intake_dict(run.intake),
     }
     result["targets_met"] = _targets(result)
     return result
@@ -139,13 +191,51 @@ def _target_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _intake_lines(r: dict[str, Any]) -> list[str]:
+    if r["intake_skipped"]:
+        return [f"(d) HTTP intake and (e) report burst: skipped ({r['intake_skipped']})"]
+
+    def row(name: str, p: str) -> str:
+        errors = r[f"{p}_errors"]
+        return (f"{name:<46}{_num(r[f'{p}_signals_per_s'], ' sig/s'):>14}"
+                f"{_num(r[f'{p}_requests_per_s'], ' req/s'):>13}   p50 "
+                f"{_num(r[f'{p}_p50_ms'], ' ms', '.1f')}, "
+                f"p99 {_num(r[f'{p}_p99_ms'], ' ms', '.1f')}"
+                + (f"   errors {errors}" if errors else ""))
+
+    lines = [
+        f"(d) HTTP intake, {r['intake_connections']} connections on loopback "
+        "(3 native : 1 Alertmanager group of 2 alerts)",
+        row("    bare aiohttp + orjson + aiokafka ack", "bare_intake"),
+        row("    Tocsin POST /v1/signals", "intake"),
+        f"    Tocsin intake / bare {_num(r['intake_ratio_vs_bare'], '', '.2f'):>9}   "
+        f"({r['intake_signals'] or 0:,} signals in {r['intake_requests'] or 0:,} requests)",
+    ]
+    n = r["report_burst_signals"]
+    if n is None:
+        return [*lines, "(e) report burst: n/a"]
+    post_errors = r["report_burst_post_errors"]
+    return [*lines,
+            f"(e) report burst: {n:,} alerts POSTed on one incident in "
+            f"{_num(r['report_burst_post_seconds'], ' s', '.1f')} (POST p99 "
+            f"{_num(r['report_burst_post_p99_ms'], ' ms', '.0f')}"
+            + (f", errors {post_errors}" if post_errors else "") + ")",
+            f"    report versions       {r['report_burst_versions']:>9,}   "
+            f"{_num(r['report_versions_per_s'], ' versions/s', '.1f')} over "
+            f"{_num(r['report_burst_seconds'], ' s', '.1f')} (first POST -> final version)",
+            f"    final version         {_num(r['report_final_after_last_ack_ms'], ' ms'):>9}   "
+            "after the last POST's 202"
+            + ("" if r["report_burst_complete"] else "   INCOMPLETE: final version not seen")]
+
+
 def _check_lines(r: dict[str, Any]) -> list[str]:
     lines = [
         f"replay spikes opened during (b): {r['replay_spikes_opened']} of "
         f"{r['replay_spikes_expected']}; unexpected incidents: {r['unexpected_opened']}",
         f"worker: lifecycle events {r['worker_lifecycle']}, dead letters "
         f"{r['worker_dead_letters']}, rows projected {r['worker_rows_projected']}, "
-        f"exit code {r['worker_exit_code']}",
+        f"signals accepted {r['worker_signals_accepted']}, report versions published "
+        f"{r['worker_reports_published']}, exit code {r['worker_exit_code']}",
     ]
     load = r.get("load_avg_1m_at_start")
     if load is not None:
@@ -159,4 +249,4 @@ def render(r: dict[str, Any]) -> str:
             f"{r['services']} services, {r['families']} error families, {r['partitions']} "
             f"partitions, 5% errors, {r['replay_spikes_expected']} replay spikes")
     return "\n".join([head, "", *_throughput_lines(r), "", *_target_lines(r), "",
-                      *_check_lines(r)])
+                      *_intake_lines(r), "", *_check_lines(r)])

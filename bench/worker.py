@@ -1,9 +1,10 @@
 """(b) Tocsin's detection path: the real worker as a subprocess, watched over HTTP.
 
-``python -m tocsin run --role all`` with a fresh app id (a clean consumer group) and a
-6 s session timeout. Throughput is read from ``/healthz`` (``metrics.events_in``, the
-events decoded and counted): from the first poll that sees events counted until the
-count reaches N. Peak RSS is the worker's ``VmHWM`` from ``/proc``.
+``python -m tocsin run --role all`` with a fresh app id (a clean consumer group), a
+6 s session timeout and the intake's rate limit lifted (its HTTP intake is measured
+too). Throughput is read from ``/healthz`` (``metrics.events_in``, the events decoded
+and counted): from the first poll that sees events counted until the count reaches N.
+Peak RSS is the worker's ``VmHWM`` from ``/proc``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ class TocsinWorker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> TocsinWorker:
-        env = dict(os.environ, TOCSIN_SESSION_TIMEOUT_MS="6000", TOCSIN_APP_ID=self.app_id)
+        # The intake's per-token rate limit (default 50/s, burst 100; without tokens every
+        # sender shares the "anonymous" bucket) is lifted: the bench measures the intake.
+        env = dict(os.environ, TOCSIN_SESSION_TIMEOUT_MS="6000", TOCSIN_APP_ID=self.app_id,
+                   TOCSIN_INTAKE_RATE_PER_S="1000000", TOCSIN_INTAKE_BURST="1000000")
         cmd = [sys.executable, "-m", "tocsin", "run", "--broker", self.bootstrap,
                "--db", str(self.workdir / "bench.duckdb"), "--http-port", str(self.port),
                "--role", "all"]
@@ -93,6 +97,10 @@ class TocsinWorker:
     def events_in(self) -> int | None:
         body = self.health()
         return None if body is None else int(body["metrics"]["events_in"])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -207,6 +207,10 @@ def build(incident: IncidentState, signals: Sequence[SignalView], decision: Deci
                        "baseline": incident.baseline, "lift": incident.lift},
         },
         "cause": decision.to_dict(),
+        "counts": {"alerts": len(alerts), "runtime": sum(1 for s in signals
+                                                          if s.type == "runtime"),
+                   "deploys": len(deploys), "dependencies": len(dependencies),
+                   "alert_occurrences": sum(s.occurrences for s in alerts)},
         "suspect_change": _deploy(suspect) if suspect else None,
         "evidence": evidence,
         "alerts": _strip_sort_keys(_capped(_alert(s) for s in alerts)),

@@ -23,6 +23,7 @@ from tocsin.processors.classify import ClassifierConfig, IncidentFacts, classify
 from tocsin.processors.report import IncidentState, build, canonical_json
 
 STATE_RANK = {"firing": 0, "acknowledged": 1, "resolved": 2}
+EVICT_EVERY_MS = 3_600_000  # retention is checked once per hour of event time
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class Folded:
     occurrences: int
     first_seen_ms: int
     last_seen_ms: int
+    folded_view: Any = field(default=None, compare=False)
 
     def merge(self, other: Any) -> Folded:
         def key(s: Any) -> tuple[int, int, bytes]:
@@ -52,8 +54,12 @@ class Folded:
                       max(self.last_seen_ms, other.event_time_ms))
 
     def view(self) -> Any:
-        """The signal as reports see it: its folded occurrence count."""
-        return replace(self.signal, occurrences=self.occurrences)
+        """The signal as reports see it: its folded occurrence count (built once)."""
+        if self.folded_view is None:
+            view = self.signal if self.signal.occurrences == self.occurrences \
+                else replace(self.signal, occurrences=self.occurrences)
+            object.__setattr__(self, "folded_view", view)
+        return self.folded_view
 
 
 def fold(previous: Folded | None, signal: Any) -> Folded:
@@ -106,6 +112,7 @@ class Triage:
         self.downstreams: dict[str, str] = {}
         self.dirty: set[str] = set()
         self.horizon_ms = 0  # the latest event time seen: what retention counts from
+        self._evicted_at_ms = 0
 
     # Each input marks the incidents it touches; flush() evaluates each of them once.
 
@@ -140,6 +147,9 @@ class Triage:
         """Forget, by event time, signals past their retention and incidents resolved
         longer ago than theirs (BRIEF.md retention)."""
         cfg = self.config
+        if self.horizon_ms - self._evicted_at_ms < EVICT_EVERY_MS:
+            return
+        self._evicted_at_ms = self.horizon_ms
         for signal_id in [k for k, f in self.signals.items()
                           if f.last_seen_ms < self.horizon_ms - cfg.signal_retention_ms]:
             del self.signals[signal_id]

@@ -97,7 +97,8 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
         if length is not None and length.isdigit() and int(length) > limit:
             return answer(view, 413, {"error": f"body over {limit} bytes"})
         body = await request.read()
-        result = await worker.intake.handle(body, provider, request.headers.get("Authorization"))
+        result = await worker.intake.handle(body, provider, request.headers.get("Authorization"),
+                                            getattr(request, "remote", None))
         return view.bytes(orjson.dumps(result.body), content_type="application/json",
                           status=result.status, headers=result.headers)
 

@@ -26,6 +26,9 @@ from tocsin.streams.metrics import Metrics
 from tocsin.streams.settings import Settings
 from tocsin.streams.triage_io import encode_signal
 
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_AHEAD_MS = 24 * 3_600_000
+
 
 @dataclass
 class Bucket:
@@ -90,14 +93,17 @@ class Intake:
                           {"Retry-After": str(math.ceil(wait))})
         return None
 
-    async def handle(self, body: bytes, provider: str | None, auth: str | None) -> Answer:
+    async def handle(self, body: bytes, provider: str | None, auth: str | None,
+                     client: str | None = None) -> Answer:
         who = self.authenticate(auth)
         if isinstance(who, Answer):
             return who
         if len(body) > self.settings.intake_max_body_bytes:
             return Answer(413, {"error": f"body over {self.settings.intake_max_body_bytes} "
                                          "bytes"})
-        limited = self.limit(who or "anonymous")
+        # Without tokens, each client address has its own bucket: one noisy sender must
+        # not starve the others.
+        limited = self.limit(who or f"client:{client or 'unknown'}")
         if limited is not None:
             return limited
         if provider is not None and provider not in PROVIDERS:
@@ -107,10 +113,20 @@ class Intake:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return Answer(400, {"error": f"body is not JSON: {exc}"})
+        received_ms = int(time.time() * 1000)
         try:
-            result = intake(payload, provider, received_ms=int(time.time() * 1000))
+            result = intake(payload, provider, received_ms=received_ms)
         except IntakeError as exc:
             return Answer(422 if provider else 400, {"error": str(exc)})
+        for signal in result.signals:
+            if not EARLIEST_MS <= signal.event_time_ms <= received_ms + MAX_AHEAD_MS:
+                # Event time decides correlation and retention: a time in microseconds, or
+                # a year off, would make every other signal look ancient. Refuse it here,
+                # at the edge, where the wall clock may judge.
+                return Answer(422, {"error": f"event time {signal.event_time_ms} of "
+                                             f"{signal.signal_id} is not plausible: it must "
+                                             "be epoch milliseconds between 2000-01-01 "
+                                             "and a day from now"})
         futures = []
         for signal in result.signals:
             futures.append(await self.producer.send(

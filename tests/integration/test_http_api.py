@@ -81,6 +81,9 @@ def test_documented_answers_fit_their_schemas(worker: WorkerProc) -> None:
         ("POST", "/v1/signals/{provider}", "/v1/signals/alertmanager", {"version": "4"},
          TOKENS["alertmanager"], 422),
         ("POST", "/v1/signals/{provider}", "/v1/signals/nagios", {}, TOKENS["ci"], 404),
+        # Microseconds where milliseconds belong: refused, not stored as year 58,000.
+        ("POST", "/v1/signals", "/v1/signals", {**SIGNAL, "event_time_ms": T0_MS * 1000},
+         TOKENS["ci"], 422),
     ]
     for method, template, path, body, token, expected in cases:
         status, data, _ = call(worker, method, path, body, token)
