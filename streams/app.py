@@ -26,6 +26,7 @@ from tocsin.streams.kafka_io import TopicSpec, ensure_topics, new_producer, stop
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.project import Projection
 from tocsin.streams.settings import Settings
+from tocsin.streams.spans import SpanIntake
 
 log = logging.getLogger("tocsin")
 
@@ -75,6 +76,7 @@ class Worker(mode.Service):
         self._runs: list[asyncio.Task[None]] = []
         self._producers: list[AIOKafkaProducer] = []
         self.intake: Intake | None = None
+        self.spans: SpanIntake | None = None
 
     async def on_started(self) -> None:
         self._runs.append(asyncio.ensure_future(self._main()))
@@ -91,6 +93,8 @@ class Worker(mode.Service):
             self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
             self._runs.append(asyncio.ensure_future(self._guard(self.projection.run())))
         if s.role in ("all", "detect"):
+            self.spans = SpanIntake(s, self.bootstrap, self.metrics)
+            self._runs.append(asyncio.ensure_future(self._guard(self.spans.run())))
             await self.app.tables.wait_until_recovery_completed()
             self.detection = Detection(
                 s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
@@ -110,6 +114,8 @@ class Worker(mode.Service):
             self.detection.stop()
         if self.projection is not None:
             self.projection.stop()
+        if self.spans is not None:
+            self.spans.stop()
         if self._runs:
             await asyncio.wait(self._runs, timeout=15)
         await stop_quietly(*self._producers)
@@ -126,6 +132,7 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(t.dlq, s.partitions, s.retention_ms),
         TopicSpec(t.signals, s.partitions, s.retention_ms),
         TopicSpec(t.reports, s.partitions, s.incident_retention_ms),
+        TopicSpec(t.spans, s.partitions, s.retention_ms),
     ]
 
 

@@ -16,8 +16,11 @@ import faust
 import orjson
 from faust.web import Request, Response, View
 
+from tocsin.processors.otlp import OtlpError, decode_batch
 from tocsin.sinks.duckdb_sink import DuckDBSink, ReadOnlyViolation
+from tocsin.streams.otlp_http import otlp_export_response, otlp_status
 from tocsin.streams.reports import RENDERINGS, render_report
+from tocsin.streams.spans import gunzip_if_needed
 
 if TYPE_CHECKING:
     from tocsin.streams.app import Worker
@@ -101,6 +104,30 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
                                             getattr(request, "remote", None))
         return view.bytes(orjson.dumps(result.body), content_type="application/json",
                           status=result.status, headers=result.headers)
+
+    @app.page("/v1/traces")
+    class Traces(View):
+        """OTLP/HTTP traces, as an app exports them without a Collector."""
+
+        async def post(self, request: Request) -> Response:
+            content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+            proto = content_type == "application/x-protobuf"
+            if not proto and content_type != "application/json":
+                return answer(self, 415, {"error": "Content-Type must be application/"
+                                                   "x-protobuf or application/json"})
+            if worker.intake is None:
+                return answer(self, 503, {"error": "intake not ready yet"})
+            try:
+                body = gunzip_if_needed(await request.read(),
+                                        request.headers.get("Content-Encoding"))
+                decoded = decode_batch(body, "otlp_proto" if proto else "otlp_json")
+            except (OtlpError, OSError, EOFError) as exc:
+                data, ctype = otlp_status(proto, 3, f"bad OTLP traces: {exc}")
+                return self.bytes(data, content_type=ctype, status=400)
+            await worker.intake.publish_spans(body)
+            data, ctype = otlp_export_response(proto, len(decoded.rejected), "; ".join(
+                f"{r.path}: {r.reason}" for r in decoded.rejected[:10]))
+            return self.bytes(data, content_type=ctype)
 
     @app.page("/v1/incidents")
     class Incidents(View):

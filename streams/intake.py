@@ -66,6 +66,12 @@ class Intake:
         self.metrics = metrics
         self.buckets: dict[str, Bucket] = {}
 
+    async def publish_spans(self, body: bytes) -> None:
+        """One OTLP/HTTP request body onto the spans topic, as the Collector's exporter would
+        write it (unkeyed); returns once the broker acknowledged it."""
+        fut = await self.producer.send(self.settings.topics.spans, body)
+        await fut
+
     def authenticate(self, header: str | None) -> str | Answer | None:
         """The source a bearer token belongs to; None when no tokens are configured."""
         tokens = self.settings.intake_tokens

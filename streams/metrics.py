@@ -21,6 +21,8 @@ class Metrics(Collector):
     reports_published: int = 0
     signals_accepted: int = 0
     deploys_registered: int = 0
+    spans_in: int = 0
+    spans_rejected: int = 0
     lifecycle: Counter[str] = field(default_factory=Counter)
     counters: dict[int, dict[str, int]] = field(default_factory=dict)
 
@@ -40,6 +42,9 @@ class Metrics(Collector):
                                   value=self.reports_published)
         yield CounterMetricFamily("tocsin_signals_accepted", "signals accepted over HTTP",
                                   value=self.signals_accepted)
+        yield CounterMetricFamily("tocsin_spans", "OTLP spans decoded", value=self.spans_in)
+        yield CounterMetricFamily("tocsin_spans_rejected", "OTLP spans refused by the decoder",
+                                  value=self.spans_rejected)
         yield CounterMetricFamily("tocsin_deploys_registered",
                                   "deploys registered from version changes on events",
                                   value=self.deploys_registered)
@@ -67,5 +72,6 @@ class Metrics(Collector):
             "reports_published": self.reports_published,
             "signals_accepted": self.signals_accepted,
             "deploys_registered": self.deploys_registered,
+            "spans_in": self.spans_in, "spans_rejected": self.spans_rejected,
             "lifecycle": dict(self.lifecycle),
         }

@@ -23,6 +23,7 @@ class Topics(BaseModel):
     dlq: str = "tocsin.dlq"
     signals: str = "tocsin.signals"
     reports: str = "tocsin.reports"
+    spans: str = "otlp_spans"  # the Collector Kafka exporter's default traces topic
 
 
 class Settings(BaseSettings):
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, description="partitions of topics Tocsin creates")
     replication_factor: int = Field(1, ge=1)
     incident_encoding: Literal["avro", "json"] = "avro"
+    spans_encoding: Literal["auto", "otlp_proto", "otlp_json"] = "auto"
     schema_registry_url: str | None = None
     role: Literal["all", "detect", "project"] = "all"
     session_timeout_ms: int = Field(6_000, ge=1_000)

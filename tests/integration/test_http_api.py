@@ -97,7 +97,8 @@ def test_documented_answers_fit_their_schemas(worker: WorkerProc) -> None:
 def test_every_route_the_server_answers_is_documented(worker: WorkerProc) -> None:
     documented = set(OPENAPI["paths"])
     served = {"/healthz", "/metrics", "/openapi.json", "/v1/query", "/v1/signals",
-              "/v1/signals/{provider}", "/v1/incidents", "/v1/incidents/{incident_id}/report"}
+              "/v1/signals/{provider}", "/v1/incidents", "/v1/incidents/{incident_id}/report",
+              "/v1/traces"}
     assert served == documented
     status, body, _ = call(worker, "GET", "/openapi.json")
     assert status == 200 and json.loads(body) == OPENAPI

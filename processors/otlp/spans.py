@@ -1,0 +1,297 @@
+"""The normalized span: what Tocsin keeps of one OTLP span, whatever its encoding (ADR 0011).
+
+Both decoders (protobuf and OTLP/JSON) pick the attributes named in :data:`WANTED` and hand
+them, as plain Python values, to :func:`make_span`. Every rule that reads the OpenTelemetry
+semantic conventions therefore lives here once: outcome (is this span an error?), error
+code, the peer a client span called. A decoder only knows its wire format.
+
+Units are in the names: ``start_ms`` / ``end_ms`` are epoch milliseconds (nanoseconds
+floored), ``duration_ms`` is exact to the nanosecond. Ids are lowercase hex.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+SpanKind = Literal["internal", "server", "client", "producer", "consumer"]
+SpanStatus = Literal["unset", "ok", "error"]
+
+# OTLP enum values (trace.proto). UNSPECIFIED (0) and values this version does not know
+# read as INTERNAL: the spec lets receivers assume INTERNAL for UNSPECIFIED, and a future
+# kind should not make a span unreadable.
+KINDS: dict[int, SpanKind] = {1: "internal", 2: "server", 3: "client", 4: "producer",
+                              5: "consumer"}
+KIND_NAMES: dict[str, int] = {"SPAN_KIND_UNSPECIFIED": 0, "SPAN_KIND_INTERNAL": 1,
+                              "SPAN_KIND_SERVER": 2, "SPAN_KIND_CLIENT": 3,
+                              "SPAN_KIND_PRODUCER": 4, "SPAN_KIND_CONSUMER": 5}
+STATUSES: dict[int, SpanStatus] = {0: "unset", 1: "ok", 2: "error"}
+STATUS_NAMES: dict[str, int] = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1,
+                                "STATUS_CODE_ERROR": 2}
+
+# Span.flags bits 8 and 9 (trace.proto SpanFlags): whether the parent's remoteness is known,
+# and whether the parent is remote, i.e. in another process.
+HAS_IS_REMOTE = 0x100
+IS_REMOTE = 0x200
+
+# gRPC codes that make a SERVER span an error (semconv, gRPC: UNKNOWN, DEADLINE_EXCEEDED,
+# UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS). On a client every non-OK code does.
+GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+
+MAX_NS = (1 << 64) - 1  # fixed64
+_CALL_KINDS = frozenset({"client", "producer"})
+DEFAULT_SERVICE = "unknown_service"  # the SDK spec's value when service.name is not set
+MAX_TEXT = 2048  # error messages are untrusted and unbounded; keep the start
+
+# Resource attributes read once per ResourceSpans; the first present one of a group wins.
+RESOURCE_WANTED = frozenset({"service.name", "service.version", "deployment.environment.name",
+                             "deployment.environment"})
+
+# Span attributes the rules read; the decoders skip every other key without converting it.
+# Current semconv names first, the older names they replaced after.
+WANTED = frozenset({
+    "http.request.method", "http.method", "http.route", "url.template",
+    "http.response.status_code", "http.status_code", "url.full", "http.url", "url.path",
+    "rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code",
+    "peer.service", "server.address", "net.peer.name",
+    "db.system.name", "db.system", "db.operation.name", "db.operation",
+    "messaging.system", "messaging.destination.name",
+    "error.type", "enduser.id", "user.id",
+})
+
+INT_KEYS = frozenset({"http.response.status_code", "http.status_code", "rpc.grpc.status_code"})
+
+
+class SpanProblem(ValueError):
+    """One span cannot be used; the other spans of its payload can (OTLP partial success)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """Who emitted a batch of spans: read once per resource, shared by its spans."""
+
+    name: str
+    env: str | None
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """What a client or producer span called: the wide event's ``downstream``."""
+
+    service: str
+    endpoint: str | None = None
+    kind: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"service": self.service, "endpoint": self.endpoint, "kind": self.kind}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Span:
+    """One span, normalized. ``error`` / ``error_code`` / ``error_message`` are the outcome
+    under the rules of ADR 0011, decided once at decode time so that every later stage
+    (family counting, trace assembly, propagation) agrees on what failed."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    parent_is_remote: bool | None  # None when the sender did not say (flags bit 8 unset)
+    service: str
+    env: str | None
+    service_version: str | None
+    scope: str | None
+    name: str
+    kind: SpanKind
+    start_ms: int
+    end_ms: int
+    duration_ms: float | None  # None when the end is before the start
+    status: SpanStatus
+    http_method: str | None
+    http_route: str | None
+    http_status: int | None
+    grpc_status: int | None
+    exception_type: str | None  # from the first `exception` event
+    exception_message: str | None
+    peer: Peer | None  # client and producer spans only, from attributes
+    user_id: str | None
+    error: bool
+    error_code: str | None
+    error_message: str | None
+
+
+def as_str(value: object) -> str | None:
+    """A non-empty string attribute, else None (an empty string says nothing)."""
+    return value if isinstance(value, str) and value else None
+
+
+def as_int(value: object) -> int | None:
+    """An integer attribute; digits in a string are accepted (some SDKs send codes as
+    strings), booleans and anything else are not."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def first_str(attrs: Mapping[str, object], *keys: str) -> str | None:
+    for key in keys:
+        value = as_str(attrs.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def service_of(attrs: Mapping[str, object]) -> Service:
+    """The resource's service, env and version (semconv names; the env's older name
+    ``deployment.environment`` is what most SDKs still send)."""
+    return Service(
+        name=first_str(attrs, "service.name") or DEFAULT_SERVICE,
+        env=first_str(attrs, "deployment.environment.name", "deployment.environment"),
+        version=first_str(attrs, "service.version"),
+    )
+
+
+def is_error(kind: SpanKind, status: SpanStatus, http_status: int | None,
+             grpc_status: int | None, has_exception: bool) -> bool:
+    """Whether a span failed. An explicit OK is final (the trace API: OK means a developer
+    or operator validated success, and overrides what instrumentation inferred); ERROR is
+    an error; otherwise an HTTP status >= 500, a gRPC code that is an error for the span's
+    side, or an `exception` event. A 4xx is never inferred as an error: on a server it is
+    the caller's fault (semconv), and client instrumentation already sets ERROR when it
+    considers a 4xx one."""
+    if status != "unset":
+        return status == "error"
+    if http_status is not None and http_status >= 500:
+        return True
+    if grpc_status:
+        return kind != "server" or grpc_status in GRPC_SERVER_ERRORS
+    return has_exception
+
+
+def error_code_of(error_type: str | None, exception_type: str | None,
+                  http_status: int | None, grpc_status: int | None) -> str | None:
+    """The family's error code, from documented attributes, first present wins:
+    ``error.type``, the exception event's ``exception.type``, ``HTTP_<status>``,
+    ``GRPC_<code>``. An ``error.type`` of digits is the semconv fallback of writing the
+    status code there; it becomes ``HTTP_<n>`` / ``GRPC_<n>`` so that an instrumentation
+    that sets it and one that only sets the status land in the same family. ``_OTHER``
+    (semconv's "no better value") falls through to the next source."""
+    if error_type and error_type != "_OTHER":
+        if error_type.isascii() and error_type.isdigit():
+            if http_status is not None:
+                return f"HTTP_{error_type}"
+            if grpc_status is not None:
+                return f"GRPC_{error_type}"
+        return error_type
+    if exception_type:
+        return exception_type
+    if http_status is not None and http_status >= 400:
+        return f"HTTP_{http_status}"
+    if grpc_status:
+        return f"GRPC_{grpc_status}"
+    return None
+
+
+def peer_of(attrs: Mapping[str, object]) -> Peer | None:
+    """The callee named by a client/producer span's own attributes: ``peer.service`` (the
+    logical name, when instrumentation knows it), ``server.address``, ``net.peer.name``,
+    ``rpc.service``, then the database or messaging system. Kind is the protocol family;
+    endpoint the route/template, URL path, RPC method, DB operation or destination."""
+    rpc = as_str(attrs.get("rpc.system"))
+    db = first_str(attrs, "db.system.name", "db.system")
+    messaging = as_str(attrs.get("messaging.system"))
+    service = first_str(attrs, "peer.service", "server.address", "net.peer.name",
+                        "rpc.service") or db or messaging
+    if service is None:
+        return None
+    endpoint: str | None
+    if rpc is not None:
+        kind: str | None = rpc
+        method = as_str(attrs.get("rpc.method"))
+        svc = as_str(attrs.get("rpc.service"))
+        endpoint = f"{svc}/{method}" if svc and method else method
+    elif db is not None:
+        kind, endpoint = "db", first_str(attrs, "db.operation.name", "db.operation")
+    elif messaging is not None:
+        kind, endpoint = "messaging", as_str(attrs.get("messaging.destination.name"))
+    else:
+        kind = "http" if first_str(attrs, "http.request.method", "http.method") else None
+        endpoint = first_str(attrs, "url.template", "url.path") or _url_path(
+            first_str(attrs, "url.full", "http.url"))
+    return Peer(service, endpoint, kind)
+
+
+def _url_path(url: str | None) -> str | None:
+    """The path of a URL, without query or fragment (they carry ids and secrets)."""
+    if url is None:
+        return None
+    try:
+        return urlsplit(url).path or None
+    except ValueError:
+        return None
+
+
+def make_span(*, service: Service, scope: str | None, trace_id: str, span_id: str,
+              parent_span_id: str | None, flags: int, name: str, kind: int,
+              start_ns: int, end_ns: int, status_code: int, status_message: str | None,
+              attrs: Mapping[str, object],
+              exception: tuple[str | None, str | None] | None) -> Span:
+    """The one constructor both decoders call. ``attrs`` holds the :data:`WANTED` span
+    attributes as Python values; ``exception`` is (type, message) of the first
+    `exception` event, or None when the span has none. Ids are already validated.
+
+    Both times are required (trace.proto): a span without an end has no event time, and
+    is refused with :class:`SpanProblem`. Written flat, with few calls: it runs once per
+    span on the hot path."""
+    if not 0 < start_ns <= MAX_NS:
+        raise SpanProblem("startTimeUnixNano: required, nanoseconds since the epoch")
+    if not 0 < end_ns <= MAX_NS:
+        raise SpanProblem("endTimeUnixNano: required, nanoseconds since the epoch")
+    get = attrs.get
+    span_kind = KINDS.get(kind, "internal")
+    status = STATUSES.get(status_code, "unset")
+    http_status = as_int(get("http.response.status_code"))
+    if http_status is None:
+        http_status = as_int(get("http.status_code"))
+    grpc_status = as_int(get("rpc.grpc.status_code"))
+    exc_type, exc_message = exception if exception is not None else (None, None)
+    error = is_error(span_kind, status, http_status, grpc_status, exception is not None)
+    if error:
+        error_code = error_code_of(as_str(get("error.type")), exc_type, http_status,
+                                   grpc_status)
+        message = status_message or exc_message
+        error_message = message[:MAX_TEXT] if message else None
+    else:
+        error_code = error_message = None
+    method = as_str(get("http.request.method")) or as_str(get("http.method"))
+    return Span(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id,
+        parent_is_remote=bool(flags & IS_REMOTE) if flags & HAS_IS_REMOTE else None,
+        service=service.name,
+        env=service.env,
+        service_version=service.version,
+        scope=scope,
+        name=name,
+        kind=span_kind,
+        start_ms=start_ns // 1_000_000,
+        end_ms=end_ns // 1_000_000,
+        duration_ms=(end_ns - start_ns) / 1_000_000 if end_ns >= start_ns else None,
+        status=status,
+        http_method=method,
+        http_route=as_str(get("http.route")),
+        http_status=http_status,
+        grpc_status=grpc_status,
+        exception_type=exc_type,
+        exception_message=exc_message[:MAX_TEXT] if exc_message else None,
+        peer=peer_of(attrs) if span_kind in _CALL_KINDS else None,
+        user_id=as_str(get("enduser.id")) or as_str(get("user.id")),
+        error=error,
+        error_code=error_code,
+        error_message=error_message,
+    )

@@ -1,0 +1,98 @@
+"""OpenTelemetry spans in: the Collector's Kafka exporter topic and OTLP/HTTP (ADR 0011).
+
+Spans of one service arrive on any partition of ``otlp_spans`` (the exporter writes them
+unkeyed or keyed by trace id). This consumer decodes each record with the official
+``opentelemetry-proto`` classes (or walks OTLP/JSON), maps entry spans to wide events and
+republishes them on the events topic keyed by service — the keyed internal topic that
+puts every family's counts in one place, so the same detection applies to SDK events and
+spans alike. Garbage records go to the dead-letter topic with the decoder's reason.
+
+Delivery: the translated events are acknowledged before the span offsets are committed
+(at-least-once): a crash between the two translates that batch again (ADR 0011).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+
+from tocsin.processors.otlp import OtlpError, decode_batch, wide_events
+from tocsin.streams.kafka_io import dead_letter_headers, new_producer, stop_quietly
+from tocsin.streams.metrics import Metrics
+from tocsin.streams.settings import Settings
+
+log = logging.getLogger("tocsin.spans")
+
+
+class SpanIntake:
+    def __init__(self, settings: Settings, bootstrap: str, metrics: Metrics) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.metrics = metrics
+        self._stopping = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        self.producer = new_producer(self.bootstrap)
+        self.consumer = AIOKafkaConsumer(
+            s.topics.spans, bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-spans",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(s.session_timeout_ms // 6, 300),
+            fetch_max_bytes=s.fetch_max_bytes, max_partition_fetch_bytes=s.fetch_max_bytes,
+            fetch_max_wait_ms=50)
+        await self.producer.start()
+        await self.consumer.start()
+        try:
+            while not self._stopping.is_set():
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
+                if not batch:
+                    continue
+                futures = []
+                for records in batch.values():
+                    for rec in records:
+                        futures += await self._translate(rec)
+                for fut in futures:
+                    await fut
+                await self.consumer.commit()
+        finally:
+            await stop_quietly(self.consumer, self.producer)
+
+    async def _translate(self, rec: ConsumerRecord[bytes, bytes]) -> list[Any]:
+        assert self.producer is not None
+        s = self.settings
+        encoding = None if s.spans_encoding == "auto" else s.spans_encoding
+        try:
+            decoded = decode_batch(rec.value, encoding)
+        except OtlpError as exc:
+            self.metrics.dead_letters += 1
+            return [await self.producer.send(s.topics.dlq, rec.value, key=rec.key,
+                                              headers=dead_letter_headers(rec, str(exc)))]
+        self.metrics.spans_in += len(decoded.spans)
+        self.metrics.spans_rejected += len(decoded.rejected)
+        futures = []
+        for event in wide_events(decoded.spans):
+            futures.append(await self.producer.send(
+                s.topics.events, orjson.dumps(event), key=event["service"].encode(),
+                headers=[("tocsin.span_source",
+                          f"{rec.topic}:{rec.partition}:{rec.offset}".encode())]))
+        return futures
+
+
+def gunzip_if_needed(body: bytes, content_encoding: str | None) -> bytes:
+    """OTLP/HTTP bodies may be gzip-compressed (Content-Encoding: gzip). aiohttp's server
+    already inflates such bodies itself, so only bytes that still look gzipped are
+    inflated here (a serialized protobuf never starts with 1f 8b)."""
+    if (content_encoding or "").lower() == "gzip" and body[:2] == b"\x1f\x8b":
+        return gzip.decompress(body)
+    return body

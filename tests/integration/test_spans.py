@@ -1,0 +1,161 @@
+"""Spans in, as the OpenTelemetry Collector's Kafka exporter and an OTLP/HTTP exporter send
+them: real encodings from the official SDK and encoder, and the shared fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse,
+)
+
+from tests.integration.harness import Names, WorkerProc, read_topic
+from tests.otel_workload import proto, workload
+from tocsin.streams.kafka_io import TopicSpec, ensure_topics
+from tocsin.streams.producing import ProduceReport, publish
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "otel"
+T0_NS = 1_793_610_000 * 1_000_000_000  # 2026-11-02T09:00:00Z
+DECLINED = "tests.otel_workload.PaymentDeclinedError"
+
+
+def produce_raw(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:
+    async def go() -> None:
+        await ensure_topics(bootstrap, [TopicSpec(topic, 6, 3_600_000)])
+        await publish(bootstrap, topic, values, ProduceReport())
+    asyncio.run(go())
+
+
+def worker_for(broker: str, tmp_path: Path, label: str) -> tuple[WorkerProc, str]:
+    names = Names.fresh(label)
+    spans_topic = f"spans-{names.app_id}"
+    worker = WorkerProc(broker, names, tmp_path / f"{label}.duckdb", extra_env={
+        "TOCSIN_TOPICS__SPANS": spans_topic,
+        "TOCSIN_TOPICS__SIGNALS": f"sig-{names.app_id}",
+        "TOCSIN_TOPICS__REPORTS": f"rep-{names.app_id}"}).start()
+    worker._wait(lambda h: h["detecting"], 60, "detecting")
+    return worker, spans_topic
+
+
+def wait_for(worker: WorkerProc, sql: str, timeout_s: float = 30) -> list[dict[str, Any]]:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = worker.query(sql)
+        if rows:
+            return rows
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing for {sql}: {worker.tail()}")
+
+
+def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path: Path
+                                                          ) -> None:
+    """Twenty traces, the last eight failing at payment, split per trace and per service
+    across records (proto and JSON, keyed by trace id or not) and partitions."""
+    worker, topic = worker_for(broker, tmp_path, "spans")
+    try:
+        spans = workload(20, set(range(12, 20)), T0_NS, seed=11)
+        records: list[tuple[bytes | None, bytes]] = []
+        for n, trace_spans in enumerate(_by_trace(spans)):
+            for service in ("frontend", "checkout", "payment"):
+                mine = [s for s in trace_spans if s.resource.attributes["service.name"]
+                        == service]
+                key = format(mine[0].context.trace_id, "032x").encode() if n % 2 else None
+                records.append((key, proto(mine)))
+        records.append((None, b"\x00\xffnot otlp at all"))
+        produce_raw(worker.bootstrap, topic, records)
+        rows = wait_for(worker, "SELECT family, service, status, downstream FROM incidents "
+                                "WHERE service = 'payment'")
+        families = {r["family"] for r in wait_for(
+            worker, "SELECT family FROM incidents WHERE service <> 'payment'")}
+        letters = wait_for(worker, "SELECT reason FROM dead_letters")
+        health = worker.health()
+    finally:
+        assert worker.stop() == 0
+    assert rows[0]["family"] == f"payment:POST /api/charge:{DECLINED}"
+    # The callers fail with 502 and name who they were calling.
+    assert families == {"checkout:POST /api/checkout:HTTP_502",
+                        "frontend:GET /cart/checkout:HTTP_502"}
+    assert "otlp_proto" in letters[0]["reason"]
+    assert health is not None and health["metrics"]["spans_in"] == 100
+
+
+def _by_trace(spans: list[Any]) -> list[list[Any]]:
+    traces: dict[int, list[Any]] = {}
+    for s in spans:
+        traces.setdefault(s.context.trace_id, []).append(s)
+    return [traces[k] for k in sorted(traces, key=lambda t: min(
+        s.start_time for s in traces[t]))]
+
+
+def test_fixture_records_as_the_collector_writes_them(broker: str, tmp_path: Path) -> None:
+    worker, topic = worker_for(broker, tmp_path, "fixture")
+    try:
+        contract = json.loads((FIXTURES / "trace-3svc.kafka-records.json").read_text())
+        values = []
+        for case in ("default_config", "partition_traces_by_id_true", "otlp_json_encoding"):
+            for rec in contract[case]["records"]:
+                key = rec["key"].encode() if rec["key"] else None
+                values.append((key, (FIXTURES / rec["value_file"]).read_bytes()))
+        produce_raw(worker.bootstrap, topic, values)
+        worker._wait(lambda h: h["metrics"]["spans_in"] >= 15, 30, "15 spans")
+        worker.wait_events(9)  # three records x three entry spans
+    finally:
+        assert worker.stop() == 0
+    events = [orjson.loads(r.value) for r in read_topic(broker, worker.names.events)]
+    services = sorted({e["service"] for e in events})
+    assert services == ["checkout", "frontend", "payment"]
+    failed = {e["service"]: e for e in events if e["status"] == "error"}
+    assert failed["checkout"]["downstream"]["service"] == "payment"
+    assert failed["frontend"]["downstream"]["service"] == "checkout"
+
+
+def post(worker: WorkerProc, body: bytes, content_type: str, gzipped: bool = False
+         ) -> tuple[int, bytes, str]:
+    headers = {"Content-Type": content_type}
+    if gzipped:
+        body = gzip.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    req = urllib.request.Request(f"http://127.0.0.1:{worker.http_port}/v1/traces", data=body,
+                                 headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get("Content-Type", "")
+
+
+def test_otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage(
+        broker: str, tmp_path: Path) -> None:
+    worker, topic = worker_for(broker, tmp_path, "otlphttp")
+    try:
+        batch = (FIXTURES / "trace-3svc-batch.pb").read_bytes()
+        status, body, ctype = post(worker, batch, "application/x-protobuf", gzipped=True)
+        assert status == 200 and ctype.startswith("application/x-protobuf")
+        assert not ExportTraceServiceResponse.FromString(body).HasField("partial_success")
+        status, body, _ = post(worker, (FIXTURES / "trace-3svc-batch.json").read_bytes(),
+                               "application/json")
+        assert (status, json.loads(body)) == (200, {})
+        # One span with a broken id: refused alone, reported as partial success.
+        doc = json.loads((FIXTURES / "trace-3svc-batch.json").read_text())
+        doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "zz"
+        status, body, _ = post(worker, json.dumps(doc).encode(), "application/json")
+        partial = json.loads(body)["partialSuccess"]
+        assert status == 200 and partial["rejectedSpans"] == "1" and partial["errorMessage"]
+        status, body, _ = post(worker, b"\x0a\xff\xff garbage", "application/x-protobuf")
+        assert status == 400 and b"bad OTLP traces" in body
+        status, body, _ = post(worker, b"{not json", "application/json")
+        assert status == 400 and json.loads(body)["code"] == 3
+        assert post(worker, batch, "text/plain")[0] == 415
+        worker._wait(lambda h: h["metrics"]["spans_in"] >= 14, 30, "spans translated")
+    finally:
+        assert worker.stop() == 0
+    assert len(read_topic(broker, topic)) == 3  # the three accepted bodies, as sent
