@@ -22,7 +22,7 @@ from tocsin.processors.family import Family
 from tocsin.processors.lifecycle import IncidentEvent, OpenIncident, event, incident_id
 from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
 
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 NONE: list[IncidentEvent] = []
 
 StepKey = tuple[str, str, str]
@@ -59,12 +59,14 @@ class Counters:
     late_dropped: int = 0
     families_overflowed: int = 0
     families_evicted: int = 0
+    duplicates_dropped: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "late_dropped": self.late_dropped,
             "families_overflowed": self.families_overflowed,
             "families_evicted": self.families_evicted,
+            "duplicates_dropped": self.duplicates_dropped,
         }
 
 
@@ -111,6 +113,7 @@ class PartitionDetector:
         self._generation = 0
         self._out: list[IncidentEvent] = []
         self.versions: dict[tuple[str, str], list[str]] = {}
+        self.sources: dict[str, tuple[int, int]] = {}
         self._bucket_ms = config.bucket_ms
         self._buckets_per_window = config.buckets_per_window
 
@@ -153,6 +156,20 @@ class PartitionDetector:
         seen.append(version)
         del seen[:-KNOWN_VERSIONS]
         return VersionChanged(service, env, version, previous, t_ms)
+
+    def accept_source(self, source: str, position: tuple[int, int]) -> bool:
+        """Whether an event republished from another topic is new here.
+
+        Events translated from spans carry where they came from (span partition, and the
+        record offset and event index there). One translator produces them in that order,
+        so on this partition the positions of one source only grow; a batch translated
+        again after a crash repeats positions already seen, and is dropped (ADR 0011)."""
+        seen = self.sources.get(source)
+        if seen is not None and position <= seen:
+            self.counters.duplicates_dropped += 1
+            return False
+        self.sources[source] = position
+        return True
 
     def tick(self, t_ms: int, service: str) -> list[IncidentEvent]:
         """Advance a service's clock without counting (a suppressed event still tells time)."""
@@ -411,6 +428,7 @@ class PartitionDetector:
             "steps": [[*k, sorted((i, c[:2]) for i, c in b.items())]
                       for k, b in sorted(self.steps.items())],
             "versions": [[*k, v] for k, v in sorted(self.versions.items())],
+            "sources": [[k, *v] for k, v in sorted(self.sources.items())],
             "counters": self.counters.as_dict(),
         }
 
@@ -437,4 +455,5 @@ class PartitionDetector:
             det.steps[(env, service, step)] = {int(i): [*c, -1] for i, c in buckets}
         det.counters = Counters(**snap["counters"])
         det.versions = {(service, env): list(v) for service, env, v in snap["versions"]}
+        det.sources = {k: (int(o), int(i)) for k, o, i in snap["sources"]}
         return det

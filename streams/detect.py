@@ -48,6 +48,7 @@ from tocsin.streams.kafka_io import dead_letter_headers, read_to_end, stop_quiet
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.settings import Settings
+from tocsin.streams.spans import span_source
 from tocsin.streams.triage_io import encode_signal
 
 log = logging.getLogger("tocsin.detect")
@@ -207,6 +208,10 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             except SchemaError as exc:
                 self._dead_letter(run, rec, str(exc), exc.field)
                 continue
+            if rec.headers:
+                origin = span_source(rec.headers)
+                if origin is not None and not detector.accept_source(*origin):
+                    continue
             counted += 1
             t_ms = event["event_time_ms"]
             service = event["service"]

@@ -7,8 +7,9 @@ republishes them on the events topic keyed by service — the keyed internal top
 puts every family's counts in one place, so the same detection applies to SDK events and
 spans alike. Garbage records go to the dead-letter topic with the decoder's reason.
 
-Delivery: the translated events are acknowledged before the span offsets are committed
-(at-least-once): a crash between the two translates that batch again (ADR 0011).
+Delivery: the translated events are acknowledged before the span offsets are committed;
+a crash between the two translates that batch again, and the detector drops what it
+already counted by the span position each event carries (ADR 0011).
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ from tocsin.streams.metrics import Metrics
 from tocsin.streams.settings import Settings
 
 log = logging.getLogger("tocsin.spans")
+SPAN_SOURCE = "tocsin.span_source"  # topic:partition:offset:index of the span record
+
+
+def span_source(headers: object) -> tuple[str, tuple[int, int]] | None:
+    """(source partition, (offset, index)) from a translated event's headers, if any."""
+    for key, value in headers or ():  # type: ignore[attr-defined]
+        if key == SPAN_SOURCE:
+            topic_partition, _, rest = bytes(value).decode().rpartition(":")
+            source, _, offset = topic_partition.rpartition(":")
+            return source, (int(offset), int(rest))
+    return None
 
 
 class SpanIntake:
@@ -81,11 +93,11 @@ class SpanIntake:
         self.metrics.spans_in += len(decoded.spans)
         self.metrics.spans_rejected += len(decoded.rejected)
         futures = []
-        for event in wide_events(decoded.spans):
+        source = f"{rec.topic}:{rec.partition}"
+        for index, event in enumerate(wide_events(decoded.spans)):
             futures.append(await self.producer.send(
                 s.topics.events, orjson.dumps(event), key=event["service"].encode(),
-                headers=[("tocsin.span_source",
-                          f"{rec.topic}:{rec.partition}:{rec.offset}".encode())]))
+                headers=[(SPAN_SOURCE, f"{source}:{rec.offset}:{index}".encode())]))
         return futures
 
 

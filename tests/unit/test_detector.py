@@ -270,3 +270,19 @@ def test_a_new_service_version_registers_a_deploy_but_not_the_first_or_a_rolling
     snap = json.loads(json.dumps(det.snapshot()))
     restored = PartitionDetector.restore(DetectorConfig(), snap)
     assert restored.version_seen(T0 + 30, "prod", "checkout", "1.6.0") is not None
+
+
+def test_events_translated_again_after_a_crash_are_dropped_by_position() -> None:
+    det = PartitionDetector(DetectorConfig())
+    src = "otlp_spans:3"
+    assert det.accept_source(src, (10, 0)) and det.accept_source(src, (10, 1))
+    assert det.accept_source(src, (11, 0))
+    assert det.accept_source("otlp_spans:4", (2, 0))  # another span partition
+    # The batch from offset 10 is translated again: all of it was already counted ...
+    assert not det.accept_source(src, (10, 0)) and not det.accept_source(src, (11, 0))
+    # ... and what follows is new.
+    assert det.accept_source(src, (12, 0))
+    assert det.counters.duplicates_dropped == 2
+    restored = PartitionDetector.restore(DetectorConfig(),
+                                         json.loads(json.dumps(det.snapshot())))
+    assert not restored.accept_source(src, (12, 0))
