@@ -5,7 +5,7 @@ returns the traces that closed. Time is event time only: the assembler's waterma
 largest span end seen, and a trace closes once the watermark passes its last span's end
 plus ``idle_ms``. A replay of old spans therefore closes exactly as the live run did.
 
-Memory is bounded by ``max_spans_per_trace`` × ``max_traces``; what does not fit is
+Memory is bounded by ``max_spans_per_trace`` times ``max_traces``; what does not fit is
 dropped and counted, and the trace it belonged to is marked incomplete, never completed
 by guesswork.
 """
@@ -71,6 +71,7 @@ class AssemblerCounters:
     spans_dropped: int = 0  # over max_spans_per_trace
     duplicate_spans: int = 0
     late_spans_dropped: int = 0  # their trace had already closed by event time
+    evicted_spans_dropped: int = 0  # their trace had been closed early
     traces_closed: int = 0
     traces_evicted: int = 0  # closed early, max_traces in flight
     traces_incomplete: int = 0
@@ -103,6 +104,9 @@ class TraceAssembler:
         # (last_end_ms, trace_id) of open traces, min first; entries left behind when a
         # trace's last end moves are skipped when popped (lazy deletion).
         self._due: list[tuple[int, str]] = []
+        # Ids of the last max_traces traces closed early, oldest first: their later spans
+        # are dropped, or each would reopen a fragment that counts the request again.
+        self._evicted: dict[str, None] = {}
 
     def __len__(self) -> int:
         return len(self._open)
@@ -121,6 +125,9 @@ class TraceAssembler:
                 # Its trace, if any, has closed already: a fragment of it would count the
                 # request again as a trace of its own.
                 self.counters.late_spans_dropped += 1
+                return out
+            if span.trace_id in self._evicted:
+                self.counters.evicted_spans_dropped += 1
                 return out
             while len(self._open) >= self.max_traces:
                 self._close_next(out, early=True)
@@ -165,7 +172,12 @@ class TraceAssembler:
         limit = self.watermark_ms - self.idle_ms
         due = self._due
         while due and due[0][0] < limit:
-            self._close_next(out, early=False)
+            last_end_ms, trace_id = due[0]
+            trace = self._open.get(trace_id)
+            if trace is None or trace.last_end_ms != last_end_ms:
+                heapq.heappop(due)  # left behind by a later span of the trace
+            else:
+                self._close_next(out, early=False)
 
     def _close_next(self, out: list[ClosedTrace], early: bool) -> None:
         while True:
@@ -174,6 +186,10 @@ class TraceAssembler:
             if trace is not None and trace.last_end_ms == last_end_ms:
                 break
         del self._open[trace_id]
+        if early:
+            self._evicted[trace_id] = None
+            if len(self._evicted) > self.max_traces:
+                del self._evicted[next(iter(self._evicted))]
         closed = ClosedTrace.close(trace_id, trace.spans, trace.dropped, trace.duplicates,
                                    early)
         self.counters.traces_closed += 1
@@ -193,6 +209,7 @@ class TraceAssembler:
             "traces": [[tid, t.last_end_ms, t.dropped, t.duplicates,
                         [span_to_list(s) for s in t.spans.values()]]
                        for tid, t in sorted(self._open.items())],
+            "evicted": list(self._evicted),
             "counters": self.counters.as_dict(),
         }
 
@@ -214,6 +231,7 @@ class TraceAssembler:
                                    duplicates)
             asm._due.append((last_end_ms, tid))
         heapq.heapify(asm._due)
+        asm._evicted = dict.fromkeys(snap["evicted"])
         asm.counters = AssemblerCounters(**snap["counters"])
         return asm
 

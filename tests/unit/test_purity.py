@@ -13,7 +13,8 @@ FORBIDDEN = ("faust", "aiokafka", "duckdb", "kafka", "mode")
 
 
 def test_importing_processors_loads_no_io_framework() -> None:
-    modules = sorted(p.stem for p in PROCESSORS.glob("*.py") if p.stem != "__init__")
+    modules = sorted(".".join(p.relative_to(PROCESSORS).with_suffix("").parts)
+                     for p in PROCESSORS.rglob("*.py") if p.stem != "__init__")
     code = (
         "import sys\n"
         + "".join(f"import tocsin.processors.{m}\n" for m in modules)
@@ -27,12 +28,12 @@ def test_importing_processors_loads_no_io_framework() -> None:
 
 def test_processors_import_no_randomness() -> None:
     imports = re.compile(r"^\s*(?:import|from)\s+(random|uuid|secrets|time)\b", re.M)
-    offenders = [p.name for p in PROCESSORS.glob("*.py") if imports.search(p.read_text())]
+    offenders = [p.name for p in PROCESSORS.rglob("*.py") if imports.search(p.read_text())]
     assert offenders == []
 
 
 def test_processors_read_no_clock() -> None:
     clock = re.compile(r"\b(time\.time|time\.monotonic|datetime\.now|datetime\.utcnow|"
                        r"date\.today)\s*\(")
-    offenders = [p.name for p in PROCESSORS.glob("*.py") if clock.search(p.read_text())]
+    offenders = [p.name for p in PROCESSORS.rglob("*.py") if clock.search(p.read_text())]
     assert offenders == []
