@@ -1,11 +1,13 @@
-"""``python -m bench [--json] [--events N] [--no-quix] [--no-intake]``: Tocsin's benchmark.
+"""``python -m bench [--json] [--events N] [--no-quix] [--no-intake] [--no-spans]``.
 
 One embedded broker per run; the workload is produced once, then read by (a) the bare
 consumer, (b) the Tocsin worker (followed, while it is caught up, by the live-spike
 latency phase, (e) the report burst and (d) its HTTP intake under load) and (c) the
 quixstreams peer, one after the other so they never share the CPU. The bare HTTP intake
-endpoint of (d) runs right after the worker stopped, before (c). Progress goes to stderr;
-the figures to stdout. Every subprocess and the broker are stopped whatever happens.
+endpoint of (d) runs right after the worker stopped, before (c). (f), the OTLP span
+workload, is produced and measured last: the worker of (b) would otherwise translate it
+into its own workload's topic. Progress goes to stderr; the figures to stdout. Every
+subprocess and the broker are stopped whatever happens.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from .intake import CONCURRENCY, REQUESTS, SECONDS, BareIntake, LoadResult, meas
 from .latency import measure_latency
 from .quix import QuixResult, run_quix
 from .report import BUSY_LOAD, IntakeRun, Run, TocsinRun, render, to_dict
+from .spans import (
+    SpansRun,
+    assembler_memory,
+    measure_loop,
+    measure_worker,
+    produce_spans,
+)
 from .worker import TocsinWorker
 from .workload import Workload, produce
 
@@ -55,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-quix", action="store_true", help="skip (c), the quixstreams peer")
     p.add_argument("--no-intake", action="store_true",
                    help="skip (d) HTTP intake signals/s and (e) the report burst")
+    p.add_argument("--no-spans", action="store_true",
+                   help="skip (f), OTLP spans/s (bare, Tocsin, worker) and assembler RSS")
     p.add_argument("--burst", type=int, default=2000,
                    help="alerts POSTed on one incident in (e) (default 2000)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, DuckDB)")
@@ -151,6 +162,31 @@ def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
     return result
 
 
+def spans_phase(bootstrap: str, workdir: Path) -> SpansRun:
+    """(f): produce the span workload, then the bare loop, Tocsin's pure loop, the worker's
+    span intake, and the assembler's RSS in a child interpreter."""
+    say("(f) producing the OTLP span workload on otlp_spans")
+    w = asyncio.run(produce_spans(bootstrap))
+    say(f"(f) produced {w.spans:,} spans ({w.traces:,} traces, {w.failing_traces} failing) "
+        f"in {w.records:,} records ({w.bytes / 1e6:.1f} MB otlp_proto); bare loop")
+    bare = measure_loop(bootstrap, w.spans, tocsin=False)
+    say(f"(f) bare {bare.spans_per_s:,.0f} spans/s; Tocsin decode_batch + wide_events")
+    pure = measure_loop(bootstrap, w.spans, tocsin=True)
+    say(f"(f) Tocsin {pure.spans_per_s:,.0f} spans/s ({pure.events:,} wide events); "
+        "worker span intake (run --role detect)")
+    worker = metrics = error = None
+    try:
+        worker, metrics = measure_worker(bootstrap, workdir, w.spans)
+        say(f"(f) worker {worker.events_per_s:,.0f} spans/s")
+    except Exception as exc:  # noqa: BLE001 - keep the other figures
+        error = f"{type(exc).__name__}: {exc}"
+        say(f"(f) worker failed: {error}")
+    say("(f) assembler RSS, 10,000 traces in flight (child interpreter)")
+    memory = assembler_memory()
+    say(f"(f) assembler: +{memory['rss_growth_mb']} MB RSS, {memory['traced_mb']} MB traced")
+    return SpansRun(w, bare, pure, worker, error, metrics, memory)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load = os.getloadavg()[0]
     if load > BUSY_LOAD:
@@ -170,7 +206,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - keep the other figures
                 say(f"(d) bare intake failed: {type(exc).__name__}: {exc}")
         quix = None if args.no_quix else quix_phase(broker.bootstrap, workload.events, workdir)
-    result = to_dict(Run(workload, bare, tocsin, quix, intake))
+        spans = SpansRun(skipped="--no-spans")
+        if not args.no_spans:
+            try:
+                spans = spans_phase(broker.bootstrap, workdir)
+            except Exception as exc:  # noqa: BLE001 - keep the other figures
+                say(f"(f) failed: {type(exc).__name__}: {exc}")
+                spans = SpansRun(skipped=f"failed: {type(exc).__name__}: {exc}")
+    result = to_dict(Run(workload, bare, tocsin, quix, intake, spans))
     result["load_avg_1m_at_start"] = round(load, 2)
     return result
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .bare import BareResult
@@ -10,6 +10,7 @@ from .burst import BurstResult
 from .intake import CONCURRENCY, LoadResult
 from .latency import LatencyResult
 from .quix import QuixResult
+from .spans import SPANS_PER_TRACE, TRACES_PER_RECORD, SpansRun
 from .worker import Throughput
 from .workload import PARTITIONS, SERVICES, Workload
 
@@ -49,6 +50,7 @@ class Run:
     tocsin: TocsinRun
     quix: QuixResult | None
     intake: IntakeRun = IntakeRun(skipped="--no-intake")
+    spans: SpansRun = field(default_factory=lambda: SpansRun(skipped="--no-spans"))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -75,6 +77,8 @@ def _targets(r: dict[str, Any]) -> dict[str, bool | None]:
         and r["ratio_vs_bare"] >= TARGET_RATIO_VS_BARE,
         "ahead_of_quix": None if vs_quix is None else vs_quix > TARGET_RATIO_VS_QUIX,
         "p99_detect": p99 is not None and p99 <= TARGET_P99_MS and r["detect_missed"] == 0,
+        "spans_ratio_vs_bare": None if r["spans_ratio_vs_bare"] is None
+        else r["spans_ratio_vs_bare"] >= TARGET_RATIO_VS_BARE,
     }
 
 
@@ -113,6 +117,33 @@ def _intake_dict(i: IntakeRun) -> dict[str, Any]:
     return result
 
 
+def _spans_dict(f: SpansRun) -> dict[str, Any]:
+    w, m, a = f.workload, f.worker_metrics or {}, f.assembler or {}
+    bare = f.bare.spans_per_s if f.bare else None
+    tocsin = f.tocsin.spans_per_s if f.tocsin else None
+    worker = f.worker.events_per_s if f.worker else None
+    return {
+        "spans_skipped": f.skipped,
+        "spans": w.spans if w else None,
+        "span_traces": w.traces if w else None,
+        "span_records": w.records if w else None,
+        "span_failing_traces": w.failing_traces if w else None,
+        "span_bytes": w.bytes if w else None,
+        "spans_per_s_bare": _round(bare),
+        "spans_per_s_tocsin": _round(tocsin),
+        "spans_ratio_vs_bare": _ratio(tocsin, bare),
+        "span_wide_events": f.tocsin.events if f.tocsin else None,
+        "spans_per_s_worker": _round(worker),
+        "spans_worker_ratio_vs_bare": _ratio(worker, bare),
+        "spans_worker_error": f.worker_error,
+        "spans_worker_rejected": m.get("spans_rejected"),
+        "spans_worker_dead_letters": m.get("dead_letters"),
+        "assembler_rss_mb_10k_traces": a.get("rss_growth_mb"),
+        "assembler_traced_mb_10k_traces": a.get("traced_mb"),
+        "assembler_spans_10k_traces": a.get("spans"),
+    }
+
+
 def to_dict(run: Run) -> dict[str, Any]:
     w, quix, t = run.workload, run.quix, run.tocsin
     quix_rate = quix.events_per_s if quix and not quix.skipped else None
@@ -146,6 +177,7 @@ def to_dict(run: Run) -> dict[str, Any]:
         "worker_reports_published": t.metrics.get("reports_published"),
         "worker_exit_code": t.exit_code,
         **_intake_dict(run.intake),
+        **_spans_dict(run.spans),
     }
     result["targets_met"] = _targets(result)
     return result
@@ -228,6 +260,37 @@ def _intake_lines(r: dict[str, Any]) -> list[str]:
             + ("" if r["report_burst_complete"] else "   INCOMPLETE: final version not seen")]
 
 
+def _spans_lines(r: dict[str, Any]) -> list[str]:
+    if r["spans_skipped"]:
+        return [f"(f) OTLP spans: skipped ({r['spans_skipped']})"]
+    worker = (_num(r["spans_per_s_worker"], " spans/s") if r["spans_per_s_worker"]
+              is not None else f"n/a ({r['spans_worker_error']})")
+    ratio = r["spans_ratio_vs_bare"]
+    return [
+        f"(f) OTLP spans: {r['spans']:,} spans, {r['span_traces']:,} traces "
+        f"({r['span_failing_traces']} failing), {r['span_records']:,} otlp_proto records "
+        f"of {TRACES_PER_RECORD * SPANS_PER_TRACE} spans "
+        f"({r['span_bytes'] / 1e6:.1f} MB) on otlp_spans",
+        f"    {'bare getmany + TracesData.FromString':<46}"
+        f"{_num(r['spans_per_s_bare'], ' spans/s'):>16}",
+        f"    {'Tocsin decode_batch + wide_events':<46}"
+        f"{_num(r['spans_per_s_tocsin'], ' spans/s'):>16}   "
+        f"({r['span_wide_events'] or 0:,} wide events)",
+        f"    {'Tocsin worker span intake (--role detect)':<46}{worker:>16}   "
+        f"(/healthz spans_in; decode, map, publish)",
+        f"    Tocsin / bare (spans) {_num(ratio, '', '.3f'):>8}   target >= "
+        f"{TARGET_RATIO_VS_BARE}          {_mark(r['targets_met']['spans_ratio_vs_bare'])}"
+        f"   worker / bare {_num(r['spans_worker_ratio_vs_bare'], '', '.3f')}",
+        "    (the bare loop only parses: upb builds the message in C and the count reads "
+        "list lengths; Tocsin also reads every span's fields into Python, normalizes "
+        "them and maps entry spans to wide events)",
+        f"    assembler RSS, 10,000 traces in flight "
+        f"{_num(r['assembler_rss_mb_10k_traces'], ' MB', '.1f'):>9}   "
+        f"(TraceAssembler(idle_ms=10**9), {r['assembler_spans_10k_traces'] or 0:,} spans; "
+        f"tracemalloc {_num(r['assembler_traced_mb_10k_traces'], ' MB', '.1f')})",
+    ]
+
+
 def _check_lines(r: dict[str, Any]) -> list[str]:
     lines = [
         f"replay spikes opened during (b): {r['replay_spikes_opened']} of "
@@ -249,4 +312,4 @@ def render(r: dict[str, Any]) -> str:
             f"{r['services']} services, {r['families']} error families, {r['partitions']} "
             f"partitions, 5% errors, {r['replay_spikes_expected']} replay spikes")
     return "\n".join([head, "", *_throughput_lines(r), "", *_target_lines(r), "",
-                      *_intake_lines(r), "", *_check_lines(r)])
+                      *_intake_lines(r), "", *_spans_lines(r), "", *_check_lines(r)])

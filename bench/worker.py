@@ -45,22 +45,27 @@ class Throughput:
 class TocsinWorker:
     """Start the worker, poll its health, read its peak RSS, stop it (always)."""
 
-    def __init__(self, bootstrap: str, workdir: Path) -> None:
+    def __init__(self, bootstrap: str, workdir: Path, role: str = "all",
+                 env: dict[str, str] | None = None, name: str = "worker") -> None:
         self.bootstrap = bootstrap
         self.workdir = workdir
+        self.role = role
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.app_id = f"bench-{uuid.uuid4().hex[:8]}"
-        self.log_path = workdir / "worker.log"
+        self.log_path = workdir / f"{name}.log"
+        self.db_path = workdir / ("bench.duckdb" if name == "worker" else f"{name}.duckdb")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> TocsinWorker:
         # The intake's per-token rate limit (default 50/s, burst 100; without tokens every
         # sender shares the "anonymous" bucket) is lifted: the bench measures the intake.
         env = dict(os.environ, TOCSIN_SESSION_TIMEOUT_MS="6000", TOCSIN_APP_ID=self.app_id,
-                   TOCSIN_INTAKE_RATE_PER_S="1000000", TOCSIN_INTAKE_BURST="1000000")
+                   TOCSIN_INTAKE_RATE_PER_S="1000000", TOCSIN_INTAKE_BURST="1000000",
+                   **self.extra_env)
         cmd = [sys.executable, "-m", "tocsin", "run", "--broker", self.bootstrap,
-               "--db", str(self.workdir / "bench.duckdb"), "--http-port", str(self.port),
-               "--role", "all"]
+               "--db", str(self.db_path), "--http-port", str(self.port),
+               "--role", self.role]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env,
@@ -94,9 +99,9 @@ class TocsinWorker:
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             return None
 
-    def events_in(self) -> int | None:
+    def events_in(self, counter: str = "events_in") -> int | None:
         body = self.health()
-        return None if body is None else int(body["metrics"]["events_in"])
+        return None if body is None else int(body["metrics"][counter])
 
     @property
     def base_url(self) -> str:
@@ -120,12 +125,14 @@ class TocsinWorker:
             time.sleep(0.1)
         raise WorkerError(f"detection not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
 
-    def measure(self, events: int, timeout_s: float) -> Throughput:
-        """events/s from the first poll that sees counting until ``events`` are counted."""
+    def measure(self, events: int, timeout_s: float, counter: str = "events_in"
+                ) -> Throughput:
+        """events/s from the first poll that sees counting until ``events`` are counted
+        (``counter``: the /healthz metric, ``spans_in`` for the span intake)."""
         deadline = time.monotonic() + timeout_s
         first: tuple[float, int] | None = None
         while time.monotonic() < deadline:
-            seen = self.events_in()
+            seen = self.events_in(counter)
             now = time.perf_counter()
             if seen:
                 if first is None:
@@ -135,7 +142,8 @@ class TocsinWorker:
                         raise WorkerError("all events were counted before the first poll")
                     return Throughput(seen - first[1], now - first[0])
             time.sleep(POLL_S)
-        raise WorkerError(f"the worker counted {self.events_in()} of {events} events in "
+        raise WorkerError(f"the worker counted {self.events_in(counter)} of {events} "
+                          f"({counter}) in "
                           f"{timeout_s:.0f}s:\n{self.log_tail()}")
 
     def wait_quiet(self, quiet_s: float = 2.0, timeout_s: float = 90.0) -> float | None:
