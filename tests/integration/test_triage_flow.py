@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures_io import FIXTURES
 from tests.integration.harness import (
     T0_MS,
     Names,
@@ -26,7 +27,6 @@ from tests.integration.harness import (
 from tocsin.processors.report import verify
 from tocsin.streams.triage_io import decode_signal
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 ONSET = T0_MS + 2_400_000 + 4_000
 MIN = 60_000
 

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import copy
-import json
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures_io import load, ms
 from tocsin.processors.signals import IntakeError, intake, parse, sniff
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-
-
-def load(name: str) -> dict[str, Any]:
-    data = json.loads((FIXTURES / name).read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def ms(iso: str) -> int:
-    """Epoch ms of an ISO time written with at most millisecond precision."""
-    return (datetime.fromisoformat(iso) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
-        milliseconds=1)
-
 
 # file, provider, per alert: (state, severity, service, title, event time, start, end,
 # fingerprint, link)

@@ -5,31 +5,26 @@ from __future__ import annotations
 import copy
 import json
 import re
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures_io import FIXTURES, ms
+from tests.fixtures_io import load as load_fixture
 from tocsin.processors.signals import IntakeError, intake, parse, signal_id, sniff
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "kubernetes"
 POD_UID = "63674389-f613-11e8-a057-fe5f49266390"
 
 
 def load(name: str) -> dict[str, Any]:
-    data = json.loads((FIXTURES / name).read_text())
-    assert isinstance(data, dict)
-    return data
+    return load_fixture(f"kubernetes/{name}")
 
 
-def ms(iso: str) -> int:
-    return (datetime.fromisoformat(iso) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
-        milliseconds=1)
 
 
 def rollout() -> list[dict[str, Any]]:
-    text = (FIXTURES / "events-v1-rollout-sequence-kspan-real-export.ndjson").read_text()
+    path = FIXTURES / "kubernetes" / "events-v1-rollout-sequence-kspan-real-export.ndjson"
+    text = path.read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -102,7 +97,7 @@ def test_rollout_sequence_gives_no_runtime_signal() -> None:
 def test_describe_lines_from_the_docs_classify() -> None:
     """The verbatim kubectl describe lines: BackOff restarting → crashloop; the node's
     OOMKilling → oom_killed with no service (a Node has none) and the node's name."""
-    lines = (FIXTURES / "k8s-docs-describe-event-lines.txt").read_text().splitlines()
+    lines = (FIXTURES / "kubernetes" / "k8s-docs-describe-event-lines.txt").read_text().splitlines()
     found = {}
     for line in lines:
         m = re.match(r"^(?:\.\.\. )?(Warning|Normal)\s+(\w+)\s+(.*)$", line)

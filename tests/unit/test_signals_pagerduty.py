@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import copy
-import json
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures_io import load as load_fixture
+from tests.fixtures_io import ms
 from tocsin.processors.signals import IntakeError, intake, parse, signal_id, sniff
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "pagerduty"
 RECEIVED = 1_793_610_000_000
 
 
 def load(name: str) -> dict[str, Any]:
-    data = json.loads((FIXTURES / name).read_text())
-    assert isinstance(data, dict)
-    return data
+    return load_fixture(f"pagerduty/{name}")
 
 
-def ms(iso: str) -> int:
-    return (datetime.fromisoformat(iso) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
-        milliseconds=1)
 
 
 # file: (dedup key, state, severity, service, title, event time, start, end, link)
