@@ -86,7 +86,18 @@ class TriageLoop:
         an incident a batch, by incident id."""
         for rec in records:
             self._apply(rec)
-        return self.triage.flush()
+        reports = self.triage.flush()
+        self._prune()
+        return reports
+
+    def _prune(self) -> None:
+        """Forget where forgotten signals and incidents were read (bounded like them)."""
+        if len(self.provenance) <= 2 * (len(self.triage.signals) + len(self.triage.incidents)
+                                        ) + 1_000:
+            return
+        alive = set(self.triage.signals) | set(self.triage.incidents)
+        self.provenance = {k: v for k, v in self.provenance.items()
+                           if k.split(":")[1] in alive}
 
     def _apply(self, rec: Record) -> None:
         try:

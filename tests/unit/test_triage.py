@@ -128,3 +128,22 @@ def test_a_signal_correlates_by_trace_id_even_outside_the_window() -> None:
     unrelated = Sig("sig_other", "alert", "x", ONSET + 60 * MIN, service="other",
                     trace_id="zzz")
     assert triage.on_signal(unrelated) == []
+
+
+def test_provenance_is_bounded_like_the_fold() -> None:
+    from aiokafka import ConsumerRecord
+
+    from tocsin.processors.signals.model import Signal
+    from tocsin.streams.triage_io import TriageLoop, encode_signal
+
+    loop = TriageLoop("inc", "sig")
+    records = []
+    for n in range(3000):
+        signal = Signal(
+            dedup_key=f"k{n}", type="alert", state="firing", source="native",
+            severity="info", title="t", event_time_ms=ONSET + n * 3_600_000)
+        records.append(ConsumerRecord("sig", 0, n, 0, 0, None, encode_signal(signal), None,
+                                      0, 0, ()))
+    loop.feed(records)
+    assert len(loop.triage.signals) < 100  # 72 h of hourly signals survive
+    assert len(loop.provenance) <= 2 * len(loop.triage.signals) + 1_000
