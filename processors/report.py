@@ -177,8 +177,11 @@ def next_checks(incident: IncidentState, decision: Decision,
 
 
 def build(incident: IncidentState, signals: Sequence[SignalView], decision: Decision,
-          as_of_ms: int) -> dict[str, Any]:
-    """The report, sealed with its two hashes."""
+          as_of_ms: int, traces: tuple[dict[str, Any], dict[str, Any]] | None = None
+          ) -> dict[str, Any]:
+    """The report, sealed with its two hashes. ``traces`` is (blast, propagation) from the
+    incident's failing traces (ADR 0012); without span data the snapshots say what the
+    detection path alone knows, as partial or missing."""
     f = incident.facts
     by_id = {s.signal_id: s for s in signals}
     alerts = [s for s in signals if s.type == "alert"]
@@ -234,6 +237,13 @@ def build(incident: IncidentState, signals: Sequence[SignalView], decision: Deci
         "next_checks": next_checks(incident, decision, by_id),
         "generated_at_ms": as_of_ms,
     }
+    if traces is not None:
+        blast, spread = traces
+        report["snapshots"] = {"blast": blast, "propagation": spread}
+        for trace_id in blast.get("sample_traces") or ():
+            report["evidence"].append({"kind": "trace", "id": trace_id, "source": "otlp",
+                                       "summary": "sample failing trace",
+                                       "time_ms": f.onset_ms})
     return seal(report)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from tocsin.processors.classify import ClassifierConfig, IncidentFacts, classify
 from tocsin.processors.report import IncidentState, build, canonical_json
+from tocsin.processors.traces import BlastRadius, ClosedTrace, TraceSummary, summarize
 
 STATE_RANK = {"firing": 0, "acknowledged": 1, "resolved": 2}
 EVICT_EVERY_MS = 3_600_000  # retention is checked once per hour of event time
@@ -31,6 +32,7 @@ class TriageConfig:
     correlation_window_ms: int = 15 * 60_000
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     signal_retention_ms: int = 72 * 3_600_000  # BRIEF.md: events and signals 72 h
+    traces_per_family: int = 2_000  # failing trace summaries kept per family, newest
     incident_retention_ms: int = 168 * 3_600_000  # resolved incidents 168 h
 
 
@@ -112,6 +114,11 @@ class Triage:
         self.downstreams: dict[str, str] = {}
         self.dirty: set[str] = set()
         self.horizon_ms = 0  # the latest event time seen: what retention counts from
+        # Failing traces by family key, kept so an incident that opens after its traces
+        # closed still counts them: (end ms, trace id) -> summary, newest kept.
+        self.traces: dict[str, dict[tuple[int, str], TraceSummary]] = {}
+        self.blasts: dict[str, BlastRadius] = {}
+        self._counted: dict[str, set[str]] = {}
         self._evicted_at_ms = 0
 
     # Each input marks the incidents it touches; flush() evaluates each of them once.
@@ -127,6 +134,7 @@ class Triage:
         self.incidents[incident_id] = incident_state(event, self.downstreams.get(incident_id))
         self.horizon_ms = max(self.horizon_ms, int(event["at_ms"]))
         self.dirty.add(incident_id)
+        self._route_kept_traces(incident_id)
 
     def apply_signal(self, signal: Any) -> None:
         folded = fold(self.signals.get(signal.signal_id), signal)
@@ -135,6 +143,42 @@ class Triage:
         window = self.config.correlation_window_ms
         self.dirty.update(i for i, inc in self.incidents.items()
                           if correlates(inc, folded.signal, window))
+
+    def apply_trace(self, trace: ClosedTrace) -> None:
+        """A closed trace: if it failed, evidence for the incidents of its failing
+        families whose window holds it (ADR 0012)."""
+        if not trace.failing:
+            return
+        summary = summarize(trace)
+        end_ms = max(s.end_ms for s in trace.spans)
+        self.horizon_ms = max(self.horizon_ms, end_ms)
+        for family in summary.families:
+            kept = self.traces.setdefault(family, {})
+            kept[(end_ms, summary.trace_id)] = summary
+            if len(kept) > self.config.traces_per_family:
+                del kept[min(kept)]
+        for incident_id, incident in self.incidents.items():
+            if incident.family in summary.families and self._in_window(incident, end_ms):
+                self._count_trace(incident_id, summary)
+
+    def _in_window(self, incident: IncidentState, t_ms: int) -> bool:
+        window = self.config.correlation_window_ms
+        end = incident.resolved_ms if incident.resolved_ms is not None \
+            else incident.last_error_ms + window
+        return incident.facts.onset_ms - window <= t_ms <= end
+
+    def _count_trace(self, incident_id: str, summary: TraceSummary) -> None:
+        blast = self.blasts.setdefault(incident_id, BlastRadius(incident_id))
+        if summary.trace_id not in self._counted.setdefault(incident_id, set()):
+            self._counted[incident_id].add(summary.trace_id)
+            if blast.add(summary):
+                self.dirty.add(incident_id)
+
+    def _route_kept_traces(self, incident_id: str) -> None:
+        incident = self.incidents[incident_id]
+        for (end_ms, _), summary in sorted(self.traces.get(incident.family, {}).items()):
+            if self._in_window(incident, end_ms):
+                self._count_trace(incident_id, summary)
 
     def flush(self) -> list[dict[str, Any]]:
         """Report versions of the touched incidents whose hash changed, by incident id."""
@@ -159,6 +203,15 @@ class Triage:
             del self.incidents[incident_id]
             self.last_hash.pop(incident_id, None)
             self.downstreams.pop(incident_id, None)
+            self.blasts.pop(incident_id, None)
+            self._counted.pop(incident_id, None)
+        horizon = self.horizon_ms - cfg.signal_retention_ms
+        for family in list(self.traces):
+            kept = self.traces[family]
+            for key in [k for k in kept if k[0] < horizon]:
+                del kept[key]
+            if not kept:
+                del self.traces[family]
 
     def on_incident_event(self, event: Mapping[str, Any], downstream: str | None = None
                           ) -> list[dict[str, Any]]:
@@ -180,7 +233,9 @@ class Triage:
         decision = classify(incident.facts, evidence, self.config.classifier)
         times = [incident.last_error_ms, incident.resolved_ms or 0,
                  *(s.event_time_ms for s in evidence)]
-        return build(incident, evidence, decision, max(times))
+        blast = self.blasts.get(incident_id)
+        traces = (blast.to_dict(), blast.propagation_dict()) if blast is not None else None
+        return build(incident, evidence, decision, max(times), traces)
 
     def _evaluate(self, incident_ids: list[str]) -> list[dict[str, Any]]:
         out = []

@@ -48,7 +48,8 @@ class Projection:
         self.registry = SchemaRegistry(settings.schema_registry_url) \
             if settings.schema_registry_url else None
         self.producer: AIOKafkaProducer | None = None
-        self.triage = TriageLoop(settings.topics.incidents, settings.topics.signals)
+        self.triage = TriageLoop(settings.topics.incidents, settings.topics.signals,
+                                 settings.topics.spans)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -64,7 +65,8 @@ class Projection:
         await self.producer.start()
         try:
             tps = [TopicPartition(t, p)
-                   for t in (topics.incidents, topics.windows, topics.dlq, topics.signals)
+                   for t in (topics.incidents, topics.windows, topics.dlq, topics.signals,
+                             topics.spans)
                    for p in await _wait_partitions(self.consumer, t, 20.0)]
             self.consumer.assign(tps)
             saved = self.sink.positions()
@@ -89,7 +91,7 @@ class Projection:
         """Rebuild the triage fold from what DuckDB already reflects (ADR 0009)."""
         topics = self.settings.topics
         applied = []
-        for topic in (topics.incidents, topics.signals):
+        for topic in (topics.incidents, topics.signals, topics.spans):
             for rec in await read_to_end(self.bootstrap, topic):
                 if rec.offset < saved.get((topic, rec.partition), 0):
                     applied.append(rec)
@@ -104,7 +106,7 @@ class Projection:
         assert self.producer is not None
         records = [rec for tp, recs in sorted(batch.items(), key=lambda kv: (
             kv[0].topic != topics.incidents, kv[0].topic, kv[0].partition))
-            if tp.topic in (topics.incidents, topics.signals) for rec in recs]
+            if tp.topic in (topics.incidents, topics.signals, topics.spans) for rec in recs]
         reports = self.triage.feed(records)
         futures = []
         for report in reports:
@@ -143,6 +145,8 @@ class Projection:
                     except SchemaError as exc:
                         log.error("undecodable incident event at %s:%s: %s",
                                   tp, rec.offset, exc)
+                elif tp.topic == topics.spans:
+                    continue  # folded by the triage (trace assembly); no rows of its own
                 elif tp.topic == topics.windows:
                     value = orjson.loads(rec.value or b"{}")
                     bucket_ms = value["bucket_ms"]

@@ -19,15 +19,18 @@ from typing import Any, TypeAlias
 import orjson
 from aiokafka import ConsumerRecord
 
+from tocsin.processors.otlp import OtlpError, decode_batch
 from tocsin.processors.report import canonical_json
 from tocsin.processors.signals.model import FIELDS as SIGNAL_FIELDS
 from tocsin.processors.signals.model import Signal
+from tocsin.processors.traces import TraceAssembler
 from tocsin.processors.triage import Triage
 from tocsin.schemas.codec import SIGNAL, SchemaError, avro_schema, decode_incident
 
 log = logging.getLogger("tocsin.triage")
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+SPAN_IDLE_GRACE_MS = 5 * 60_000
 
 
 def encode_signal(signal: Signal, encoding: str = "avro") -> bytes:
@@ -60,10 +63,16 @@ def _where(rec: Record) -> list[Any]:
 class TriageLoop:
     """The fold plus what a report needs beside it: provenance and published versions."""
 
-    def __init__(self, incidents_topic: str, signals_topic: str) -> None:
+    def __init__(self, incidents_topic: str, signals_topic: str,
+                 spans_topic: str | None = None) -> None:
         self.incidents_topic = incidents_topic
         self.signals_topic = signals_topic
+        self.spans_topic = spans_topic
         self.triage = Triage()
+        # Spans of one trace arrive on any partition; the projection reads them all, so
+        # traces assemble here (ADR 0012), closed by event-time inactivity.
+        self.assembler = TraceAssembler(external_watermark=True)
+        self.span_marks: dict[int, int] = {}  # span partition -> largest span end read
         self.provenance: dict[str, list[Any]] = {}
         self.published: set[tuple[str, str]] = set()
         self.rejected = 0
@@ -72,6 +81,7 @@ class TriageLoop:
         """Fold what DuckDB already reflects, emitting nothing; note published versions."""
         for rec in records:
             self._apply(rec)
+        self._advance_traces()
         self.triage.flush()
         for rec in reports:
             try:
@@ -86,9 +96,33 @@ class TriageLoop:
         an incident a batch, by incident id."""
         for rec in records:
             self._apply(rec)
+        self._advance_traces()
         reports = self.triage.flush()
         self._prune()
         return reports
+
+    def _apply_spans(self, rec: Record) -> None:
+        try:
+            spans = decode_batch(rec.value).spans
+        except OtlpError:
+            return  # the span intake dead-letters it with the reason
+        for span in spans:
+            for closed in self.assembler.add(span):
+                self.triage.apply_trace(closed)
+            if span.end_ms > self.span_marks.get(rec.partition, -1):
+                self.span_marks[rec.partition] = span.end_ms
+
+    def _advance_traces(self) -> None:
+        """Close traces up to the least of the span partitions' marks: event time every
+        partition has surely reached, so how partitions interleave does not decide which
+        spans a trace gets. A partition quiet for longer than the grace no longer holds
+        it back (as a silent service in ADR 0002)."""
+        if not self.span_marks:
+            return
+        newest = max(self.span_marks.values())
+        live = [m for m in self.span_marks.values() if m >= newest - SPAN_IDLE_GRACE_MS]
+        for closed in self.assembler.flush(min(live)):
+            self.triage.apply_trace(closed)
 
     def _prune(self) -> None:
         """Forget where forgotten signals and incidents were read (bounded like them)."""
@@ -100,6 +134,9 @@ class TriageLoop:
                            if k.split(":")[1] in alive}
 
     def _apply(self, rec: Record) -> None:
+        if rec.topic == self.spans_topic:
+            self._apply_spans(rec)
+            return
         try:
             if rec.topic == self.incidents_topic:
                 event = decode_incident(rec.value or b"")

@@ -92,12 +92,16 @@ class TraceAssembler:
     """Open traces of one partition of span data. Not thread-safe; one owner."""
 
     def __init__(self, idle_ms: int = 30_000, max_spans_per_trace: int = 1_000,
-                 max_traces: int = 10_000) -> None:
+                 max_traces: int = 10_000, external_watermark: bool = False) -> None:
         if idle_ms < 0 or max_spans_per_trace < 1 or max_traces < 1:
             raise ValueError("idle_ms >= 0, max_spans_per_trace >= 1, max_traces >= 1")
         self.idle_ms = idle_ms
         self.max_spans_per_trace = max_spans_per_trace
         self.max_traces = max_traces
+        # With spans from several partitions, the caller knows better than the largest end
+        # seen how far event time has surely come (the least of the partitions' marks): it
+        # moves the watermark with flush(), and add() never does.
+        self.external_watermark = external_watermark
         self.watermark_ms: int | None = None
         self.counters = AssemblerCounters()
         self._open: dict[str, _Open] = {}
@@ -145,7 +149,7 @@ class TraceAssembler:
         if span.end_ms > trace.last_end_ms:  # a dropped span is activity all the same
             trace.last_end_ms = span.end_ms
             heapq.heappush(self._due, (span.end_ms, span.trace_id))
-        if wm is None or span.end_ms > wm:
+        if not self.external_watermark and (wm is None or span.end_ms > wm):
             self.watermark_ms = span.end_ms
         self._close_due(out)
         return out

@@ -59,11 +59,13 @@ def wait_for(worker: WorkerProc, sql: str, timeout_s: float = 30) -> list[dict[s
 
 def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path: Path
                                                           ) -> None:
-    """Twenty traces, the last eight failing at payment, split per trace and per service
-    across records (proto and JSON, keyed by trace id or not) and partitions."""
+    """Eighty traces a second apart, eight of them (12-19) failing at payment, split per
+    trace and per service across records (keyed by trace id or not) and partitions; the
+    later healthy traces move event time on, so the failing ones close and fill the
+    report's propagation and blast radius."""
     worker, topic = worker_for(broker, tmp_path, "spans")
     try:
-        spans = workload(20, set(range(12, 20)), T0_NS, seed=11)
+        spans = workload(80, set(range(12, 20)), T0_NS, seed=11)
         records: list[tuple[bytes | None, bytes]] = []
         for n, trace_spans in enumerate(_by_trace(spans)):
             for service in ("frontend", "checkout", "payment"):
@@ -78,6 +80,9 @@ def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path:
         families = {r["family"] for r in wait_for(
             worker, "SELECT family FROM incidents WHERE service <> 'payment'")}
         letters = wait_for(worker, "SELECT reason FROM dead_letters")
+        report = wait_for(worker, "SELECT body FROM triage_reports WHERE cause_kind IS NOT NULL"
+                          " AND body LIKE '%\"affected_requests\":8%' AND incident_id IN ("
+                          "SELECT incident_id FROM incidents WHERE service = 'payment')")
         health = worker.health()
     finally:
         assert worker.stop() == 0
@@ -86,7 +91,13 @@ def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path:
     assert families == {"checkout:POST /api/checkout:HTTP_502",
                         "frontend:GET /cart/checkout:HTTP_502"}
     assert "otlp_proto" in letters[0]["reason"]
-    assert health is not None and health["metrics"]["spans_in"] == 100
+    assert health is not None and health["metrics"]["spans_in"] == 400
+    snaps = json.loads(report[0]["body"])["snapshots"]
+    assert snaps["propagation"]["origin"]["service"] == "payment"
+    assert [h["service"] for h in snaps["propagation"]["path"]] == [
+        "frontend", "checkout", "payment"]
+    assert snaps["blast"]["capture"] == "ok"
+    assert snaps["blast"]["affected_services"] == ["checkout", "frontend", "payment"]
 
 
 def _by_trace(spans: list[Any]) -> list[list[Any]]:

@@ -411,3 +411,25 @@ def test_the_package_stays_pure() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
+
+
+def test_an_external_watermark_alone_closes_traces() -> None:
+    """Fed from several partitions, the assembler closes only when told how far every
+    partition has come: a span far ahead on one partition does not close the others'."""
+    from tests.otel_workload import proto, workload
+    from tocsin.processors.otlp import decode_spans
+    from tocsin.processors.traces import TraceAssembler
+
+    spans = decode_spans(proto(workload(3, {1}, 1_793_610_000 * 10**9, seed=4)))
+    assembler = TraceAssembler(idle_ms=30_000, external_watermark=True)
+    late = max(s.end_ms for s in spans) + 3_600_000
+    ahead = next(s for s in spans if s.parent_span_id is None)
+    import dataclasses
+
+    far = dataclasses.replace(ahead, trace_id="f" * 32, start_ms=late, end_ms=late)
+    assert assembler.add(far) == []
+    closed = [c for s in spans for c in assembler.add(s)]
+    assert closed == []
+    closed = assembler.flush(max(s.end_ms for s in spans) + 30_001)
+    assert sorted(c.trace_id for c in closed) == sorted({s.trace_id for s in spans})
+    assert all(c.complete for c in closed)

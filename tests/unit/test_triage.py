@@ -147,3 +147,49 @@ def test_provenance_is_bounded_like_the_fold() -> None:
     loop.feed(records)
     assert len(loop.triage.signals) < 100  # 72 h of hourly signals survive
     assert len(loop.provenance) <= 2 * len(loop.triage.signals) + 1_000
+
+
+def _closed_traces() -> list[Any]:
+    from tests.otel_workload import proto, workload
+    from tocsin.processors.otlp import decode_spans
+    from tocsin.processors.traces import TraceAssembler
+
+    t0_ns = ONSET * 1_000_000
+    spans = decode_spans(proto(workload(10, {2, 3, 4, 5, 6}, t0_ns, seed=9)))
+    assembler = TraceAssembler(idle_ms=30_000)
+    closed = [c for s in sorted(spans, key=lambda s: (s.end_ms, s.span_id))
+              for c in assembler.add(s)]
+    return closed + assembler.close_all()
+
+
+PAYMENT = {**BASE, "service": "payment", "step": "POST /api/charge",
+           "error_code": "tests.otel_workload.PaymentDeclinedError", "downstream": None,
+           "family": "payment:POST /api/charge:tests.otel_workload.PaymentDeclinedError",
+           "incident_id": "inc_payment"}
+
+
+def _report_with_traces(traces_first: bool) -> dict[str, Any]:
+    triage = Triage()
+    opened = {**PAYMENT, **{k: LIFECYCLE[0][k] for k in (
+        "seq", "kind", "status", "window_count", "peak_count", "error_count")},
+        "at_ms": ONSET + 4_000, "onset_ms": ONSET + 4_000, "last_error_ms": ONSET + 6_000}
+    if traces_first:
+        for c in _closed_traces():
+            triage.apply_trace(c)
+        return triage.on_incident_event(opened)[-1]
+    triage.on_incident_event(opened)
+    for c in _closed_traces():
+        triage.apply_trace(c)
+    return triage.flush()[-1]
+
+
+def test_failing_traces_fill_blast_and_propagation_in_any_order() -> None:
+    report = _report_with_traces(traces_first=True)
+    assert canonical_json(report) == canonical_json(_report_with_traces(traces_first=False))
+    snaps = report["snapshots"]
+    assert snaps["blast"]["affected_requests"] == 5
+    assert snaps["blast"]["capture"] == "ok"
+    assert snaps["propagation"]["origin"]["service"] == "payment"
+    assert [h["service"] for h in snaps["propagation"]["path"]] == [
+        "frontend", "checkout", "payment"]
+    assert {r["kind"] for r in report["evidence"]} >= {"incident", "trace"}
