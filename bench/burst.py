@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from tocsin.processors.signals.model import signal_id
-from tocsin.streams.kafka_io import _wait_partitions, stop_quietly
+from tocsin.streams.kafka_io import stop_quietly
 
 from .intake import CONCURRENCY, LoadResult, drive
 from .latency import GAP_S, MIN_COUNT, IncidentWatch, _error, _send
+from .tail import TopicTail
 from .workload import SERVICES, WINDOW_MS, Workload
 
 REPORTS_TOPIC = "tocsin.reports"
@@ -66,30 +67,15 @@ class ReportWatch:
         self.key = incident_id.encode()
         self.versions: list[tuple[float, dict[str, Any]]] = []
         self.changed = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tail = TopicTail(bootstrap, REPORTS_TOPIC, self._note)
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=10)
-        await self._consumer.start()
-        parts = await _wait_partitions(self._consumer, REPORTS_TOPIC, 20.0)
-        tps = [TopicPartition(REPORTS_TOPIC, p) for p in parts]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        self._task = asyncio.ensure_future(self._run())
+        await self._tail.start()
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for records in batch.values():
-                for rec in records:
-                    if rec.key == self.key:
-                        self.versions.append((now, orjson.loads(rec.value or b"{}")))
-                        self.changed.set()
+    def _note(self, rec: ConsumerRecord[bytes, bytes], now: float) -> None:
+        if rec.key == self.key:
+            self.versions.append((now, orjson.loads(rec.value or b"{}")))
+            self.changed.set()
 
     async def wait(self, done: Any, timeout_s: float) -> bool:
         """Until ``done(versions)`` holds; False on timeout."""
@@ -104,11 +90,7 @@ class ReportWatch:
         return True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await stop_quietly(self._consumer)
+        await self._tail.stop()
 
 
 def burst_bodies(n: int, service: str, onset_ms: int, tag: str

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from tocsin.schemas.codec import SchemaError, decode_incident
-from tocsin.streams.kafka_io import _wait_partitions, stop_quietly
+from tocsin.streams.kafka_io import stop_quietly
 
+from .tail import TopicTail
 from .workload import EVENTS_TOPIC, SERVICES, Workload
 
 INCIDENTS_TOPIC = "tocsin.incidents"
@@ -38,28 +39,12 @@ class IncidentWatch:
     opened_events: dict[FamilyKey, dict[str, Any]] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
     _waiters: dict[FamilyKey, asyncio.Event] = field(default_factory=dict)
-    _consumer: AIOKafkaConsumer | None = None
-    _task: asyncio.Task[None] | None = None
+    _tail: TopicTail | None = None
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=10)
-        await self._consumer.start()
-        parts = await _wait_partitions(self._consumer, INCIDENTS_TOPIC, 20.0)
-        tps = [TopicPartition(INCIDENTS_TOPIC, p) for p in parts]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for records in batch.values():
-                for rec in records:
-                    self._note(rec.value or b"", now)
+        self._tail = TopicTail(self.bootstrap, INCIDENTS_TOPIC,
+                               lambda rec, now: self._note(rec.value or b"", now))
+        await self._tail.start()
 
     def _note(self, data: bytes, now: float) -> None:
         try:
@@ -85,11 +70,8 @@ class IncidentWatch:
         return None
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await stop_quietly(self._consumer)
+        if self._tail is not None:
+            await self._tail.stop()
 
 
 @dataclass(frozen=True)
