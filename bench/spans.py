@@ -10,8 +10,12 @@ ResourceSpans per service, 50 spans), built directly with the ``opentelemetry-pr
 classes from a fixed seed, and produced unkeyed round-robin on the 6 partitions of
 ``otlp_spans``.
 
-- bare: aiokafka ``getmany`` (partitions assigned, the bare consumer's fetch settings),
-  ``TracesData.FromString`` per record, spans counted. It only parses.
+- bare parse: aiokafka ``getmany`` (partitions assigned, the bare consumer's fetch
+  settings), ``TracesData.FromString`` per record, spans counted. It only parses: upb
+  keeps the spans in C, nothing reaches Python.
+- bare decode: the same loop turning every span into Python values with no rule (ids as
+  hex, name, kind, times, status, every attribute by its oneof, event names): the least
+  any consumer of spans pays, and the baseline of the ">= 0.5x" target.
 - tocsin-pure: the same loop calling ``decode_batch`` + ``wide_events`` per record:
   parse, normalize every span (ids, times, semconv outcome, peer) and map entry spans to
   wide-event dicts.
@@ -34,7 +38,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -209,16 +213,46 @@ async def produce_spans(bootstrap: str, traces: int = TRACES) -> SpanWorkload:
     return SpanWorkload(traces, traces * SPANS_PER_TRACE, records, failing, size)
 
 
-def _bare_count(value: bytes) -> int:
+LoopMode = Literal["parse", "decode", "tocsin"]
+
+
+def _bare_parse(value: bytes) -> int:
+    """Parse only: upb builds the message in C, the count reads list lengths."""
     message = TracesData.FromString(value)
     return sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
 
 
-async def _loop(bootstrap: str, spans: int, tocsin: bool, timeout_s: float
+def _any(value: AnyValue) -> object:
+    which = value.WhichOneof("value")
+    return getattr(value, which) if which else None
+
+
+def _bare_decode(value: bytes) -> int:
+    """Every span into Python values with no rule at all: what any consumer pays to use a
+    span (ids as hex, name, kind, times, status, each attribute by its oneof, event
+    names), the baseline the issue's target is measured against."""
+    message = TracesData.FromString(value)
+    spans = []
+    for rs in message.resource_spans:
+        resource = {kv.key: _any(kv.value) for kv in rs.resource.attributes}
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                spans.append((
+                    resource, span.trace_id.hex(), span.span_id.hex(),
+                    span.parent_span_id.hex(), span.name, span.kind, span.flags,
+                    span.start_time_unix_nano, span.end_time_unix_nano, span.status.code,
+                    span.status.message,
+                    {kv.key: _any(kv.value) for kv in span.attributes},
+                    [event.name for event in span.events]))
+    return len(spans)
+
+
+async def _loop(bootstrap: str, spans: int, mode: LoopMode, timeout_s: float
                 ) -> tuple[float, int]:
     """(seconds, entry events) to count ``spans`` spans from the beginning of the topic."""
     consumer = _consumer(bootstrap)
     await consumer.start()
+    bare = _bare_parse if mode == "parse" else _bare_decode
     try:
         tps = [TopicPartition(SPANS_TOPIC, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
@@ -234,12 +268,12 @@ async def _loop(bootstrap: str, spans: int, tocsin: bool, timeout_s: float
                 started = time.perf_counter()
             for records in batch.values():
                 for rec in records:
-                    if tocsin:
+                    if mode == "tocsin":
                         decoded = decode_batch(rec.value)
                         events += len(wide_events(decoded.spans))
                         seen += len(decoded.spans)
                     else:
-                        seen += _bare_count(rec.value)
+                        seen += bare(rec.value)
         assert started is not None
         return time.perf_counter() - started, events
     finally:
@@ -257,9 +291,9 @@ class LoopResult:
         return self.spans / self.seconds if self.seconds > 0 else 0.0
 
 
-def measure_loop(bootstrap: str, spans: int, tocsin: bool, timeout_s: float = 120.0
+def measure_loop(bootstrap: str, spans: int, mode: LoopMode, timeout_s: float = 120.0
                  ) -> LoopResult:
-    seconds, events = asyncio.run(_loop(bootstrap, spans, tocsin, timeout_s))
+    seconds, events = asyncio.run(_loop(bootstrap, spans, mode, timeout_s))
     return LoopResult(spans, seconds, events)
 
 
@@ -269,7 +303,8 @@ class SpansRun:
     worker figure is missing."""
 
     workload: SpanWorkload | None = None
-    bare: LoopResult | None = None
+    bare: LoopResult | None = None  # bare decode: the target's baseline
+    bare_parse: LoopResult | None = None
     tocsin: LoopResult | None = None
     worker: Throughput | None = None
     worker_error: str | None = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 from google.protobuf.message import DecodeError
@@ -36,9 +36,11 @@ from tocsin.processors.otlp.spans import (
     RESOURCE_WANTED,
     STATUS_NAMES,
     WANTED,
+    Attrs,
     Service,
     Span,
     SpanProblem,
+    clean_attr,
     make_span,
     service_of,
 )
@@ -183,10 +185,10 @@ def _pb_value(value: AnyValue) -> object:
 
 
 def _pb_attrs(attributes: Iterable[KeyValue], wanted: frozenset[str]) -> dict[str, object]:
-    """The wanted attributes only, as Python values; the first of a duplicated key wins
-    (as the Collector's pdata ``Map.Get`` does). Other keys are not converted at all.
+    """The wanted attributes only, cleaned (:func:`clean_attr`); the first of a duplicated
+    key wins (as the Collector's pdata ``Map.Get`` does). Other keys are not converted.
 
-    The type semconv gives a key is tried first (``WhichOneof`` costs twice a field read):
+    The type semconv gives a key is read first (``WhichOneof`` costs twice a field read):
     a status code is an int, everything else a string; a value of another type is still
     read, through the slow path."""
     out: dict[str, object] = {}
@@ -195,7 +197,7 @@ def _pb_attrs(attributes: Iterable[KeyValue], wanted: frozenset[str]) -> dict[st
         if key in wanted and key not in out:
             value = kv.value
             typed = value.int_value if key in INT_KEYS else value.string_value
-            out[key] = typed if typed else _pb_value(value)
+            out[key] = typed if typed else clean_attr(key, _pb_value(value))
     return out
 
 
@@ -224,7 +226,7 @@ def _pb_span(span: PbSpan, service: Service, scope: str | None) -> Span:
         flags=span.flags, name=span.name, kind=span.kind,
         start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
         status_code=span.status.code, status_message=span.status.message or None,
-        attrs=_pb_attrs(span.attributes, WANTED), exception=exception,
+        attrs=cast(Attrs, _pb_attrs(span.attributes, WANTED)), exception=exception,
     )
 
 
@@ -300,13 +302,12 @@ def _json_value(value: object) -> object:
 
 def _json_attrs(attributes: object, wanted: frozenset[str]) -> dict[str, object]:
     out: dict[str, object] = {}
-    if not isinstance(attributes, list):
-        return out
-    for kv in attributes:
-        if isinstance(kv, dict):
-            key = kv.get("key")
-            if key in wanted and key not in out:
-                out[key] = _json_value(kv.get("value"))
+    if isinstance(attributes, list):
+        for kv in attributes:
+            if isinstance(kv, dict):
+                key = kv.get("key")
+                if key in wanted and key not in out:
+                    out[key] = clean_attr(key, _json_value(kv.get("value")))
     return out
 
 
@@ -374,5 +375,6 @@ def _json_span(span: object, service: Service, scope: str | None) -> Span:
         end_ns=_int(span.get("endTimeUnixNano")) or 0,
         status_code=_enum(status.get("code"), STATUS_NAMES),
         status_message=_str(status.get("message")),
-        attrs=_json_attrs(span.get("attributes"), WANTED), exception=exception,
+        attrs=cast(Attrs, _json_attrs(span.get("attributes"), WANTED)),
+        exception=exception,
     )

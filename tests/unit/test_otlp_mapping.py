@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tocsin.processors.family import Family, failing_downstream, family_of
 from tocsin.processors.otlp import Peer, Span, decode_spans, is_entry, step_of, wide_events
-from tocsin.processors.otlp.spans import Service, make_span
+from tocsin.processors.otlp.spans import Service, _url_path, clean_attrs, make_span
 from tocsin.schemas.codec import WIDE_EVENT, avro_schema, validate_wide_event
 
 OTEL = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "otel"
@@ -41,7 +44,7 @@ def span(kind: str = "server", status: str = "unset", exception: str | None = No
         span_id=span_id, parent_span_id=parent, flags=flags, name=name, kind=KINDS[kind],
         start_ns=T0 + start_ms * 1_000_000, end_ns=T0 + (start_ms + 5) * 1_000_000,
         status_code=STATUS[status], status_message=None,
-        attrs={NAMES[k]: v for k, v in attrs.items()},
+        attrs=clean_attrs({NAMES[k]: v for k, v in attrs.items()}),
         exception=(exception, f"{exception} happened") if exception else None)
 
 
@@ -95,7 +98,7 @@ def test_error_message_is_status_message_else_exception_message_and_clipped() ->
     long = make_span(service=Service("s", None, None), scope=None, trace_id="ab" * 16,
                      span_id="cd" * 8, parent_span_id=None, flags=0, name="n", kind=2,
                      start_ns=T0, end_ns=T0, status_code=2, status_message="x" * 5000,
-                     attrs={}, exception=None)
+                     attrs=clean_attrs({}), exception=None)
     assert long.error_message == "x" * 2048
     assert span("server", **http(200)).error_message is None
 
@@ -242,3 +245,20 @@ def test_parent_cycle_does_not_hang() -> None:
     a = span("client", "error", span_id="00000000000000a1", parent="00000000000000a2")
     b = replace(a, span_id="00000000000000a2", parent_span_id="00000000000000a1")
     assert wide_events([a, b]) == []
+
+
+_SEGMENT = st.text("abcxyz019-._~%{}=:@", max_size=6)
+
+
+@given(scheme=st.sampled_from(["http://", "https://", "grpc://", "//", ""]),
+       host=st.from_regex(r"[a-z0-9.-]{0,12}(:[0-9]{1,5})?", fullmatch=True),
+       path=st.lists(_SEGMENT, max_size=4).map(lambda p: "".join("/" + s for s in p)),
+       query=st.none() | st.text("a=&/?:1", max_size=6),
+       fragment=st.none() | st.text("x/?#", max_size=4))
+def test_url_path_is_what_urlsplit_gives(scheme: str, host: str, path: str,
+                                         query: str | None, fragment: str | None) -> None:
+    """The hand-written URL path (hot path) against the standard library's parser."""
+    url = (scheme + host if scheme else "") + path + \
+        ("?" + query if query is not None else "") + \
+        ("#" + fragment if fragment is not None else "")
+    assert _url_path(url) == (urlsplit(url).path or None)
