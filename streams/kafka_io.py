@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,33 @@ def dead_letter_headers(record: ConsumerRecord[bytes, bytes], reason: str,
     return headers
 
 
+class CachedKeyPartitioner:
+    """aiokafka's default placement (murmur2 of the key, as the Java client), with each
+    key's hash remembered: aiokafka computes murmur2 in pure Python on every send, and
+    Tocsin's keys (services, incident ids) repeat. Bounded: the memory is dropped when it
+    holds ``max_keys`` keys. Keyless records are placed as aiokafka places them."""
+
+    def __init__(self, max_keys: int = 65_536) -> None:
+        self.max_keys = max_keys
+        self._hashes: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int],
+                 available: list[int]) -> int:
+        if key is None:
+            return DefaultPartitioner()(key, all_partitions, available)  # type: ignore[no-any-return]
+        idx = self._hashes.get(key)
+        if idx is None:
+            if len(self._hashes) >= self.max_keys:
+                self._hashes.clear()
+            idx = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[idx % len(all_partitions)]
+
+
 def new_producer(bootstrap: str, max_request_size: int = 8 * 1024 * 1024) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5,
         max_request_size=max_request_size, enable_idempotence=False,
+        partitioner=CachedKeyPartitioner(),
     )
 
 

@@ -7,7 +7,8 @@ republishes them on the events topic keyed by service — the keyed internal top
 puts every family's counts in one place, so the same detection applies to SDK events and
 spans alike. Garbage records go to the dead-letter topic with the decoder's reason.
 
-Delivery: the translated events are acknowledged before the span offsets are committed;
+Delivery: the translated events are acknowledged before the span offsets are committed
+(one batch's acknowledgements are awaited while the next batch is decoded);
 a crash between the two translates that batch again, and the detector drops what it
 already counted by the span position each event carries (ADR 0011).
 """
@@ -17,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from tocsin.processors.otlp import OtlpError, decode_batch, wide_events
 from tocsin.streams.kafka_io import dead_letter_headers, new_producer, stop_quietly
@@ -39,6 +41,19 @@ def span_source(headers: object) -> tuple[str, tuple[int, int]] | None:
             source, _, offset = topic_partition.rpartition(":")
             return source, (int(offset), int(rest))
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Acks:
+    """One batch's sends and the offsets to commit once the broker acknowledged them all."""
+
+    futures: list[Any]
+    offsets: dict[TopicPartition, int]
+
+    async def settle(self, consumer: AIOKafkaConsumer) -> None:
+        for fut in self.futures:
+            await fut
+        await consumer.commit(self.offsets)
 
 
 class SpanIntake:
@@ -65,18 +80,23 @@ class SpanIntake:
             fetch_max_wait_ms=50)
         await self.producer.start()
         await self.consumer.start()
+        pending: Acks | None = None
         try:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
-                if not batch:
-                    continue
-                futures = []
+                futures: list[Any] = []
                 for records in batch.values():
                     for rec in records:
                         futures += await self._translate(rec)
-                for fut in futures:
-                    await fut
-                await self.consumer.commit()
+                # The previous batch's sends had this batch's decoding to complete in:
+                # settle them now, so decoding and acknowledgements overlap.
+                if pending is not None:
+                    await pending.settle(self.consumer)
+                pending = Acks(futures, {tp: records[-1].offset + 1
+                                         for tp, records in batch.items() if records}) \
+                    if batch else None
+            if pending is not None:
+                await pending.settle(self.consumer)
         finally:
             await stop_quietly(self.consumer, self.producer)
 
