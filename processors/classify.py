@@ -53,11 +53,26 @@ class IncidentFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceFacts:
+    """What the incident's failing traces say about where the failure started (ADR 0012):
+    the service that the incident's service called on the causal path of the most traces
+    (or the uninstrumented peer its own failing call named), how many of the traces with a
+    propagation name it, and the trace cited for it."""
+
+    downstream: str
+    traces: int  # failing traces whose propagation names ``downstream``
+    of: int  # failing traces with a propagation
+    sample_trace: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClassifierConfig:
     deploy_window_ms: int = 15 * MINUTE_MS
     dependency_window_ms: int = 15 * MINUTE_MS
     runtime_before_ms: int = 5 * MINUTE_MS
     runtime_after_ms: int = 1 * MINUTE_MS
+    trace_share_pct: int = 50  # share of the failing traces that must name the downstream
+    trace_min: int = 3  # and at least this many of them
 
     def thresholds(self) -> dict[str, int]:
         return {
@@ -65,7 +80,14 @@ class ClassifierConfig:
             "dependency_window_ms": self.dependency_window_ms,
             "runtime_before_ms": self.runtime_before_ms,
             "runtime_after_ms": self.runtime_after_ms,
+            "trace_share_pct": self.trace_share_pct,
+            "trace_min": self.trace_min,
         }
+
+    def traces_agree(self, traces: TraceFacts | None) -> bool:
+        """Whether enough of the failing traces name the same downstream to cite it."""
+        return (traces is not None and traces.traces >= self.trace_min
+                and 100 * traces.traces >= self.trace_share_pct * traces.of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,17 +134,18 @@ class Decision:
         }
 
 
-RULE_VERSION = 1
+RULE_VERSION = 2  # 2: traces name a failing downstream (trace_downstream)
 RULES = (
     "dependency_signal",  # 1. a dependency signal on the failing downstream
-    "failing_downstream",  # 2. the failing step names a downstream
-    "service_deploy",  # 3. a deploy of the service (env/version matching) within 15 min
-    "linked_deploy",  # 4. a deploy signal linked to the incident
-    "runtime_fault",  # 5. a runtime fault on the service in [onset-5m, onset+1m]
-    "app_step",  # 6. a failing step with no downstream
-    "unknown",  # 7. nothing matched
+    "trace_downstream",  # 2. the failing traces show the failure starting downstream
+    "failing_downstream",  # 3. the failing step names a downstream
+    "service_deploy",  # 4. a deploy of the service (env/version matching) within 15 min
+    "linked_deploy",  # 5. a deploy signal linked to the incident
+    "runtime_fault",  # 6. a runtime fault on the service in [onset-5m, onset+1m]
+    "app_step",  # 7. a failing step with no downstream
+    "unknown",  # 8. nothing matched
 )
-DEPENDENCY_RULES = frozenset({"dependency_signal", "failing_downstream"})
+DEPENDENCY_RULES = frozenset({"dependency_signal", "trace_downstream", "failing_downstream"})
 DEPLOY_RULES = frozenset({"service_deploy", "linked_deploy"})
 
 
@@ -137,11 +160,14 @@ def _by_time(signals: Sequence[SignalLike], onset_ms: int) -> list[SignalLike]:
 
 
 def candidates(incident: IncidentFacts, signals: Sequence[SignalLike],
-               config: ClassifierConfig) -> list[Candidate]:
+               config: ClassifierConfig, traces: TraceFacts | None = None
+               ) -> list[Candidate]:
     """Every rule that matches, in rule order."""
     onset = incident.onset_ms
     found: list[Candidate] = []
-    down = incident.downstream
+    traced = traces if config.traces_agree(traces) else None
+    # The downstream the step names; else the one its failing traces agree on.
+    down = incident.downstream or (traced.downstream if traced else None)
     if down is not None:
         deps = [s for s in signals if s.type == "dependency" and _env_matches(incident, s)
                 and (s.downstream == down or (s.downstream is None and s.service == down))
@@ -152,9 +178,16 @@ def candidates(incident: IncidentFacts, signals: Sequence[SignalLike],
                 "dependency_signal", "dependency", "high", best.event_time_ms,
                 (best.signal_id,),
                 f"dependency signal on {down}, the downstream {incident.step} calls"))
+    if traced is not None:
+        found.append(Candidate(
+            "trace_downstream", "dependency", "high", onset,
+            (f"trace:{traced.sample_trace}",),
+            f"{traced.traces} of {traced.of} failing traces start failing in "
+            f"{traced.downstream}, which {incident.service} calls"))
+    if incident.downstream is not None:
         found.append(Candidate(
             "failing_downstream", "dependency", "medium", onset, (),
-            f"{incident.step} fails calling its downstream {down}"))
+            f"{incident.step} fails calling its downstream {incident.downstream}"))
     deploys = [s for s in signals if s.type == "deploy" and s.service == incident.service
                and _env_matches(incident, s)
                and (incident.version is None or s.version is None
@@ -207,11 +240,12 @@ def _tiebreak(dependency: Candidate, deploy: Candidate, onset_ms: int
 
 
 def classify(incident: IncidentFacts, signals: Sequence[SignalLike],
-             config: ClassifierConfig | None = None) -> Decision:
+             config: ClassifierConfig | None = None, traces: TraceFacts | None = None
+             ) -> Decision:
     """First match wins, except that a dependency and a deploy candidate are weighed by
     the temporal tiebreak. Alerts are never an input: they add evidence, not cause."""
     config = config or ClassifierConfig()
-    found = candidates(incident, [s for s in signals if s.type != "alert"], config)
+    found = candidates(incident, [s for s in signals if s.type != "alert"], config, traces)
     if not found:
         return Decision("unknown", "low", "no rule matched the evidence", "unknown",
                         RULE_VERSION, config.thresholds(), ())

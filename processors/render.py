@@ -67,6 +67,42 @@ def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
     return inc["family"], f"{cause['kind']} ({cause['confidence']})", cause["reason"]
 
 
+def spread_lines(report: dict[str, Any]) -> list[str]:
+    """Where the failure started and how far it spread, from the report's snapshots, in
+    plain sentences (each renderer escapes them); nothing is said that they do not hold."""
+    snaps = report["snapshots"]
+    p, b = snaps["propagation"], snaps["blast"]
+    lines = []
+    origin = p.get("origin")
+    if origin and origin.get("step"):  # from traces: service and step of the origin span
+        hops = " -> ".join(h["service"] or "(missing span)" for h in p["path"])
+        named = next((o["traces"] for o in p.get("origins", ())
+                      if (o["service"], o["step"]) == (origin["service"], origin["step"])),
+                     None)
+        share = f", named by {named} failing traces" if named is not None else ""
+        lines.append(f"Started in {origin['service']} {origin['step']}{share}; path {hops}; "
+                     f"sample trace {p['sample_trace']} (capture {p['capture']}).")
+    elif origin:
+        lines.append(f"Failing downstream named by the events: {origin['service']} "
+                     f"(capture {p['capture']}, no traces yet).")
+    if "distinct_users" in b and b["affected_requests"]:
+        users = b["distinct_users"]
+        about = "about " if b["users_estimated"] else ""
+        lines.append(f"Spread: {b['affected_requests']} failing requests, {about}{users} "
+                     f"users, services {', '.join(b['affected_services'])} "
+                     f"(capture {b['capture']}).")
+    else:
+        lines.append(f"Spread: {b['affected_requests']} errors counted by detection in "
+                     f"{', '.join(b['affected_services'])} (capture {b['capture']}, no "
+                     "traces yet).")
+    opening = snaps.get("at_opening")
+    if opening is not None and opening["blast"]["affected_requests"] is not None:
+        lines.append(f"At opening ({iso(opening['at_ms'])}): "
+                     f"{opening['blast']['affected_requests']} "
+                     f"{'failing requests' if 'distinct_users' in opening['blast'] else 'errors'}.")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     inc, cause = report["incident"], report["cause"]
     family, verdict, reason = _headline(report)
@@ -84,6 +120,10 @@ def markdown(report: dict[str, Any]) -> str:
         "## Next checks",
         "",
         *[f"1. {md(c)}" for c in report["next_checks"]],
+        "",
+        "## Where it started, how far it spread",
+        "",
+        *[f"- {md(line)}" for line in spread_lines(report)],
         "",
         "## Evidence",
         "",
@@ -111,6 +151,7 @@ def slack_blocks(report: dict[str, Any]) -> dict[str, Any]:
     evidence = "\n".join(f"• {iso(e['time_ms'])} *{slack(e['kind'])}* {slack(e['summary'])}"
                          for e in report["evidence"])
     checks = "\n".join(f"{n}. {slack(c)}" for n, c in enumerate(report["next_checks"], 1))
+    spread = "\n".join(f"• {slack(line)}" for line in spread_lines(report))
     return {
         "text": plain(f"Incident {inc['id']} on {family}: {verdict}")[:3000],
         "blocks": [
@@ -125,6 +166,8 @@ def slack_blocks(report: dict[str, Any]) -> dict[str, Any]:
             {"type": "section", "text": {"type": "mrkdwn", "text": slack(reason)[:3000]}},
             {"type": "section", "text": {"type": "mrkdwn",
                                          "text": f"*Next checks*\n{checks}"[:3000]}},
+            {"type": "section", "text": {"type": "mrkdwn",
+                                         "text": f"*Where it started*\n{spread}"[:3000]}},
             {"type": "section", "text": {"type": "mrkdwn",
                                          "text": f"*Evidence*\n{evidence}"[:3000]}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": slack(
@@ -141,5 +184,6 @@ def pagerduty_note(report: dict[str, Any]) -> str:
              f"Likely cause: {verdict}: {reason}",
              f"Onset {iso(inc['onset_ms'])}, status {inc['status']}",
              "Next checks:", *[f"- {c}" for c in report["next_checks"]],
+             *spread_lines(report),
              f"Report {report['report_hash']}"]
     return plain("\n".join(lines))[:PAGERDUTY_NOTE_MAX]

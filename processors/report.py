@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tocsin.processors.classify import Decision, IncidentFacts
+from tocsin.processors.classify import Decision, IncidentFacts, TraceFacts
 
 SCHEMA = "triage.v1"
 MAX_ITEMS = 8
@@ -90,6 +90,19 @@ class IncidentState:
     sample_traces: tuple[str, ...] = ()
 
 
+Traces = tuple[dict[str, Any], dict[str, Any]]  # (blast, propagation) from failing traces
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """The incident when it opened: its `opened` event's time and description, and the
+    failing traces that had ended by then (None without any)."""
+
+    at_ms: int
+    state: IncidentState
+    traces: Traces | None
+
+
 def canonical_json(value: Any) -> bytes:
     """The one byte form of a report: sorted keys, compact separators, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -137,7 +150,7 @@ def _strip_sort_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def next_checks(incident: IncidentState, decision: Decision,
-                by_id: dict[str, SignalView]) -> list[str]:
+                by_id: dict[str, SignalView], traces: TraceFacts | None = None) -> list[str]:
     """What to look at first, named from the evidence that decided, not a template."""
     f = incident.facts
     cited = [by_id[i] for i in decision.inputs if i in by_id]
@@ -152,9 +165,13 @@ def next_checks(incident: IncidentState, decision: Decision,
         if d.pr_url:
             checks.append(f"Read the change: {d.pr_url}")
     if decision.kind == "dependency":
-        down = f.downstream or (cited[0].downstream or cited[0].service if cited else None)
+        down = f.downstream or (traces.downstream if traces else None) or \
+            (cited[0].downstream or cited[0].service if cited else None)
         checks.append(f"Check {down}: {f.service} {f.step} fails with {f.error_code} "
                       f"calling it ({incident.error_count} errors since onset).")
+        if traces is not None:
+            checks.append(f"Open trace {traces.sample_trace}: {traces.traces} of "
+                          f"{traces.of} failing traces start failing in {traces.downstream}.")
         for s in cited:
             checks.append(f"Dependency signal from {s.source}: {s.title}")
     if decision.kind == "runtime" and cited:
@@ -176,12 +193,33 @@ def next_checks(incident: IncidentState, decision: Decision,
     return checks
 
 
+def snapshots(incident: IncidentState, traces: Traces | None) -> dict[str, Any]:
+    """The blast and propagation sections: from the failing traces when there are any
+    (ADR 0012), else what the detection path alone knows, as partial or missing."""
+    if traces is not None:
+        return {"blast": traces[0], "propagation": traces[1]}
+    f = incident.facts
+    return {
+        "blast": {"capture": "partial",
+                  "affected_requests": incident.error_count,
+                  "affected_services": [f.service],
+                  "sample_traces": list(incident.sample_traces),
+                  "note": "from the detection path's counts; traces enrich it later"},
+        "propagation": {"capture": "partial" if f.downstream else "missing",
+                        "origin": {"service": f.downstream, "step": None}
+                        if f.downstream else None,
+                        "path": [f.service, f.downstream] if f.downstream else [],
+                        "sample_trace": incident.sample_traces[0]
+                        if incident.sample_traces else None},
+    }
+
+
 def build(incident: IncidentState, signals: Sequence[SignalView], decision: Decision,
-          as_of_ms: int, traces: tuple[dict[str, Any], dict[str, Any]] | None = None
-          ) -> dict[str, Any]:
+          as_of_ms: int, traces: Traces | None = None, opening: Opening | None = None,
+          trace_facts: TraceFacts | None = None) -> dict[str, Any]:
     """The report, sealed with its two hashes. ``traces`` is (blast, propagation) from the
-    incident's failing traces (ADR 0012); without span data the snapshots say what the
-    detection path alone knows, as partial or missing."""
+    incident's failing traces (ADR 0012); ``opening`` the same captured when it opened;
+    ``trace_facts`` the traces' failing dependency when it decided the cause."""
     f = incident.facts
     by_id = {s.signal_id: s for s in signals}
     alerts = [s for s in signals if s.type == "alert"]
@@ -222,25 +260,15 @@ def build(incident: IncidentState, signals: Sequence[SignalView], decision: Deci
                                                                       s.signal_id))][
             :MAX_ITEMS],
         "snapshots": {
-            "blast": {"capture": "partial",
-                      "affected_requests": incident.error_count,
-                      "affected_services": [f.service],
-                      "sample_traces": list(incident.sample_traces),
-                      "note": "from the detection path's counts; traces enrich it later"},
-            "propagation": {"capture": "partial" if f.downstream else "missing",
-                            "origin": {"service": f.downstream, "step": None}
-                            if f.downstream else None,
-                            "path": [f.service, f.downstream] if f.downstream else [],
-                            "sample_trace": incident.sample_traces[0]
-                            if incident.sample_traces else None},
+            **snapshots(incident, traces),
+            "at_opening": None if opening is None else
+            {"at_ms": opening.at_ms, **snapshots(opening.state, opening.traces)},
         },
-        "next_checks": next_checks(incident, decision, by_id),
+        "next_checks": next_checks(incident, decision, by_id, trace_facts),
         "generated_at_ms": as_of_ms,
     }
     if traces is not None:
-        blast, spread = traces
-        report["snapshots"] = {"blast": blast, "propagation": spread}
-        for trace_id in blast.get("sample_traces") or ():
+        for trace_id in traces[0].get("sample_traces") or ():
             report["evidence"].append({"kind": "trace", "id": trace_id, "source": "otlp",
                                        "summary": "sample failing trace",
                                        "time_ms": f.onset_ms})

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tocsin.processors.classify import ClassifierConfig, IncidentFacts, classify
-from tocsin.processors.report import IncidentState, build, canonical_json
+from tocsin.processors.report import IncidentState, Opening, build, canonical_json
 from tocsin.processors.traces import BlastRadius, ClosedTrace, TraceSummary, summarize
 
 STATE_RANK = {"firing": 0, "acknowledged": 1, "resolved": 2}
@@ -81,6 +81,13 @@ def incident_state(event: Mapping[str, Any], downstream: str | None) -> Incident
         tuple(event.get("sample_trace_ids") or ()))
 
 
+def _traces(blast: BlastRadius | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The report's (blast, propagation) sections from traces, None without any."""
+    if blast is None or not blast.affected_requests:
+        return None
+    return blast.to_dict(), blast.propagation_dict()
+
+
 def correlates(incident: IncidentState, signal: Any, window_ms: int) -> bool:
     """Whether a signal is evidence for an incident (ADR 0009). A resolved incident absorbs
     nothing that happened after it resolved."""
@@ -118,6 +125,10 @@ class Triage:
         # closed still counts them: (end ms, trace id) -> summary, newest kept.
         self.traces: dict[str, dict[tuple[int, str], TraceSummary]] = {}
         self.blasts: dict[str, BlastRadius] = {}
+        # The snapshot "at opening" (ADR 0012): the incident as its `opened` event described
+        # it, and the failing traces that had ended by that event's time.
+        self.opened: dict[str, tuple[int, IncidentState]] = {}
+        self.opening_blasts: dict[str, BlastRadius] = {}
         self._counted: dict[str, set[str]] = {}
         self._evicted_at_ms = 0
 
@@ -128,6 +139,9 @@ class Triage:
         incident_id = event["incident_id"]
         if downstream is not None:
             self.downstreams[incident_id] = downstream
+        if event["kind"] == "opened" and incident_id not in self.opened:
+            self.opened[incident_id] = (int(event["at_ms"]),
+                                        incident_state(event, downstream))
         current = self.incidents.get(incident_id)
         if current is not None and current.seq >= event["seq"]:
             return
@@ -159,7 +173,7 @@ class Triage:
                 del kept[min(kept)]
         for incident_id, incident in self.incidents.items():
             if incident.family in summary.families and self._in_window(incident, end_ms):
-                self._count_trace(incident_id, summary)
+                self._count_trace(incident_id, summary, end_ms)
 
     def _in_window(self, incident: IncidentState, t_ms: int) -> bool:
         window = self.config.correlation_window_ms
@@ -167,18 +181,23 @@ class Triage:
             else incident.last_error_ms + window
         return incident.facts.onset_ms - window <= t_ms <= end
 
-    def _count_trace(self, incident_id: str, summary: TraceSummary) -> None:
-        blast = self.blasts.setdefault(incident_id, BlastRadius(incident_id))
+    def _count_trace(self, incident_id: str, summary: TraceSummary, end_ms: int) -> None:
+        service = self.incidents[incident_id].facts.service
+        blast = self.blasts.setdefault(incident_id, BlastRadius(incident_id, service))
         if summary.trace_id not in self._counted.setdefault(incident_id, set()):
             self._counted[incident_id].add(summary.trace_id)
             if blast.add(summary):
                 self.dirty.add(incident_id)
+            opened = self.opened.get(incident_id)
+            if opened is not None and end_ms <= opened[0]:
+                self.opening_blasts.setdefault(
+                    incident_id, BlastRadius(incident_id, service)).add(summary)
 
     def _route_kept_traces(self, incident_id: str) -> None:
         incident = self.incidents[incident_id]
         for (end_ms, _), summary in sorted(self.traces.get(incident.family, {}).items()):
             if self._in_window(incident, end_ms):
-                self._count_trace(incident_id, summary)
+                self._count_trace(incident_id, summary, end_ms)
 
     def flush(self) -> list[dict[str, Any]]:
         """Report versions of the touched incidents whose hash changed, by incident id."""
@@ -204,6 +223,8 @@ class Triage:
             self.last_hash.pop(incident_id, None)
             self.downstreams.pop(incident_id, None)
             self.blasts.pop(incident_id, None)
+            self.opened.pop(incident_id, None)
+            self.opening_blasts.pop(incident_id, None)
             self._counted.pop(incident_id, None)
         horizon = self.horizon_ms - cfg.signal_retention_ms
         for family in list(self.traces):
@@ -230,12 +251,16 @@ class Triage:
     def report(self, incident_id: str) -> dict[str, Any]:
         incident = self.incidents[incident_id]
         evidence = self.evidence_for(incident)
-        decision = classify(incident.facts, evidence, self.config.classifier)
+        blast = self.blasts.get(incident_id)
+        trace_facts = blast.trace_facts() if blast is not None else None
+        decision = classify(incident.facts, evidence, self.config.classifier, trace_facts)
         times = [incident.last_error_ms, incident.resolved_ms or 0,
                  *(s.event_time_ms for s in evidence)]
-        blast = self.blasts.get(incident_id)
-        traces = (blast.to_dict(), blast.propagation_dict()) if blast is not None else None
-        return build(incident, evidence, decision, max(times), traces)
+        opened = self.opened.get(incident_id)
+        opening = None if opened is None else Opening(
+            opened[0], opened[1], _traces(self.opening_blasts.get(incident_id)))
+        return build(incident, evidence, decision, max(times), _traces(blast), opening,
+                     trace_facts if decision.rule_id == "trace_downstream" else None)
 
     def _evaluate(self, incident_ids: list[str]) -> list[dict[str, Any]]:
         out = []

@@ -98,11 +98,13 @@ class Peer:
 
 @dataclass(slots=True, kw_only=True)
 class Span:
-    """One span, normalized (not ``frozen``: a frozen dataclass's ``__init__`` sets each
-    of these 25 fields through ``object.__setattr__``, 4 µs a span on the hot path, more
-    than the rest of the mapping; treat it as read-only all the same). ``error`` / ``error_code`` / ``error_message`` are the outcome
+    """One span, normalized. ``error`` / ``error_code`` / ``error_message`` are the outcome
     under the rules of ADR 0011, decided once at decode time so that every later stage
-    (family counting, trace assembly, propagation) agrees on what failed."""
+    (family counting, trace assembly, propagation) agrees on what failed.
+
+    Not ``frozen``: a frozen dataclass's ``__init__`` sets each of these 25 fields through
+    ``object.__setattr__``, 4 µs a span on the hot path, more than the rest of the mapping.
+    Treat it as read-only all the same."""
 
     trace_id: str
     span_id: str
@@ -254,7 +256,7 @@ def _url_path(url: str | None) -> str | None:
     if url is None:
         return None
     url = url.partition("#")[0].partition("?")[0]
-    scheme, sep, rest = url.partition("://")
+    _, sep, rest = url.partition("://")
     if not sep and url.startswith("//"):
         rest, sep = url[2:], "//"
     if sep:

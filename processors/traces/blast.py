@@ -15,13 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from tocsin.processors.classify import TraceFacts
 from tocsin.processors.family import family_of
 from tocsin.processors.otlp import wide_events
 from tocsin.processors.traces.assembler import ClosedTrace
 from tocsin.processors.traces.propagation import MISSING, Propagation, propagation
 from tocsin.processors.traces.sketch import EXACT_LIMIT, DistinctCounter
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: the service's failing dependencies
 TOP = 5  # top services / families / origins shown
 SAMPLES = 5  # sample traces: the smallest sha256(trace id)
 MAX_KEYS = 1_000  # distinct names counted per kind; later new names are counted as overflow
@@ -85,8 +86,9 @@ class BoundedCounts:
 class BlastRadius:
     """How far the failure behind one incident spread, from the failing traces given."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, service: str | None = None) -> None:
         self.key = key
+        self.service = service  # the incident's service: whose failing dependency to name
         self.affected_requests = 0
         self.incomplete_traces = 0
         self.dropped_spans = 0
@@ -97,6 +99,11 @@ class BlastRadius:
         self.samples: list[tuple[str, str]] = []  # (sha256, trace id), ascending
         self.propagation: Propagation | None = None  # of the best sample: ok, smallest hash
         self._propagation_rank: tuple[bool, str] | None = None
+        self.traced = 0  # failing traces with a propagation
+        # Per trace, the dependency where ``service``'s failure started (classifier
+        # evidence, ADR 0008) and, per dependency, its smallest-hash trace to cite.
+        self.dependencies = BoundedCounts()
+        self.dependency_samples: dict[str, tuple[str, str]] = {}
 
     def add(self, summary: TraceSummary) -> bool:
         """Count one failing trace; a trace that did not fail is ignored (False)."""
@@ -117,11 +124,27 @@ class BlastRadius:
             del self.samples[SAMPLES:]
         p = summary.propagation
         if p is not None:
+            self.traced += 1
             self.origins.add([f"{p.origin.service}\t{p.origin.step}"])
+            dependency = p.dependency_of(self.service) if self.service else None
+            if dependency is not None:
+                self.dependencies.add([dependency])
+                best = self.dependency_samples.get(dependency)
+                if dependency in self.dependencies.counts and (best is None or entry < best):
+                    self.dependency_samples[dependency] = entry
             rank = (p.capture != "ok", digest)
             if self._propagation_rank is None or rank < self._propagation_rank:
                 self.propagation, self._propagation_rank = p, rank
         return True
+
+    def trace_facts(self) -> TraceFacts | None:
+        """The dependency most failing traces name for the service (ties: the smaller
+        name), with its support, for the classifier; None when no trace names one."""
+        top = self.dependencies.top(1)
+        if not top:
+            return None
+        name, traces = top[0]
+        return TraceFacts(name, traces, self.traced, self.dependency_samples[name][1])
 
     @property
     def capture(self) -> str:
@@ -163,11 +186,15 @@ class BlastRadius:
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able state; :meth:`restore` of it gives an equal accumulator."""
         return {
-            "v": SNAPSHOT_VERSION, "key": self.key,
-            "counts": [self.affected_requests, self.incomplete_traces, self.dropped_spans],
+            "v": SNAPSHOT_VERSION, "key": self.key, "service": self.service,
+            "counts": [self.affected_requests, self.incomplete_traces, self.dropped_spans,
+                       self.traced],
             "users": self.users.snapshot(),
             "named": [[sorted(c.counts.items()), c.overflowed]
-                      for c in (self.services, self.families, self.origins)],
+                      for c in (self.services, self.families, self.origins,
+                                self.dependencies)],
+            "dependency_samples": sorted([d, t] for d, (_, t) in
+                                         self.dependency_samples.items()),
             "samples": [tid for _, tid in self.samples],
             "propagation": self.propagation.to_dict() if self.propagation else None,
         }
@@ -176,15 +203,18 @@ class BlastRadius:
     def restore(cls, snap: dict[str, Any]) -> BlastRadius:
         if snap.get("v") != SNAPSHOT_VERSION:
             raise ValueError("blast radius checkpoint of another snapshot version")
-        blast = cls(snap["key"])
-        blast.affected_requests, blast.incomplete_traces, blast.dropped_spans = \
-            snap["counts"]
+        blast = cls(snap["key"], snap["service"])
+        blast.affected_requests, blast.incomplete_traces, blast.dropped_spans, \
+            blast.traced = snap["counts"]
         blast.users = DistinctCounter.restore(snap["users"], EXACT_LIMIT)
         for counts, (items, overflowed) in zip(
-                (blast.services, blast.families, blast.origins), snap["named"], strict=True):
+                (blast.services, blast.families, blast.origins, blast.dependencies),
+                snap["named"], strict=True):
             counts.counts = {k: int(n) for k, n in items}
             counts.overflowed = overflowed
         blast.samples = sorted((trace_hash(t), t) for t in snap["samples"])
+        blast.dependency_samples = {d: (trace_hash(t), t)
+                                    for d, t in snap["dependency_samples"]}
         if snap["propagation"] is not None:
             p = Propagation.from_dict(snap["propagation"])
             blast.propagation = p

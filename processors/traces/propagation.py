@@ -74,6 +74,19 @@ class Propagation:
                             None)
         return None
 
+    def dependency_of(self, service: str) -> str | None:
+        """Where ``service``'s failure started, by this trace, when not in ``service``
+        itself: the next service on the path after it, or, when ``service`` holds the
+        origin, the peer its failing call named (an uninstrumented database or API).
+        None when the failure started in ``service``'s own code or it is not on the path."""
+        after = self.downstream_of(service)
+        if after is not None:
+            return after
+        peer = self.origin.downstream
+        if self.origin.service == service and peer is not None and peer != service:
+            return peer
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """Shaped for the report's ``snapshots.propagation``."""
         return {"capture": self.capture, "origin": self.origin.to_dict(),

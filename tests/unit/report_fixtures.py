@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tocsin.processors.classify import IncidentFacts, classify
-from tocsin.processors.report import IncidentState, build
+from tocsin.processors.report import IncidentState, Opening, build
 
 ONSET = 1_793_612_403_000
 MIN = 60_000
@@ -67,7 +67,8 @@ SIGNALS = [
 def report(signals: list[Sig] | None = None, as_of_ms: int = ONSET + 5 * MIN,
            state: IncidentState = STATE) -> dict[str, object]:
     signals = SIGNALS if signals is None else signals
-    return build(state, signals, classify(state.facts, signals), as_of_ms)
+    opening = Opening(ONSET, STATE, None)  # the demo report is its opened version
+    return build(state, signals, classify(state.facts, signals), as_of_ms, None, opening)
 
 
 def hostile(text: str) -> list[Sig]:

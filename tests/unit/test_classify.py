@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tocsin.processors.classify import ClassifierConfig, IncidentFacts, classify
+from tocsin.processors.classify import ClassifierConfig, IncidentFacts, TraceFacts, classify
 
 ONSET = 1_793_612_400_000
 MIN = 60_000
@@ -122,3 +122,59 @@ def test_the_same_inputs_in_any_order_decide_the_same() -> None:
     first = classify(incident(None), signals).to_dict()
     assert classify(incident(None), list(reversed(signals))).to_dict() == first
     assert first["inputs"] == ["v1"]  # equally close: the earlier one
+
+
+def traced(downstream: str = "payment", traces: int = 8, of: int = 10) -> TraceFacts:
+    return TraceFacts(downstream, traces, of, "4bf92f3577b34da6a3ce929d0e0e4736")
+
+
+TRACE_CASES = [
+    # (name, incident downstream, trace facts, signals, kind, confidence, rule, inputs)
+    ("traces name the downstream the step did not", None, traced(), [],
+     "dependency", "high", "trace_downstream",
+     ("trace:4bf92f3577b34da6a3ce929d0e0e4736",)),
+    ("traces beat the step's own downstream (rule order)", "payment", traced(), [],
+     "dependency", "high", "trace_downstream",
+     ("trace:4bf92f3577b34da6a3ce929d0e0e4736",)),
+    ("a dependency signal on the traces' downstream comes first", None, traced(),
+     [Sig("d1", "dependency", service="payment", event_time_ms=ONSET - MIN)],
+     "dependency", "high", "dependency_signal", ("d1",)),
+    ("fewer than half the failing traces agree: not cited", None, traced(traces=4, of=10),
+     [], "app", "medium", "app_step", ()),
+    ("exactly half agree", None, traced(traces=5, of=10), [],
+     "dependency", "high", "trace_downstream",
+     ("trace:4bf92f3577b34da6a3ce929d0e0e4736",)),
+    ("fewer than three traces: not cited", None, traced(traces=2, of=2), [],
+     "app", "medium", "app_step", ()),
+    ("traces at onset beat a deploy before it (temporal tiebreak)", None, traced(),
+     [Sig("v1", "deploy", event_time_ms=ONSET - 2 * MIN)],
+     "dependency", "high", "trace_downstream",
+     ("trace:4bf92f3577b34da6a3ce929d0e0e4736",)),
+    ("a deploy exactly at onset ties: dependency kept", None, traced(),
+     [Sig("v1", "deploy", event_time_ms=ONSET)],
+     "dependency", "high", "trace_downstream",
+     ("trace:4bf92f3577b34da6a3ce929d0e0e4736",)),
+    ("runtime after traces (rule order)", None, traced(), [Sig("r1", "runtime")],
+     "dependency", "high", "trace_downstream",
+     ("trace:4bf92f3577b34da6a3ce929d0e0e4736",)),
+]
+
+
+@pytest.mark.parametrize(("name", "down", "traces", "signals", "kind", "confidence", "rule",
+                          "inputs"), TRACE_CASES, ids=[c[0] for c in TRACE_CASES])
+def test_trace_rule(name: str, down: str | None, traces: TraceFacts, signals: list[Sig],
+                    kind: str, confidence: str, rule: str, inputs: tuple[str, ...]) -> None:
+    decision = classify(incident(down), signals, traces=traces)
+    assert (decision.kind, decision.confidence, decision.rule_id, decision.inputs) == \
+        (kind, confidence, rule, inputs)
+
+
+def test_trace_thresholds_are_configurable_and_recorded() -> None:
+    strict = ClassifierConfig(trace_share_pct=90, trace_min=1)
+    assert classify(incident(None), [], strict, traced(traces=8, of=10)).rule_id == "app_step"
+    loose = ClassifierConfig(trace_share_pct=10, trace_min=1)
+    decision = classify(incident(None), [], loose, traced(traces=1, of=10))
+    assert decision.rule_id == "trace_downstream"
+    assert decision.thresholds["trace_share_pct"] == 10
+    assert decision.reason == "1 of 10 failing traces start failing in payment, which " \
+        "checkout calls"

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 
 from tests.unit.report_fixtures import hostile, report
-from tocsin.processors.render import markdown, md, pagerduty_note, slack, slack_blocks
+from tocsin.processors.render import (
+    markdown,
+    md,
+    pagerduty_note,
+    slack,
+    slack_blocks,
+    spread_lines,
+)
 
 HOSTILE = [
     "<!channel> pay up",
@@ -24,9 +32,38 @@ HOSTILE = [
 ]
 
 
+def hostile_report(text: str) -> dict[str, Any]:
+    """The demo report with ``text`` in every signal's free text and, as span data would
+    carry it (service.name, span names), in the trace snapshots' services and steps."""
+    r = report(hostile(text))
+    origin = {"service": text, "step": text, "span_id": "ab" * 8, "kind": "server",
+              "error_code": text, "downstream": None}
+    hop = {"service": text, "step": text, "span_id": "ab" * 8, "error": True}
+    r["snapshots"] = {
+        "blast": {"capture": "ok", "affected_requests": 3, "distinct_users": 2,
+                  "users_estimated": False, "affected_services": [text, "checkout"],
+                  "top_services": [], "top_families": [], "sample_traces": [text],
+                  "incomplete_traces": 0},
+        "propagation": {"capture": "ok", "origin": origin, "path": [hop, hop],
+                        "sample_trace": text,
+                        "origins": [{"service": text, "step": text, "traces": 3}]},
+        "at_opening": {"at_ms": 0, **r["snapshots"]},
+    }
+    return r
+
+
+def test_spread_lines_come_from_the_trace_snapshots() -> None:
+    lines = spread_lines(hostile_report("payment"))
+    assert lines[0] == ("Started in payment payment, named by 3 failing traces; path "
+                        "payment -> payment; sample trace payment (capture ok).")
+    assert lines[1] == "Spread: 3 failing requests, 2 users, services payment, checkout " \
+        "(capture ok)."
+    assert lines[2] == "At opening (1970-01-01T00:00:00.000Z): 5 errors."
+
+
 @pytest.mark.parametrize("text", HOSTILE)
 def test_markdown_has_no_live_markup(text: str) -> None:
-    out = markdown(report(hostile(text)))
+    out = markdown(hostile_report(text))
     assert "<script" not in out and "<img" not in out and "<!channel>" not in out
     assert "](javascript:" not in out and "![x](" not in out
     assert "\x00" not in out and "\x07" not in out
@@ -37,7 +74,7 @@ def test_markdown_has_no_live_markup(text: str) -> None:
 
 @pytest.mark.parametrize("text", HOSTILE)
 def test_slack_blocks_have_no_mentions_links_or_raw_angle_brackets(text: str) -> None:
-    message = slack_blocks(report(hostile(text)))
+    message = slack_blocks(hostile_report(text))
     mrkdwn = [b["text"]["text"] for b in message["blocks"] if b["type"] == "section"
               and "text" in b]
     mrkdwn += [f["text"] for b in message["blocks"] for f in b.get("fields", [])]
@@ -61,7 +98,7 @@ def test_markdown_escaping_is_reversible_text() -> None:
 
 @pytest.mark.parametrize("text", HOSTILE)
 def test_pagerduty_note_is_plain_text(text: str) -> None:
-    note = pagerduty_note(report(hostile(text)))
+    note = pagerduty_note(hostile_report(text))
     assert "\x00" not in note and "\x07" not in note
     assert len(note) <= 25_000
 

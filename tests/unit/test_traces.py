@@ -81,6 +81,8 @@ def test_origin_is_payment_and_path_runs_frontend_checkout_payment() -> None:
     assert p.downstream_of("frontend") == "checkout"
     assert p.downstream_of("checkout") == "payment"
     assert p.downstream_of("payment") is None
+    assert (p.dependency_of("checkout"), p.dependency_of("payment"),
+            p.dependency_of("search")) == ("payment", None, None)
     d = p.to_dict()
     assert d["capture"] == "ok" and d["sample_trace"] == trace.trace_id
     assert d["origin"]["service"] == "payment"
@@ -287,6 +289,37 @@ def test_blast_counts_are_exact_on_a_known_workload() -> None:
     assert json.loads(json.dumps([d, p])) == [d, p]
 
 
+def test_the_failing_dependency_of_an_uninstrumented_callee_is_the_origin_call_peer() -> None:
+    """payment sent no spans: checkout's failing CLIENT span is the origin, and the peer
+    it called (server.address) is checkout's failing dependency."""
+    p = propagation(only([s for s in FAILED_TRACE if s.service != "payment"]))
+    assert p is not None
+    assert (p.origin.service, p.origin.kind, p.origin.downstream) == \
+        ("checkout", "client", "payment")
+    assert p.downstream_of("checkout") is None
+    assert p.dependency_of("checkout") == "payment"
+    assert p.dependency_of("frontend") == "checkout"
+
+
+def test_trace_facts_name_the_dependency_most_failing_traces_agree_on() -> None:
+    traces = assemble(spans_of(20, FAILING))
+    failing = sorted((t for t in traces if t.failing),
+                     key=lambda t: hashlib.sha256(t.trace_id.encode()).hexdigest())
+    checkout = BlastRadius("inc", "checkout")
+    for t in traces:
+        checkout.add(summarize(t))
+    facts = checkout.trace_facts()
+    assert facts is not None
+    assert (facts.downstream, facts.traces, facts.of) == ("payment", 8, 8)
+    assert facts.sample_trace == failing[0].trace_id  # the smallest sha256
+    payment = BlastRadius("inc", "payment")
+    for t in traces:
+        payment.add(summarize(t))
+    assert payment.trace_facts() is None  # the failure starts in payment itself
+    again = BlastRadius.restore(json.loads(json.dumps(checkout.snapshot())))
+    assert again.trace_facts() == facts and again.snapshot() == checkout.snapshot()
+
+
 def test_blast_capture_is_partial_when_a_contributing_trace_was_incomplete() -> None:
     spans = spans_of(4, {1, 2})
     broken = next(s.trace_id for s in spans if s.error)
@@ -349,7 +382,7 @@ def run(spans: Sequence[Span], cut: int | None = None) -> tuple[list[Any], dict[
     """Assemble and accumulate; with ``cut``, checkpoint both through JSON after that many
     spans and continue from the restored state."""
     asm = TraceAssembler(max_traces=3)
-    blast = BlastRadius("payment")
+    blast = BlastRadius("payment", "checkout")
     closed: list[ClosedTrace] = []
     for i, s in enumerate(spans):
         if i == cut:
@@ -364,7 +397,8 @@ def run(spans: Sequence[Span], cut: int | None = None) -> tuple[list[Any], dict[
         blast.add(summarize(t))
     out = [(t, propagation(t)) for t in closed]
     return out, blast.to_dict(), {"blast": blast.propagation_dict(),
-                                  "counters": asm.counters.as_dict()}
+                                  "counters": asm.counters.as_dict(),
+                                  "facts": blast.trace_facts()}
 
 
 def test_same_input_same_output() -> None:

@@ -193,3 +193,53 @@ def test_failing_traces_fill_blast_and_propagation_in_any_order() -> None:
     assert [h["service"] for h in snaps["propagation"]["path"]] == [
         "frontend", "checkout", "payment"]
     assert {r["kind"] for r in report["evidence"]} >= {"incident", "trace"}
+
+
+def test_snapshots_at_opening_hold_the_traces_ended_by_the_opened_event() -> None:
+    report = _report_with_traces(traces_first=True)
+    opened_at = ONSET + 4_000
+    failing = [c for c in _closed_traces() if c.failing]
+    before = [c for c in failing if max(s.end_ms for s in c.spans) <= opened_at]
+    assert 0 < len(before) < len(failing) == 5  # the workload straddles the opening
+    at_opening = report["snapshots"]["at_opening"]
+    assert at_opening["at_ms"] == opened_at
+    assert at_opening["blast"]["affected_requests"] == len(before)
+    assert at_opening["propagation"]["origin"]["service"] == "payment"
+    assert report["snapshots"]["blast"]["affected_requests"] == 5
+
+
+def test_snapshots_at_opening_without_traces_are_the_opened_event_counts() -> None:
+    triage = Triage()
+    triage.on_incident_event(LIFECYCLE[0], "payment")
+    final = triage.on_incident_event(LIFECYCLE[1], "payment")[-1]
+    at_opening = final["snapshots"]["at_opening"]
+    assert at_opening["at_ms"] == ONSET
+    assert at_opening["blast"]["affected_requests"] == 5  # the opened event's count
+    assert final["snapshots"]["blast"]["affected_requests"] == 40  # the latest
+    assert at_opening["blast"]["capture"] == "partial"
+
+
+def test_failing_traces_through_a_downstream_decide_dependency() -> None:
+    """A checkout incident whose events named no downstream: its failing traces show the
+    failure starting in payment, which checkout calls (ADR 0008, trace_downstream)."""
+    triage = Triage()
+    checkout = {**PAYMENT, "service": "checkout", "step": "POST /api/checkout",
+                "error_code": "HTTP_502", "family": "checkout:POST /api/checkout:HTTP_502",
+                "incident_id": "inc_checkout", "seq": 1, "kind": "opened",
+                "status": "active", "window_count": 5, "peak_count": 5, "error_count": 5,
+                "at_ms": ONSET + 4_000, "onset_ms": ONSET + 4_000,
+                "last_error_ms": ONSET + 6_000}
+    triage.on_incident_event(checkout)
+    for c in _closed_traces():
+        triage.apply_trace(c)
+    report = triage.flush()[-1]
+    cause = report["cause"]
+    assert (cause["kind"], cause["rule_id"], cause["confidence"]) == \
+        ("dependency", "trace_downstream", "high")
+    sample = cause["inputs"][0].removeprefix("trace:")
+    assert sample in report["snapshots"]["blast"]["sample_traces"]
+    assert cause["reason"] == "5 of 5 failing traces start failing in payment, which " \
+        "checkout calls"
+    assert report["next_checks"][0].startswith("Check payment: checkout POST /api/checkout")
+    assert report["next_checks"][1] == (f"Open trace {sample}: 5 of 5 failing traces start "
+                                        "failing in payment.")
