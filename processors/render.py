@@ -75,7 +75,7 @@ def spread_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     origin = p.get("origin")
     if origin and origin.get("step"):  # from traces: service and step of the origin span
-        hops = " -> ".join(h["service"] or "(missing span)" for h in p["path"])
+        hops = " → ".join(h["service"] or "(missing span)" for h in p["path"])
         named = next((o["traces"] for o in p.get("origins", ())
                       if (o["service"], o["step"]) == (origin["service"], origin["step"])),
                      None)

@@ -270,7 +270,7 @@ def build(incident: IncidentState, signals: Sequence[SignalView], decision: Deci
     if traces is not None:
         for trace_id in traces[0].get("sample_traces") or ():
             report["evidence"].append({"kind": "trace", "id": trace_id, "source": "otlp",
-                                       "summary": "sample failing trace",
+                                       "summary": f"sample failing trace {trace_id}",
                                        "time_ms": f.onset_ms})
     return seal(report)
 

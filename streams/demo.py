@@ -1,6 +1,10 @@
 """``tocsin demo``: a broker, a worker, realistic traffic with a spike, the incident shown.
 
-Traffic is generated from a fixed start time, so every run gives the same incident id.
+Two scenarios of the same failure (checkout's calls to payment fail): wide events plus
+evidence signals over HTTP (the default), or ``--traces``, OTLP spans only, made with the
+official OpenTelemetry SDK and published as the Collector's Kafka exporter would.
+Traffic is generated from a fixed start time and seeds, so every run gives the same
+incident id and report hash.
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from opentelemetry.sdk.trace import ReadableSpan
 from rich.console import Console
+from rich.status import Status
 
 from tocsin.processors.render import markdown
 from tocsin.streams.broker import EmbeddedBroker, free_port
 from tocsin.streams.kafka_io import TopicSpec, ensure_topics
+from tocsin.streams.otel_workload import proto, workload
 from tocsin.streams.producing import ProduceReport, publish
 
 DEMO_T0_MS = 1_793_610_000_000  # 2026-11-02T09:00:00Z
@@ -194,7 +202,37 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def run_demo(db: str | None = None, console: Console | None = None) -> dict[str, Any]:
+@dataclass
+class Session:
+    """A running demo: the broker, one worker on its HTTP port, and where they log."""
+
+    bootstrap: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    db: Path
+
+    def wait(self, sql: str, timeout_s: float = 30) -> list[dict[str, Any]]:
+        return _wait(self.port, sql, self.proc, self.log, timeout_s)
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        return _query(self.port, sql)
+
+    def lifecycle(self, incident_id: str) -> list[dict[str, Any]]:
+        return self.query("SELECT seq, kind, at_ms FROM incident_events WHERE incident_id = "
+                          f"'{incident_id}' ORDER BY seq")
+
+    def final_report(self, incident_id: str) -> dict[str, Any]:
+        row = self.wait("SELECT body FROM triage_reports WHERE incident_id = "
+                        f"'{incident_id}' AND status = 'resolved' "
+                        "ORDER BY written_seq DESC LIMIT 1")[0]
+        return dict(json.loads(row["body"]))
+
+
+def run_demo(db: str | None = None, console: Console | None = None,
+             traces: bool = False) -> dict[str, Any]:
+    """Start a broker and a worker and play a scenario: wide events and signals (the
+    default), or, with ``traces``, the same failure sent only as OTLP spans."""
     console = console or Console(stderr=True)
     db_path = Path(db) if db else None
     workdir = db_path.parent if db_path else Path(tempfile.mkdtemp(prefix="tocsin-demo-"))
@@ -211,7 +249,8 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
                        TOCSIN_CHECKPOINT_INTERVAL_MS="200")
             status.update("creating topics")
             asyncio.run(ensure_topics(broker.bootstrap, [
-                TopicSpec("tocsin.events", 6, 72 * 3600 * 1000)]))
+                TopicSpec("tocsin.events", 6, 72 * 3600 * 1000),
+                TopicSpec("otlp_spans", 6, 72 * 3600 * 1000)]))
             status.update("starting a worker")
             log_path = workdir / "worker.log"
             with open(log_path, "wb") as log:
@@ -220,46 +259,10 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
                      "--db", str(db_path), "--http-port", str(http_port)],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             _wait_detecting(http_port, proc, log_path, 45)
-            status.update("sending a deploy, a dependency signal, an OOMKill and an alert")
-            signal_ids = [_post(http_port, path, body) for path, body in demo_signals()]
-            console.log(f"accepted {len(signal_ids)} signals over HTTP")
             console.log(f"broker on {broker.bootstrap}, worker up, DuckDB at {db_path}")
-
-            status.update("publishing 40 min of healthy traffic across 6 services")
-            report = ProduceReport()
-            asyncio.run(publish(broker.bootstrap, "tocsin.events",
-                                _encoded(traffic(DEMO_T0_MS, 2400, spike=False)), report))
-            console.log(f"published {report.sent:,} healthy events")
-            status.update("publishing a burst: checkout payment.charge fails with PMT_502")
-            sent_at = time.monotonic()
-            asyncio.run(publish(broker.bootstrap, "tocsin.events",
-                                _encoded(traffic(DEMO_T0_MS + 2_400_000, 180, spike=True)),
-                                report))
-            status.update("waiting for the incident")
-            rows = _wait(http_port, "SELECT * FROM incidents ORDER BY onset_ms LIMIT 1", proc,
-                         log_path, 30)
-            detect_s = time.monotonic() - sent_at
-            incident = rows[0]
-            console.log(f"incident {incident['incident_id']} opened on {incident['family']}")
-
-            status.update("publishing 15 min of recovery traffic")
-            asyncio.run(publish(broker.bootstrap, "tocsin.events",
-                                _encoded(traffic(DEMO_T0_MS + 2_580_000, 900, spike=False)),
-                                report))
-            status.update("waiting for the incident to resolve")
-            incident = _wait(
-                http_port, "SELECT * FROM incidents WHERE status = 'resolved' LIMIT 1", proc,
-                log_path, 30)[0]
-            events = _query(http_port, "SELECT seq, kind, at_ms FROM incident_events "
-                            f"WHERE incident_id = '{incident['incident_id']}' ORDER BY seq")
-            console.log("lifecycle: " + ", ".join(
-                f"{e['kind']} at {_iso(e['at_ms'])}" for e in events))
-            status.update("waiting for the final triage report")
-            final = _wait(http_port, "SELECT body FROM triage_reports WHERE incident_id = "
-                          f"'{incident['incident_id']}' AND status = 'resolved' "
-                          "ORDER BY written_seq DESC LIMIT 1", proc, log_path, 30)[0]
-            triage = json.loads(final["body"])
-            console.print(markdown(triage), markup=False, highlight=False)
+            session = Session(broker.bootstrap, http_port, proc, log_path, db_path)
+            scenario = _traces_scenario if traces else _events_scenario
+            result = scenario(session, console, status)
             status.update("stopping the worker")
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
@@ -270,6 +273,11 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
             proc.wait()
         if db is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _summary(incident: dict[str, Any], events: list[dict[str, Any]],
+             triage: dict[str, Any]) -> dict[str, Any]:
     return {
         "incident_id": incident["incident_id"],
         "family": incident["family"],
@@ -286,6 +294,98 @@ def run_demo(db: str | None = None, console: Console | None = None) -> dict[str,
         "cause_rule": triage["cause"]["rule_id"],
         "report_hash": triage["report_hash"],
         "evidence_fingerprint": triage["evidence_fingerprint"],
-        "events_published": report.sent,
-        "detect_seconds": round(detect_s, 3),
     }
+
+
+def _events_scenario(session: Session, console: Console, status: Status) -> dict[str, Any]:
+    """Wide events with a PMT_502 burst on checkout, and the evidence signals over HTTP."""
+    status.update("sending a deploy, a dependency signal, an OOMKill and an alert")
+    signal_ids = [_post(session.port, path, body) for path, body in demo_signals()]
+    console.log(f"accepted {len(signal_ids)} signals over HTTP")
+    status.update("publishing 40 min of healthy traffic across 6 services")
+    report = ProduceReport()
+    asyncio.run(publish(session.bootstrap, "tocsin.events",
+                        _encoded(traffic(DEMO_T0_MS, 2400, spike=False)), report))
+    console.log(f"published {report.sent:,} healthy events")
+    status.update("publishing a burst: checkout payment.charge fails with PMT_502")
+    sent_at = time.monotonic()
+    asyncio.run(publish(session.bootstrap, "tocsin.events",
+                        _encoded(traffic(DEMO_T0_MS + 2_400_000, 180, spike=True)), report))
+    status.update("waiting for the incident")
+    incident = session.wait("SELECT * FROM incidents ORDER BY onset_ms LIMIT 1")[0]
+    detect_s = time.monotonic() - sent_at
+    console.log(f"incident {incident['incident_id']} opened on {incident['family']}")
+    status.update("publishing 15 min of recovery traffic")
+    asyncio.run(publish(session.bootstrap, "tocsin.events",
+                        _encoded(traffic(DEMO_T0_MS + 2_580_000, 900, spike=False)), report))
+    status.update("waiting for the incident to resolve")
+    incident = session.wait("SELECT * FROM incidents WHERE status = 'resolved' LIMIT 1")[0]
+    events = session.lifecycle(incident["incident_id"])
+    console.log("lifecycle: " + ", ".join(f"{e['kind']} at {_iso(e['at_ms'])}"
+                                          for e in events))
+    status.update("waiting for the final triage report")
+    triage = session.final_report(incident["incident_id"])
+    console.print(markdown(triage), markup=False, highlight=False)
+    return {**_summary(incident, events, triage), "events_published": report.sent,
+            "detect_seconds": round(detect_s, 3)}
+
+
+TRACE_FAMILY = "checkout:POST /api/checkout:HTTP_502"
+
+
+def _trace_records(requests: int, failing: Container[int], t0_ms: int, seed: int
+                   ) -> list[tuple[bytes | None, bytes]]:
+    """SDK-made traces, one ``ExportTraceServiceRequest`` record per trace keyed by its
+    trace id: what the Collector's Kafka exporter writes with ``partition_traces_by_id``."""
+    by_trace: dict[int, list[ReadableSpan]] = {}
+    for span in workload(requests, failing, t0_ms * 1_000_000, seed, every_ms=1000):
+        by_trace.setdefault(span.context.trace_id, []).append(span)
+    return [(f"{trace_id:032x}".encode(), proto(spans))
+            for trace_id, spans in by_trace.items()]
+
+
+def _traces_scenario(session: Session, console: Console, status: Status) -> dict[str, Any]:
+    """The same checkout → payment failure, sent only as OTLP spans made with the official
+    OpenTelemetry SDK (frontend → checkout → payment, one request a second; payment
+    declines two of every three for 3 minutes and its callers answer 502)."""
+    report = ProduceReport()
+    status.update("making and publishing 40 min of healthy traces (OpenTelemetry SDK)")
+    asyncio.run(publish(session.bootstrap, "otlp_spans",
+                        _trace_records(2400, (), DEMO_T0_MS, seed=1), report))
+    console.log(f"published {report.sent:,} healthy traces on otlp_spans (otlp_proto)")
+    status.update("publishing a burst: payment declines, checkout and frontend answer 502")
+    sent_at = time.monotonic()
+    burst = [i for i in range(180) if i % 3 != 0]
+    asyncio.run(publish(session.bootstrap, "otlp_spans",
+                        _trace_records(180, burst, DEMO_T0_MS + 2_400_000, seed=2), report))
+    status.update("waiting for the incident")
+    incident = session.wait(f"SELECT * FROM incidents WHERE family = '{TRACE_FAMILY}' "
+                            "ORDER BY onset_ms LIMIT 1")[0]
+    detect_s = time.monotonic() - sent_at
+    console.log(f"incident {incident['incident_id']} opened on {incident['family']}")
+    status.update("publishing 15 min of recovery traces")
+    asyncio.run(publish(session.bootstrap, "otlp_spans",
+                        _trace_records(900, (), DEMO_T0_MS + 2_580_000, seed=3), report))
+    status.update("waiting for the incident to resolve")
+    incident = session.wait(f"SELECT * FROM incidents WHERE family = '{TRACE_FAMILY}' "
+                            "AND status = 'resolved' LIMIT 1")[0]
+    events = session.lifecycle(incident["incident_id"])
+    console.log("lifecycle: " + ", ".join(f"{e['kind']} at {_iso(e['at_ms'])}"
+                                          for e in events))
+    opened = session.query("SELECT family FROM incidents ORDER BY family")
+    console.log("incidents opened: " + ", ".join(r["family"] for r in opened))
+    status.update("waiting for the final triage report")
+    triage = session.final_report(incident["incident_id"])
+    console.print(markdown(triage), markup=False, highlight=False)
+    propagation = triage["snapshots"]["propagation"]
+    blast = triage["snapshots"]["blast"]
+    origin = propagation.get("origin") or {}
+    return {**_summary(incident, events, triage), "traces_published": report.sent,
+            "detect_seconds": round(detect_s, 3),
+            "incidents": [r["family"] for r in opened],
+            "origin": {"service": origin.get("service"), "step": origin.get("step")},
+            "path": [h["service"] for h in propagation.get("path") or ()],
+            "propagation_capture": propagation["capture"],
+            "affected_requests": blast["affected_requests"],
+            "distinct_users": blast.get("distinct_users"),
+            "sample_trace": propagation.get("sample_trace")}

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     incident_encoding: Literal["avro", "json"] = "avro"
     spans_encoding: Literal["auto", "otlp_proto", "otlp_json"] = "auto"
+    spans_idle_ms: int = Field(
+        2_000, ge=0, description="wall time a caught-up, quiet otlp_spans partition holds "
+        "the merge back before the others go on without it (ADR 0011)")
     schema_registry_url: str | None = None
     role: Literal["all", "detect", "project"] = "all"
     session_timeout_ms: int = Field(6_000, ge=1_000)

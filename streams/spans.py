@@ -7,8 +7,13 @@ republishes them on the events topic keyed by service — the keyed internal top
 puts every family's counts in one place, so the same detection applies to SDK events and
 spans alike. Garbage records go to the dead-letter topic with the decoder's reason.
 
+Order: the spans of one service come from every partition, and the detector decides on
+each service's events in the order it reads them, so records are released through a
+deterministic merge of the partitions (processors/otlp/merge.py): the same log gives the
+same events in the same order, whatever the fetches.
+
 Delivery: the translated events are acknowledged before the span offsets are committed
-(one batch's acknowledgements are awaited while the next batch is decoded);
+(one release's acknowledgements are awaited while the next batch is decoded);
 a crash between the two translates that batch again, and the detector drops what it
 already counted by the span position each event carries (ADR 0011).
 """
@@ -18,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from tocsin.processors.otlp import OtlpError, decode_batch, wide_events
+from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
+from tocsin.processors.otlp.merge import PartitionMerge
 from tocsin.streams.kafka_io import dead_letter_headers, new_producer, stop_quietly
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.settings import Settings
@@ -53,7 +60,15 @@ class Acks:
     async def settle(self, consumer: AIOKafkaConsumer) -> None:
         for fut in self.futures:
             await fut
-        await consumer.commit(self.offsets)
+        if self.offsets:
+            await consumer.commit(self.offsets)
+
+
+Read = tuple[ConsumerRecord[bytes, bytes], Decoded | OtlpError]
+
+PAUSE_AT = 5_000  # records buffered on one partition while another holds the merge back
+RESUME_AT = 1_000
+STALL_S = 10.0  # a partition behind its high watermark that sends nothing for this long
 
 
 class SpanIntake:
@@ -64,6 +79,10 @@ class SpanIntake:
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.merge: PartitionMerge[Read] = PartitionMerge()
+        self._next: dict[int, int] = {}  # partition -> next offset to fetch
+        self._heard: dict[int, float] = {}  # partition -> monotonic time of its last record
+        self._assigned: frozenset[TopicPartition] = frozenset()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -84,41 +103,103 @@ class SpanIntake:
         try:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
-                futures: list[Any] = []
-                for records in batch.values():
+                await self._track_assignment()
+                now = time.monotonic()
+                for tp, records in batch.items():
                     for rec in records:
-                        futures += await self._translate(rec)
-                # The previous batch's sends had this batch's decoding to complete in:
+                        read = self._decode(rec)
+                        self.merge.add(tp.partition, rec.offset, _time_of(read[1]), read)
+                    self._next[tp.partition] = records[-1].offset + 1
+                    self._heard[tp.partition] = now
+                released = self.merge.release(self._holds_back)
+                self._backpressure()
+                futures: list[Any] = []
+                offsets: dict[TopicPartition, int] = {}
+                for entry in released:
+                    futures += await self._publish(*entry.item)
+                    offsets[TopicPartition(s.topics.spans, entry.partition)] = entry.offset + 1
+                # The previous release's sends had this batch's decoding to complete in:
                 # settle them now, so decoding and acknowledgements overlap.
                 if pending is not None:
                     await pending.settle(self.consumer)
-                pending = Acks(futures, {tp: records[-1].offset + 1
-                                         for tp, records in batch.items() if records}) \
-                    if batch else None
+                pending = Acks(futures, offsets) if released else None
             if pending is not None:
                 await pending.settle(self.consumer)
         finally:
             await stop_quietly(self.consumer, self.producer)
 
-    async def _translate(self, rec: ConsumerRecord[bytes, bytes]) -> list[Any]:
-        assert self.producer is not None
+    async def _track_assignment(self) -> None:
+        assert self.consumer is not None
+        assigned = frozenset(self.consumer.assignment())
+        if assigned == self._assigned:
+            return
+        self._assigned = assigned
+        self.merge.assign(tp.partition for tp in assigned)
+        now = time.monotonic()
+        for tp in assigned:
+            if tp.partition not in self._next:
+                self._next[tp.partition] = await self.consumer.position(tp)
+                self._heard[tp.partition] = now
+
+    def _holds_back(self, partition: int) -> bool:
+        """Whether an empty partition may still hold a record earlier than the heads: it
+        is behind its high watermark (unless it stalled), or it is caught up but has been
+        quiet for less than ``spans_idle_ms`` (ADR 0011)."""
+        assert self.consumer is not None
+        tp = TopicPartition(self.settings.topics.spans, partition)
+        if tp not in self._assigned:
+            return False
+        quiet_s = time.monotonic() - self._heard.get(partition, 0.0)
+        highwater = self.consumer.highwater(tp)
+        if highwater is None or self._next.get(partition, 0) < highwater:
+            return quiet_s < STALL_S
+        return quiet_s * 1000 < self.settings.spans_idle_ms
+
+    def _backpressure(self) -> None:
+        """Pause a partition that ran far ahead while another holds the merge back."""
+        assert self.consumer is not None
+        paused = self.consumer.paused()
+        for tp in self._assigned:
+            size = self.merge.buffered(tp.partition)
+            if size >= PAUSE_AT and tp not in paused:
+                self.consumer.pause(tp)
+            elif size <= RESUME_AT and tp in paused:
+                self.consumer.resume(tp)
+
+    def _decode(self, rec: ConsumerRecord[bytes, bytes]) -> Read:
         s = self.settings
         encoding = None if s.spans_encoding == "auto" else s.spans_encoding
         try:
             decoded = decode_batch(rec.value, encoding)
         except OtlpError as exc:
             self.metrics.dead_letters += 1
-            return [await self.producer.send(s.topics.dlq, rec.value, key=rec.key,
-                                              headers=dead_letter_headers(rec, str(exc)))]
+            return rec, exc
         self.metrics.spans_in += len(decoded.spans)
         self.metrics.spans_rejected += len(decoded.rejected)
+        return rec, decoded
+
+    async def _publish(self, rec: ConsumerRecord[bytes, bytes], read: Decoded | OtlpError
+                       ) -> list[Any]:
+        assert self.producer is not None
+        s = self.settings
+        if isinstance(read, OtlpError):
+            return [await self.producer.send(s.topics.dlq, rec.value, key=rec.key,
+                                              headers=dead_letter_headers(rec, str(read)))]
         futures = []
         source = f"{rec.topic}:{rec.partition}"
-        for index, event in enumerate(wide_events(decoded.spans)):
+        for index, event in enumerate(wide_events(read.spans)):
             futures.append(await self.producer.send(
                 s.topics.events, orjson.dumps(event), key=event["service"].encode(),
                 headers=[(SPAN_SOURCE, f"{source}:{rec.offset}:{index}".encode())]))
         return futures
+
+
+def _time_of(read: Decoded | OtlpError) -> int | None:
+    """A record's merge time: the latest end among its spans (exporters send spans as
+    they end); None for a record without spans."""
+    if isinstance(read, OtlpError) or not read.spans:
+        return None
+    return max(span.end_ms for span in read.spans)
 
 
 def gunzip_if_needed(body: bytes, content_encoding: str | None) -> bytes:

@@ -67,12 +67,14 @@ def run(broker: str | None, db: str | None, http_port: int | None, partitions: i
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--db", type=click.Path(dir_okay=False),
               help="Keep the demo's DuckDB file here (default: a temporary folder).")
-def demo(as_json: bool, db: str | None) -> None:
+@click.option("--traces", is_flag=True,
+              help="Send the failure only as OTLP spans (OpenTelemetry SDK) on otlp_spans.")
+def demo(as_json: bool, db: str | None, traces: bool) -> None:
     """Start a broker and a worker, send traffic with a spike, show the incident."""
     from tocsin.streams.demo import DemoError, run_demo
 
     try:
-        result = run_demo(db=db, console=err)
+        result = run_demo(db=db, console=err, traces=traces)
     except DemoError as exc:
         err.print(f"[red]demo failed:[/] {exc}")
         sys.exit(1)
@@ -80,8 +82,11 @@ def demo(as_json: bool, db: str | None) -> None:
         click.echo(json.dumps(result, sort_keys=True))
         return
     table = Table(title="incident opened", show_header=False)
-    for key in ("incident_id", "family", "env", "status", "onset", "window_count",
-                "baseline", "lift", "detect_seconds", "cause", "cause_rule", "report_hash"):
+    keys = ["incident_id", "family", "env", "status", "onset", "window_count", "baseline",
+            "lift", "detect_seconds", "cause", "cause_rule", "report_hash"]
+    if traces:
+        keys[9:9] = ["origin", "path", "affected_requests", "incidents"]
+    for key in keys:
         table.add_row(key, str(result.get(key)))
     Console().print(table)
 

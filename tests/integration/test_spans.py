@@ -18,13 +18,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tests.fixtures_io import FIXTURES as SHARED_FIXTURES
 from tests.integration.harness import Names, WorkerProc, read_topic
-from tests.otel_workload import proto, workload
 from tocsin.streams.kafka_io import TopicSpec, ensure_topics
+from tocsin.streams.otel_workload import proto, workload
 from tocsin.streams.producing import ProduceReport, publish
 
 FIXTURES = SHARED_FIXTURES / "otel"
 T0_NS = 1_793_610_000 * 1_000_000_000  # 2026-11-02T09:00:00Z
-DECLINED = "tests.otel_workload.PaymentDeclinedError"
+DECLINED = "shop.payment.PaymentDeclinedError"
 
 
 def produce_raw(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:

@@ -26,9 +26,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.otel_workload import MS, PaymentDeclinedError, SeededIds, proto, workload
 from tocsin.processors.family import Family, failing_downstream, family_of
 from tocsin.processors.otlp import Span, decode_spans, wide_events
+from tocsin.streams.otel_workload import MS, PaymentDeclinedError, SeededIds, proto, workload
 
 T0 = 1_714_564_800 * 1_000_000_000
 REQUESTS = 6

@@ -55,7 +55,7 @@ def hostile_report(text: str) -> dict[str, Any]:
 def test_spread_lines_come_from_the_trace_snapshots() -> None:
     lines = spread_lines(hostile_report("payment"))
     assert lines[0] == ("Started in payment payment, named by 3 failing traces; path "
-                        "payment -> payment; sample trace payment (capture ok).")
+                        "payment → payment; sample trace payment (capture ok).")
     assert lines[1] == "Spread: 3 failing requests, 2 users, services payment, checkout " \
         "(capture ok)."
     assert lines[2] == "At opening (1970-01-01T00:00:00.000Z): 5 errors."

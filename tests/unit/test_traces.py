@@ -1,5 +1,5 @@
 """Evidence from traces (ADR 0012): assembly by event time within caps, propagation, blast
-radius. Spans are made with the official OpenTelemetry SDK (tests/otel_workload.py), encoded
+radius. Spans are made with the official OpenTelemetry SDK (streams/otel_workload.py), encoded
 by its OTLP encoder and decoded by ``processors.otlp``."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from tests.otel_workload import proto, workload
 from tocsin.processors.otlp import Span, decode_spans
 from tocsin.processors.traces import (
     BlastRadius,
@@ -29,6 +28,7 @@ from tocsin.processors.traces import (
     propagation,
     summarize,
 )
+from tocsin.streams.otel_workload import proto, workload
 
 T0 = 1_714_564_800 * 1_000_000_000  # 2024-05-01, ns
 OLD = 1_262_304_000 * 1_000_000_000  # 2010-01-01: a replay of old spans
@@ -71,7 +71,7 @@ def test_origin_is_payment_and_path_runs_frontend_checkout_payment() -> None:
     assert p is not None
     assert p.capture == "ok"
     assert (p.origin.service, p.origin.step) == ("payment", "POST /api/charge")
-    assert p.origin.error_code == "tests.otel_workload.PaymentDeclinedError"
+    assert p.origin.error_code == "shop.payment.PaymentDeclinedError"
     assert [(h.service, h.step, h.error) for h in p.path] == [
         ("frontend", "GET /cart/checkout", True),
         ("checkout", "POST /api/checkout", True),
@@ -278,7 +278,7 @@ def test_blast_counts_are_exact_on_a_known_workload() -> None:
     assert d["top_families"] == [
         {"family": "checkout:POST /api/checkout:HTTP_502", "requests": 8},
         {"family": "frontend:GET /cart/checkout:HTTP_502", "requests": 8},
-        {"family": "payment:POST /api/charge:tests.otel_workload.PaymentDeclinedError",
+        {"family": "payment:POST /api/charge:shop.payment.PaymentDeclinedError",
          "requests": 8}]
     assert d["sample_traces"] == sorted(
         failing_ids, key=lambda t: hashlib.sha256(t.encode()).hexdigest())[:5]
@@ -450,9 +450,9 @@ def test_the_package_stays_pure() -> None:
 def test_an_external_watermark_alone_closes_traces() -> None:
     """Fed from several partitions, the assembler closes only when told how far every
     partition has come: a span far ahead on one partition does not close the others'."""
-    from tests.otel_workload import proto, workload
     from tocsin.processors.otlp import decode_spans
     from tocsin.processors.traces import TraceAssembler
+    from tocsin.streams.otel_workload import proto, workload
 
     spans = decode_spans(proto(workload(3, {1}, 1_793_610_000 * 10**9, seed=4)))
     assembler = TraceAssembler(idle_ms=30_000, external_watermark=True)

@@ -150,9 +150,9 @@ def test_provenance_is_bounded_like_the_fold() -> None:
 
 
 def _closed_traces() -> list[Any]:
-    from tests.otel_workload import proto, workload
     from tocsin.processors.otlp import decode_spans
     from tocsin.processors.traces import TraceAssembler
+    from tocsin.streams.otel_workload import proto, workload
 
     t0_ns = ONSET * 1_000_000
     spans = decode_spans(proto(workload(10, {2, 3, 4, 5, 6}, t0_ns, seed=9)))
@@ -163,8 +163,8 @@ def _closed_traces() -> list[Any]:
 
 
 PAYMENT = {**BASE, "service": "payment", "step": "POST /api/charge",
-           "error_code": "tests.otel_workload.PaymentDeclinedError", "downstream": None,
-           "family": "payment:POST /api/charge:tests.otel_workload.PaymentDeclinedError",
+           "error_code": "shop.payment.PaymentDeclinedError", "downstream": None,
+           "family": "payment:POST /api/charge:shop.payment.PaymentDeclinedError",
            "incident_id": "inc_payment"}
 
 

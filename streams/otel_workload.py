@@ -1,6 +1,7 @@
 """A frontend → checkout → payment workload made with the official OpenTelemetry SDK, for
-unit and integration tests: payment fails on chosen requests (W3C context propagated
-between the services as over HTTP), spans at chosen times, reproducible ids."""
+``tocsin demo --traces`` and the tests: payment fails on chosen requests (W3C context
+propagated between the services as over HTTP), spans at chosen times, reproducible ids,
+encoded by the SDK's own OTLP encoder as an exporter (or the Collector) sends them."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ class SeededIds(IdGenerator):
 
 
 class PaymentDeclinedError(Exception):
-    pass
+    """What payment raises; ``exception.type`` reads shop.payment.PaymentDeclinedError."""
+
+
+PaymentDeclinedError.__module__ = "shop.payment"
 
 
 def wire(client: trace.Span) -> Context:
@@ -67,7 +71,7 @@ def workload(requests: int, failing: Container[int], t0_ns: int, seed: int = 7,
                                       "deployment.environment.name": "production"}),
             id_generator=ids, shutdown_on_exit=False)
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        return provider.get_tracer("tocsin.tests")
+        return provider.get_tracer("tocsin.demo")
 
     fe, co, pay = tracer("frontend", "2.3.1"), tracer("checkout", "1.8.0"), \
         tracer("payment", "0.9.4")
