@@ -1,0 +1,46 @@
+"""``tocsin demo`` as a newcomer runs it, both scenarios: each starts its own embedded
+broker and worker. The incident ids and report hashes are pinned (tests/golden/demo.json):
+the same scenario gives the same bytes on any machine and in any fetch interleaving. A
+deliberate change of a rule or of the report updates the pins, and says why."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "golden" / "demo.json")
+                    .read_text())
+
+
+def demo(*args: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-P", "-m", "tocsin", "demo", "--json", *args],
+                          capture_output=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+def test_the_wide_event_demo_opens_resolves_and_reports_dependency() -> None:
+    result = demo()
+    assert result["family"] == "checkout:payment.charge:PMT_502"
+    assert result["lifecycle"] == ["opened", "recovering", "resolved"]
+    assert (result["cause"], result["cause_rule"]) == ("dependency", "dependency_signal")
+    assert {k: result[k] for k in GOLDEN["events"]} == GOLDEN["events"]
+
+
+def test_the_trace_demo_names_payment_as_origin_from_spans_alone() -> None:
+    result = demo("--traces")
+    assert result["family"] == "checkout:POST /api/checkout:HTTP_502"
+    assert result["incidents"] == [
+        "checkout:POST /api/checkout:HTTP_502", "frontend:GET /cart/checkout:HTTP_502",
+        "payment:POST /api/charge:shop.payment.PaymentDeclinedError"]
+    assert result["lifecycle"] == ["opened", "recovering", "resolved"]
+    assert result["origin"] == {"service": "payment", "step": "POST /api/charge"}
+    assert result["path"] == ["frontend", "checkout", "payment"]
+    assert (result["cause"], result["cause_rule"]) == ("dependency", "trace_downstream")
+    # 180 requests in the burst, two of every three declined; users user-{i % 4}
+    assert (result["affected_requests"], result["distinct_users"]) == (120, 4)
+    assert result["propagation_capture"] == "ok"
+    assert {k: result[k] for k in GOLDEN["traces"]} == GOLDEN["traces"]
