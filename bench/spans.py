@@ -319,7 +319,8 @@ def measure_worker(bootstrap: str, workdir: Path, spans: int) -> tuple[Throughpu
     worker = TocsinWorker(bootstrap, workdir, role="detect", name="spans-worker",
                           env={"TOCSIN_TOPICS__EVENTS": SPAN_EVENTS_TOPIC}).start()
     try:
-        tput = worker.measure(spans, timeout_s=max(60.0, spans / 2000), counter="spans_in")
+        tput = worker.measure(spans, timeout_s=max(60.0, spans / 2000), counter="spans_in",
+                              start_counter="spans_read")
         body = worker.health() or {}
     finally:
         worker.stop()

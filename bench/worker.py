@@ -125,15 +125,19 @@ class TocsinWorker:
             time.sleep(0.1)
         raise WorkerError(f"detection not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
 
-    def measure(self, events: int, timeout_s: float, counter: str = "events_in"
-                ) -> Throughput:
+    def measure(self, events: int, timeout_s: float, counter: str = "events_in",
+                start_counter: str | None = None) -> Throughput:
         """events/s from the first poll that sees counting until ``events`` are counted
-        (``counter``: the /healthz metric, ``spans_in`` for the span intake)."""
+        (``counter``: the /healthz metric, ``spans_in`` for the span intake). With
+        ``start_counter``, the clock starts when that one moves (spans read, before the
+        merge lets them through) and the whole total is what was counted."""
         deadline = time.monotonic() + timeout_s
         first: tuple[float, int] | None = None
         while time.monotonic() < deadline:
             seen = self.events_in(counter)
             now = time.perf_counter()
+            if first is None and start_counter is not None and self.events_in(start_counter):
+                first = (now, 0)
             if seen:
                 if first is None:
                     first = (now, seen)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -145,10 +146,38 @@ class CachedKeyPartitioner:
         return all_partitions[idx % len(all_partitions)]
 
 
+async def send_keyed(producer: AIOKafkaProducer, topic: str,
+                     records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+                     partitioner: CachedKeyPartitioner) -> list[asyncio.Future[Any]]:
+    """Send (key, value, headers) records in per-partition batches, each record where
+    aiokafka's default partitioner would put it, in the given order per partition: one
+    ``send_batch`` per ~512 KB instead of one ``send`` (~20 µs of Python) per record."""
+    partitions = sorted(await producer.partitions_for(topic))
+    builders: dict[int, Any] = {}
+    futures: list[asyncio.Future[Any]] = []
+    for key, value, headers in records:
+        partition = partitioner(key, partitions, partitions)
+        builder = builders.get(partition)
+        if builder is None:
+            builder = builders[partition] = producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = builders[partition] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
+    for partition, builder in builders.items():
+        if builder.record_count():
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+    return futures
+
+
 def new_producer(bootstrap: str, max_request_size: int = 8 * 1024 * 1024) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5,
         max_request_size=max_request_size, enable_idempotence=False,
+        # aiokafka's 16 KB default makes a send wait for the broker every ~50 small
+        # records when one partition gets many (the span intake's republished events).
+        max_batch_size=512 * 1024,
         partitioner=CachedKeyPartitioner(),
     )
 

@@ -21,7 +21,8 @@ class Metrics(Collector):
     reports_published: int = 0
     signals_accepted: int = 0
     deploys_registered: int = 0
-    spans_in: int = 0
+    spans_read: int = 0  # decoded off otlp_spans, not yet through the partition merge
+    spans_in: int = 0  # through the merge, sent on as events
     spans_rejected: int = 0
     lifecycle: Counter[str] = field(default_factory=Counter)
     counters: dict[int, dict[str, int]] = field(default_factory=dict)
@@ -42,7 +43,10 @@ class Metrics(Collector):
                                   value=self.reports_published)
         yield CounterMetricFamily("tocsin_signals_accepted", "signals accepted over HTTP",
                                   value=self.signals_accepted)
-        yield CounterMetricFamily("tocsin_spans", "OTLP spans decoded", value=self.spans_in)
+        yield CounterMetricFamily("tocsin_spans_read", "OTLP spans decoded off otlp_spans",
+                                  value=self.spans_read)
+        yield CounterMetricFamily("tocsin_spans", "OTLP spans decoded and sent on as events",
+                                  value=self.spans_in)
         yield CounterMetricFamily("tocsin_spans_rejected", "OTLP spans refused by the decoder",
                                   value=self.spans_rejected)
         yield CounterMetricFamily("tocsin_deploys_registered",
@@ -72,6 +76,7 @@ class Metrics(Collector):
             "reports_published": self.reports_published,
             "signals_accepted": self.signals_accepted,
             "deploys_registered": self.deploys_registered,
-            "spans_in": self.spans_in, "spans_rejected": self.spans_rejected,
+            "spans_read": self.spans_read, "spans_in": self.spans_in,
+            "spans_rejected": self.spans_rejected,
             "lifecycle": dict(self.lifecycle),
         }

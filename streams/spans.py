@@ -31,8 +31,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
-from tocsin.processors.otlp.merge import PartitionMerge
-from tocsin.streams.kafka_io import dead_letter_headers, new_producer, stop_quietly
+from tocsin.processors.otlp.merge import Entry, PartitionMerge
+from tocsin.streams.kafka_io import (
+    CachedKeyPartitioner,
+    dead_letter_headers,
+    new_producer,
+    send_keyed,
+    stop_quietly,
+)
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.settings import Settings
 
@@ -80,6 +86,7 @@ class SpanIntake:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.merge: PartitionMerge[Read] = PartitionMerge()
+        self.partitioner = CachedKeyPartitioner()
         self._next: dict[int, int] = {}  # partition -> next offset to fetch
         self._heard: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._assigned: frozenset[TopicPartition] = frozenset()
@@ -113,11 +120,9 @@ class SpanIntake:
                     self._heard[tp.partition] = now
                 released = self.merge.release(self._holds_back)
                 self._backpressure()
-                futures: list[Any] = []
-                offsets: dict[TopicPartition, int] = {}
-                for entry in released:
-                    futures += await self._publish(*entry.item)
-                    offsets[TopicPartition(s.topics.spans, entry.partition)] = entry.offset + 1
+                futures = await self._publish(released)
+                offsets = {TopicPartition(s.topics.spans, e.partition): e.offset + 1
+                           for e in released}
                 # The previous release's sends had this batch's decoding to complete in:
                 # settle them now, so decoding and acknowledgements overlap.
                 if pending is not None:
@@ -172,25 +177,35 @@ class SpanIntake:
         try:
             decoded = decode_batch(rec.value, encoding)
         except OtlpError as exc:
-            self.metrics.dead_letters += 1
             return rec, exc
-        self.metrics.spans_in += len(decoded.spans)
-        self.metrics.spans_rejected += len(decoded.rejected)
+        self.metrics.spans_read += len(decoded.spans)
         return rec, decoded
 
-    async def _publish(self, rec: ConsumerRecord[bytes, bytes], read: Decoded | OtlpError
-                       ) -> list[Any]:
+    async def _publish(self, released: list[Entry[Read]]) -> list[Any]:
+        """The released records' wide events (keyed by service, each with its span
+        position) or dead letters, in release order per partition."""
         assert self.producer is not None
         s = self.settings
-        if isinstance(read, OtlpError):
-            return [await self.producer.send(s.topics.dlq, rec.value, key=rec.key,
-                                              headers=dead_letter_headers(rec, str(read)))]
         futures = []
-        source = f"{rec.topic}:{rec.partition}"
-        for index, event in enumerate(wide_events(read.spans)):
-            futures.append(await self.producer.send(
-                s.topics.events, orjson.dumps(event), key=event["service"].encode(),
-                headers=[(SPAN_SOURCE, f"{source}:{rec.offset}:{index}".encode())]))
+        events: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        for entry in released:
+            rec, read = entry.item
+            if isinstance(read, OtlpError):
+                self.metrics.dead_letters += 1
+                futures.append(await self.producer.send(
+                    s.topics.dlq, rec.value, key=rec.key,
+                    headers=dead_letter_headers(rec, str(read))))
+                continue
+            # Counted as they leave the merge: spans_in is what was sent on as events.
+            self.metrics.spans_in += len(read.spans)
+            self.metrics.spans_rejected += len(read.rejected)
+            source = f"{rec.topic}:{rec.partition}:{rec.offset}"
+            events += [(event["service"].encode(), orjson.dumps(event),
+                        [(SPAN_SOURCE, f"{source}:{index}".encode())])
+                       for index, event in enumerate(wide_events(read.spans))]
+        if events:
+            futures += await send_keyed(self.producer, s.topics.events, events,
+                                        self.partitioner)
         return futures
 
 

@@ -107,6 +107,8 @@ def failing_peers(spans: Iterable[Span]) -> dict[SpanKey, Peer]:
     span's attributes, else from the service of its SERVER/CONSUMER child when that child
     is among ``spans`` (the callee's own ``service.name``)."""
     spans = list(spans)
+    if not any(s.error and s.kind in CALL_KINDS for s in spans):
+        return {}  # most payloads: nothing failed, nothing to index
     by_key = {(s.trace_id, s.span_id): s for s in spans}
     callee: dict[SpanKey, str] = {}
     for s in spans:

@@ -225,28 +225,28 @@ def peer_of(attrs: Attrs) -> Peer | None:
     logical name, when instrumentation knows it), ``server.address``, ``net.peer.name``,
     ``rpc.service``, then the database or messaging system. Kind is the protocol family;
     endpoint the route/template, URL path, RPC method, DB operation or destination."""
-    get = attrs.get
-    rpc = get("rpc.system")
-    db = get("db.system.name") or get("db.system")
-    messaging = get("messaging.system")
-    service = (get("peer.service") or get("server.address") or get("net.peer.name")
-               or get("rpc.service") or db or messaging)
+    rpc = attrs.get("rpc.system")
+    db = attrs.get("db.system.name") or attrs.get("db.system")
+    messaging = attrs.get("messaging.system")
+    service = (attrs.get("peer.service") or attrs.get("server.address")
+               or attrs.get("net.peer.name") or attrs.get("rpc.service") or db or messaging)
     if service is None:
         return None
     endpoint: str | None
     if rpc is not None:
         kind: str | None = rpc
-        method = get("rpc.method")
-        svc = get("rpc.service")
+        method = attrs.get("rpc.method")
+        svc = attrs.get("rpc.service")
         endpoint = f"{svc}/{method}" if svc and method else method
     elif db is not None:
-        kind, endpoint = "db", get("db.operation.name") or get("db.operation")
+        kind, endpoint = "db", attrs.get("db.operation.name") or attrs.get("db.operation")
     elif messaging is not None:
-        kind, endpoint = "messaging", get("messaging.destination.name")
+        kind, endpoint = "messaging", attrs.get("messaging.destination.name")
     else:
-        kind = "http" if get("http.request.method") or get("http.method") else None
-        endpoint = get("url.template") or get("url.path") or _url_path(
-            get("url.full") or get("http.url"))
+        method = attrs.get("http.request.method") or attrs.get("http.method")
+        kind = "http" if method else None
+        endpoint = attrs.get("url.template") or attrs.get("url.path") or _url_path(
+            attrs.get("url.full") or attrs.get("http.url"))
     return Peer(service, endpoint, kind)
 
 
@@ -281,23 +281,22 @@ def make_span(*, service: Service, scope: str | None, trace_id: str, span_id: st
         raise SpanProblem("startTimeUnixNano: required, nanoseconds since the epoch")
     if not 0 < end_ns <= MAX_NS:
         raise SpanProblem("endTimeUnixNano: required, nanoseconds since the epoch")
-    get = attrs.get
     span_kind = KINDS.get(kind, "internal")
     status = STATUSES.get(status_code, "unset")
-    http_status = get("http.response.status_code")
+    http_status = attrs.get("http.response.status_code")
     if http_status is None:
-        http_status = get("http.status_code")
-    grpc_status = get("rpc.grpc.status_code")
+        http_status = attrs.get("http.status_code")
+    grpc_status = attrs.get("rpc.grpc.status_code")
     exc_type, exc_message = exception if exception is not None else (None, None)
     error = is_error(span_kind, status, http_status, grpc_status, exception is not None)
     if error:
-        error_code = error_code_of(get("error.type"), exc_type, http_status,
+        error_code = error_code_of(attrs.get("error.type"), exc_type, http_status,
                                    grpc_status)
         message = status_message or exc_message
         error_message = message[:MAX_TEXT] if message else None
     else:
         error_code = error_message = None
-    method = get("http.request.method") or get("http.method")
+    method = attrs.get("http.request.method") or attrs.get("http.method")
     return Span(
         trace_id=trace_id,
         span_id=span_id,
@@ -314,13 +313,13 @@ def make_span(*, service: Service, scope: str | None, trace_id: str, span_id: st
         duration_ms=(end_ns - start_ns) / 1_000_000 if end_ns >= start_ns else None,
         status=status,
         http_method=method,
-        http_route=get("http.route"),
+        http_route=attrs.get("http.route"),
         http_status=http_status,
         grpc_status=grpc_status,
         exception_type=exc_type,
         exception_message=exc_message[:MAX_TEXT] if exc_message else None,
         peer=peer_of(attrs) if span_kind in _CALL_KINDS else None,
-        user_id=get("enduser.id") or get("user.id"),
+        user_id=attrs.get("enduser.id") or attrs.get("user.id"),
         error=error,
         error_code=error_code,
         error_message=error_message,
