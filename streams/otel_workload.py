@@ -6,11 +6,14 @@ encoded by the SDK's own OTLP encoder as an exporter (or the Collector) sends th
 from __future__ import annotations
 
 import random
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -58,10 +61,16 @@ def finish(s: trace.Span, code: int, end: int, error_type: str | None = None) ->
     s.end(end_time=end)
 
 
+VERSIONS = {"frontend": "2.3.1", "checkout": "1.8.0", "payment": "0.9.4"}
+
+
 def workload(requests: int, failing: Container[int], t0_ns: int, seed: int = 7,
-             every_ms: int = 1000) -> list[ReadableSpan]:
+             every_ms: int = 1000, versions: Mapping[str, str] | None = None
+             ) -> list[ReadableSpan]:
     """``requests`` traces, one every ``every_ms`` from ``t0_ns``; those in ``failing``
-    fail at payment (PaymentDeclinedError) and the callers answer 502."""
+    fail at payment (PaymentDeclinedError) and the callers answer 502. ``versions``
+    overrides services' ``service.version`` (:data:`VERSIONS`)."""
+    versions = {**VERSIONS, **(versions or {})}
     exporter = InMemorySpanExporter()
     ids = SeededIds(seed)
 
@@ -73,8 +82,8 @@ def workload(requests: int, failing: Container[int], t0_ns: int, seed: int = 7,
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         return provider.get_tracer("tocsin.demo")
 
-    fe, co, pay = tracer("frontend", "2.3.1"), tracer("checkout", "1.8.0"), \
-        tracer("payment", "0.9.4")
+    fe, co, pay = (tracer(name, versions[name]) for name in ("frontend", "checkout",
+                                                               "payment"))
     for i in range(requests):
         t = t0_ns + i * every_ms * MS
         fails = i in failing
@@ -121,4 +130,5 @@ def workload(requests: int, failing: Container[int], t0_ns: int, seed: int = 7,
 
 def proto(spans: Sequence[ReadableSpan]) -> bytes:
     """What an OTLP exporter (or the Collector's Kafka exporter, otlp_proto) sends."""
-    return encode_spans(spans).SerializeToString()
+    request: ExportTraceServiceRequest = encode_spans(spans)
+    return request.SerializeToString()

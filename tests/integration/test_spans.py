@@ -100,6 +100,30 @@ def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path:
     assert snaps["blast"]["affected_services"] == ["checkout", "frontend", "payment"]
 
 
+def test_a_service_version_change_on_spans_registers_a_deploy(broker: str,
+                                                             tmp_path: Path) -> None:
+    """payment's spans say 0.9.4 for a minute, then 0.9.5: one deploy signal, at the
+    first span-derived event with the new version, as for wide events."""
+    worker, topic = worker_for(broker, tmp_path, "spanver")
+    signals_topic = f"sig-{worker.names.app_id}"
+    before = workload(60, (), T0_NS, seed=21)
+    after = workload(60, (), T0_NS + 60 * 10**9, seed=22, versions={"payment": "0.9.5"})
+    try:
+        produce_raw(worker.bootstrap, topic, [(None, proto(t)) for t in _by_trace(before)]
+                    + [(None, proto(t)) for t in _by_trace(after)])
+        worker._wait(lambda h: h["metrics"]["spans_in"] == 600, 60, "600 spans")
+        worker._wait(lambda h: h["metrics"]["deploys_registered"] >= 1, 30, "a deploy")
+    finally:
+        assert worker.stop() == 0
+    from tocsin.streams.triage_io import decode_signal
+
+    deploys = [decode_signal(r.value) for r in read_topic(broker, signals_topic)]
+    first_new = min(s.end_time for s in after
+                    if s.resource.attributes["service.name"] == "payment") // 10**6
+    assert [(d.type, d.service, d.version, d.env, d.event_time_ms) for d in deploys] == [
+        ("deploy", "payment", "0.9.5", "production", first_new)]
+
+
 def _by_trace(spans: list[Any]) -> list[list[Any]]:
     traces: dict[int, list[Any]] = {}
     for s in spans:
