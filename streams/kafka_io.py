@@ -171,13 +171,12 @@ async def send_keyed(producer: AIOKafkaProducer, topic: str,
     return futures
 
 
-def new_producer(bootstrap: str, max_request_size: int = 8 * 1024 * 1024) -> AIOKafkaProducer:
+def new_producer(bootstrap: str, max_request_size: int = 8 * 1024 * 1024,
+                 max_batch_size: int = 16_384) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5,
         max_request_size=max_request_size, enable_idempotence=False,
-        # aiokafka's 16 KB default makes a send wait for the broker every ~50 small
-        # records when one partition gets many (the span intake's republished events).
-        max_batch_size=512 * 1024,
+        max_batch_size=max_batch_size,
         partitioner=CachedKeyPartitioner(),
     )
 

@@ -96,7 +96,9 @@ class SpanIntake:
 
     async def run(self) -> None:
         s = self.settings
-        self.producer = new_producer(self.bootstrap)
+        # Batches of 512 KB: with aiokafka's 16 KB default a send waits for the broker
+        # every ~50 events when the released records put many on one partition.
+        self.producer = new_producer(self.bootstrap, max_batch_size=512 * 1024)
         self.consumer = AIOKafkaConsumer(
             s.topics.spans, bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-spans",
             enable_auto_commit=False, auto_offset_reset="earliest",
