@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from tests.fixtures_io import FIXTURES as SHARED_FIXTURES
 from tests.integration.harness import Names, WorkerProc, read_topic
 from tocsin.streams.kafka_io import TopicSpec, ensure_topics
-from tocsin.streams.otel_workload import proto, workload
+from tocsin.streams.otel_workload import otlp_json, proto, workload
 from tocsin.streams.producing import ProduceReport, publish
 
 FIXTURES = SHARED_FIXTURES / "otel"
@@ -60,9 +60,10 @@ def wait_for(worker: WorkerProc, sql: str, timeout_s: float = 30) -> list[dict[s
 def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path: Path
                                                           ) -> None:
     """Eighty traces a second apart, eight of them (12-19) failing at payment, split per
-    trace and per service across records (keyed by trace id or not) and partitions; the
-    later healthy traces move event time on, so the failing ones close and fill the
-    report's propagation and blast radius."""
+    trace and per service across records (keyed by trace id or not), partitions and
+    encodings (every third record OTLP/JSON, the rest otlp_proto); the later healthy
+    traces move event time on, so the failing ones close and fill the report's
+    propagation and blast radius."""
     worker, topic = worker_for(broker, tmp_path, "spans")
     try:
         spans = workload(80, set(range(12, 20)), T0_NS, seed=11)
@@ -72,7 +73,8 @@ def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path:
                 mine = [s for s in trace_spans if s.resource.attributes["service.name"]
                         == service]
                 key = format(mine[0].context.trace_id, "032x").encode() if n % 2 else None
-                records.append((key, proto(mine)))
+                encode = otlp_json if len(records) % 3 == 0 else proto
+                records.append((key, encode(mine)))
         records.append((None, b"\x00\xffnot otlp at all"))
         produce_raw(worker.bootstrap, topic, records)
         rows = wait_for(worker, "SELECT family, service, status, downstream FROM incidents "
@@ -98,6 +100,7 @@ def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path:
         "frontend", "checkout", "payment"]
     assert snaps["blast"]["capture"] == "ok"
     assert snaps["blast"]["affected_services"] == ["checkout", "frontend", "payment"]
+    assert (snaps["blast"]["affected_requests"], snaps["blast"]["distinct_users"]) == (8, 4)
 
 
 def test_a_service_version_change_on_spans_registers_a_deploy(broker: str,

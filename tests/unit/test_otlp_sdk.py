@@ -9,8 +9,6 @@ Kafka exporter may split them; decoded and mapped to families.
 
 from __future__ import annotations
 
-import base64
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -18,17 +16,22 @@ from typing import Any
 
 import orjson
 import pytest
-from google.protobuf import json_format
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from tocsin.processors.family import Family, failing_downstream, family_of
 from tocsin.processors.otlp import Span, decode_spans, wide_events
-from tocsin.streams.otel_workload import MS, PaymentDeclinedError, SeededIds, proto, workload
+from tocsin.streams.otel_workload import (
+    MS,
+    PaymentDeclinedError,
+    SeededIds,
+    otlp_json,
+    proto,
+    workload,
+)
 
 T0 = 1_714_564_800 * 1_000_000_000
 REQUESTS = 6
@@ -36,24 +39,6 @@ FAILING = frozenset({1, 2, 4})  # payment declines these requests
 
 
 SDK_SPANS = workload(REQUESTS, FAILING, T0)
-
-
-def otlp_json(spans: Sequence[ReadableSpan], enums_as_ints: bool, upper: bool) -> bytes:
-    """OTLP/JSON per the spec: protobuf's JSON mapping with hex ids instead of base64."""
-    doc = json.loads(json_format.MessageToJson(encode_spans(spans),
-                                               use_integers_for_enums=enums_as_ints))
-
-    def hexify(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: (base64.b64decode(v).hex().upper() if upper else
-                        base64.b64decode(v).hex())
-                    if k in ("traceId", "spanId", "parentSpanId") else hexify(v)
-                    for k, v in node.items()}
-        if isinstance(node, list):
-            return [hexify(v) for v in node]
-        return node
-
-    return json.dumps(hexify(doc)).encode()
 
 
 def by_id(spans: Sequence[Span]) -> list[Span]:
