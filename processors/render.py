@@ -67,6 +67,12 @@ def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
     return inc["family"], f"{cause['kind']} ({cause['confidence']})", cause["reason"]
 
 
+def _some(names: list[str], shown: int = 8) -> str:
+    """At most ``shown`` names, then how many more (a blast can name 1,000 services)."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def spread_lines(report: dict[str, Any]) -> list[str]:
     """Where the failure started and how far it spread, from the report's snapshots, in
     plain sentences (each renderer escapes them); nothing is said that they do not hold."""
@@ -89,11 +95,11 @@ def spread_lines(report: dict[str, Any]) -> list[str]:
         users = b["distinct_users"]
         about = "about " if b["users_estimated"] else ""
         lines.append(f"Spread: {b['affected_requests']} failing requests, {about}{users} "
-                     f"users, services {', '.join(b['affected_services'])} "
+                     f"users, services {_some(b['affected_services'])} "
                      f"(capture {b['capture']}).")
     else:
         lines.append(f"Spread: {b['affected_requests']} errors counted by detection in "
-                     f"{', '.join(b['affected_services'])} (capture {b['capture']}, no "
+                     f"{_some(b['affected_services'])} (capture {b['capture']}, no "
                      "traces yet).")
     opening = snaps.get("at_opening")
     if opening is not None and opening["blast"]["affected_requests"] is not None:

@@ -165,7 +165,9 @@ def next_checks(incident: IncidentState, decision: Decision,
         if d.pr_url:
             checks.append(f"Read the change: {d.pr_url}")
     if decision.kind == "dependency":
-        down = f.downstream or (traces.downstream if traces else None) or \
+        # The traces' dependency when they decided (the step's peer may be a raw
+        # server.address), else the step's own downstream, else the cited signal's.
+        down = (traces.downstream if traces else None) or f.downstream or \
             (cited[0].downstream or cited[0].service if cited else None)
         checks.append(f"Check {down}: {f.service} {f.step} fails with {f.error_code} "
                       f"calling it ({incident.error_count} errors since onset).")

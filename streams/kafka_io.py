@@ -161,10 +161,10 @@ async def send_keyed(producer: AIOKafkaProducer, topic: str,
         if builder is None:
             builder = builders[partition] = producer.create_batch()
         if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            # Full: send it; a fresh batch always takes its first record.
             futures.append(await producer.send_batch(builder, topic, partition=partition))
             builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
+            builder.append(key=key, value=value, timestamp=None, headers=headers)
     for partition, builder in builders.items():
         if builder.record_count():
             futures.append(await producer.send_batch(builder, topic, partition=partition))

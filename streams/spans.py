@@ -24,11 +24,19 @@ import asyncio
 import gzip
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
 from tocsin.processors.otlp.merge import Entry, PartitionMerge
@@ -66,8 +74,16 @@ class Acks:
     async def settle(self, consumer: AIOKafkaConsumer) -> None:
         for fut in self.futures:
             await fut
-        if self.offsets:
-            await consumer.commit(self.offsets)
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in self.offsets.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions meanwhile: whoever reads them next starts
+            # from the last commit, and the detector drops what it already counted.
+            log.warning("span offsets not committed (%s): they will be read again", exc)
 
 
 Read = tuple[ConsumerRecord[bytes, bytes], Decoded | OtlpError]
@@ -90,6 +106,8 @@ class SpanIntake:
         self._next: dict[int, int] = {}  # partition -> next offset to fetch
         self._heard: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._assigned: frozenset[TopicPartition] = frozenset()
+        self._fresh: set[TopicPartition] = set()  # assigned, read position not known yet
+        self._pending: Acks | None = None  # the last release, until it is settled
 
     def stop(self) -> None:
         self._stopping.set()
@@ -100,24 +118,27 @@ class SpanIntake:
         # every ~50 events when the released records put many on one partition.
         self.producer = new_producer(self.bootstrap, max_batch_size=512 * 1024)
         self.consumer = AIOKafkaConsumer(
-            s.topics.spans, bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-spans",
+            bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-spans",
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(s.session_timeout_ms // 6, 300),
             fetch_max_bytes=s.fetch_max_bytes, max_partition_fetch_bytes=s.fetch_max_bytes,
             fetch_max_wait_ms=50)
+        self.consumer.subscribe([s.topics.spans], listener=_Rebalance(self))
         await self.producer.start()
         await self.consumer.start()
-        pending: Acks | None = None
         try:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
                 await self._track_assignment()
                 now = time.monotonic()
                 for tp, records in batch.items():
+                    if tp not in self._assigned:
+                        continue  # revoked while this batch was fetched
                     for rec in records:
                         read = self._decode(rec)
-                        self.merge.add(tp.partition, rec.offset, _time_of(read[1]), read)
+                        self.merge.add(tp.partition, rec.offset, _time_of(rec, read[1]),
+                                       read)
                     self._next[tp.partition] = records[-1].offset + 1
                     self._heard[tp.partition] = now
                 released = self.merge.release(self._holds_back)
@@ -127,26 +148,49 @@ class SpanIntake:
                            for e in released}
                 # The previous release's sends had this batch's decoding to complete in:
                 # settle them now, so decoding and acknowledgements overlap.
-                if pending is not None:
-                    await pending.settle(self.consumer)
-                pending = Acks(futures, offsets) if released else None
-            if pending is not None:
-                await pending.settle(self.consumer)
+                await self.settle()
+                self._pending = Acks(futures, offsets) if released else None
+            await self.settle()
         finally:
             await stop_quietly(self.consumer, self.producer)
 
+    async def settle(self) -> None:
+        """Wait for the last release's acknowledgements and commit its offsets (taken out
+        first: the rebalance listener may settle it too, never both)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            assert self.consumer is not None
+            await pending.settle(self.consumer)
+
+    def revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Forget what was buffered and known of partitions taken away: a partition given
+        back starts again from its committed offset, and is read afresh."""
+        gone = {tp.partition for tp in revoked}
+        if gone:
+            log.info("span partitions revoked: %s (buffered records dropped: %d)",
+                     sorted(gone), sum(self.merge.buffered(p) for p in gone))
+        self.merge.assign(p for p in self.merge.buffers if p not in gone)
+        for partition in gone:
+            self._next.pop(partition, None)
+            self._heard.pop(partition, None)
+        self._assigned = frozenset(tp for tp in self._assigned if tp.partition not in gone)
+
+    def assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._fresh.update(assigned)
+
     async def _track_assignment(self) -> None:
+        """Learn the read position of partitions assigned since the last batch."""
         assert self.consumer is not None
-        assigned = frozenset(self.consumer.assignment())
-        if assigned == self._assigned:
+        if not self._fresh:
             return
-        self._assigned = assigned
-        self.merge.assign(tp.partition for tp in assigned)
+        fresh, self._fresh = self._fresh, set()
+        current = self.consumer.assignment()
         now = time.monotonic()
-        for tp in assigned:
-            if tp.partition not in self._next:
-                self._next[tp.partition] = await self.consumer.position(tp)
-                self._heard[tp.partition] = now
+        for tp in fresh & current:
+            self._next[tp.partition] = await self.consumer.position(tp)
+            self._heard[tp.partition] = now
+        self._assigned = frozenset(current)
+        self.merge.assign(tp.partition for tp in current)
 
     def _holds_back(self, partition: int) -> bool:
         """Whether an empty partition may still hold a record earlier than the heads: it
@@ -172,6 +216,8 @@ class SpanIntake:
                 self.consumer.pause(tp)
             elif size <= RESUME_AT and tp in paused:
                 self.consumer.resume(tp)
+                # Paused is not quiet: the stall clock starts again from here.
+                self._heard[tp.partition] = time.monotonic()
 
     def _decode(self, rec: ConsumerRecord[bytes, bytes]) -> Read:
         s = self.settings
@@ -211,12 +257,38 @@ class SpanIntake:
         return futures
 
 
-def _time_of(read: Decoded | OtlpError) -> int | None:
+MAX_AHEAD_MS = 3_600_000
+
+
+def _time_of(rec: ConsumerRecord[bytes, bytes], read: Decoded | OtlpError) -> int | None:
     """A record's merge time: the latest end among its spans (exporters send spans as
-    they end); None for a record without spans."""
+    they end), but never more than an hour after the record's own timestamp, so one span
+    from a clock far ahead cannot keep its partition behind every other one; None for a
+    record without spans."""
     if isinstance(read, OtlpError) or not read.spans:
         return None
-    return max(span.end_ms for span in read.spans)
+    latest = max(span.end_ms for span in read.spans)
+    if rec.timestamp > 0:
+        latest = min(latest, rec.timestamp + MAX_AHEAD_MS)
+    return latest
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Settles the last release before partitions go (its offsets can still be
+    committed then) and has the intake forget them; new partitions are read afresh."""
+
+    def __init__(self, intake: SpanIntake) -> None:
+        self.intake = intake
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        try:
+            await self.intake.settle()
+        except Exception as exc:  # noqa: BLE001 - the sends' failure surfaces in run()
+            log.warning("settling span acknowledgements on revoke failed: %s", exc)
+        self.intake.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.intake.assigned(assigned)
 
 
 def gunzip_if_needed(body: bytes, content_encoding: str | None) -> bytes:

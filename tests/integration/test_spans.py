@@ -127,6 +127,38 @@ def test_a_service_version_change_on_spans_registers_a_deploy(broker: str,
         ("deploy", "payment", "0.9.5", "production", first_new)]
 
 
+def test_a_second_span_worker_joining_mid_stream_loses_and_doubles_nothing(
+        broker: str, tmp_path: Path) -> None:
+    """A rebalance of the span group while the first worker has records buffered in its
+    partition merge and acknowledgements pending: both workers live on, and every failing
+    entry span is counted exactly once (three per failing trace)."""
+    first, topic = worker_for(broker, tmp_path, "spanpair")
+    extra = {k: v for k, v in first.extra_env.items()}
+    second = WorkerProc(broker, first.names, tmp_path / "spanpair2.duckdb", role="detect",
+                        extra_env=extra)
+    spans = workload(120, set(range(12, 20)) | set(range(70, 78)), T0_NS, seed=31)
+    traces = _by_trace(spans)
+    try:
+        produce_raw(first.bootstrap, topic, [(None, proto(t)) for t in traces[:60]])
+        first._wait(lambda h: h["metrics"]["spans_in"] >= 1, 60, "first spans")
+        second.start()
+        produce_raw(first.bootstrap, topic, [(None, proto(t)) for t in traces[60:]])
+
+        def all_released(_: dict[str, Any]) -> bool:
+            counts = [w.health() for w in (first, second)]
+            return sum(h["metrics"]["spans_in"] for h in counts if h) >= len(spans)
+
+        first._wait(all_released, 90, f"{len(spans)} spans through the two workers")
+        rows = wait_for(first, "SELECT sum(errors)::INT AS n FROM family_windows "
+                               "HAVING sum(errors) >= 48")
+        families = {r["family"] for r in first.query("SELECT family FROM incidents")}
+    finally:
+        assert second.stop() == 0
+        assert first.stop() == 0
+    assert rows == [{"n": 48}]  # 16 failing traces x 3 failing entry spans, once each
+    assert f"payment:POST /api/charge:{DECLINED}" in families
+
+
 def _by_trace(spans: list[Any]) -> list[list[Any]]:
     traces: dict[int, list[Any]] = {}
     for s in spans:

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tocsin.processors.family import Family, failing_downstream, family_of
@@ -250,6 +250,8 @@ def test_parent_cycle_does_not_hang() -> None:
 _SEGMENT = st.text("abcxyz019-._~%{}=:@", max_size=6)
 
 
+@example(scheme="", host="", path="/a/b://c/d", query=None, fragment=None)
+@example(scheme="https://", host="h:8443", path="/x://y", query="a=://", fragment=None)
 @given(scheme=st.sampled_from(["http://", "https://", "grpc://", "//", ""]),
        host=st.from_regex(r"[a-z0-9.-]{0,12}(:[0-9]{1,5})?", fullmatch=True),
        path=st.lists(_SEGMENT, max_size=4).map(lambda p: "".join("/" + s for s in p)),
@@ -262,3 +264,7 @@ def test_url_path_is_what_urlsplit_gives(scheme: str, host: str, path: str,
         ("?" + query if query is not None else "") + \
         ("#" + fragment if fragment is not None else "")
     assert _url_path(url) == (urlsplit(url).path or None)
+
+
+def test_url_path_keeps_what_is_not_a_url() -> None:
+    assert _url_path("localhost:8080/x") == "localhost:8080/x"  # urlsplit: "8080/x"
