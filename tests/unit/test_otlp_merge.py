@@ -66,3 +66,27 @@ def test_a_quiet_partition_stops_holding_back_when_the_caller_says_so() -> None:
     assert [e.item for e in merge.release(lambda p: False)] == ["dead letter", "b"]
     merge.assign([1])
     assert list(merge.buffers) == [1]
+
+
+def test_a_record_merge_time_is_its_latest_span_end_capped_an_hour_past_its_timestamp(
+) -> None:
+    from aiokafka import ConsumerRecord
+
+    from tocsin.processors.otlp import decode_batch
+    from tocsin.streams.otel_workload import proto, workload
+    from tocsin.streams.spans import MAX_AHEAD_MS, _time_of
+
+    t0_ns = 1_793_610_000 * 10**9
+    payload = proto(workload(2, (), t0_ns))
+    decoded = decode_batch(payload)
+    latest = max(s.end_ms for s in decoded.spans)
+
+    def record(timestamp: int) -> ConsumerRecord[bytes, bytes]:
+        return ConsumerRecord("otlp_spans", 0, 0, timestamp, 0, None, payload, None,
+                              len(payload), 0, ())
+
+    assert _time_of(record(latest), decoded) == latest
+    assert _time_of(record(0), decoded) == latest  # no timestamp: not capped
+    early = latest - 2 * MAX_AHEAD_MS  # the spans claim to end two hours after it
+    assert _time_of(record(early), decoded) == early + MAX_AHEAD_MS
+    assert _time_of(record(latest), decode_batch(b"")) is None
