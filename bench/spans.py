@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.producer.message_accumulator import BatchBuilder
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
@@ -60,7 +59,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
 )
 
 from tocsin.processors.otlp import decode_batch, wide_events
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics, stop_quietly
+from tocsin.streams.kafka_io import (
+    Outgoing,
+    TopicSpec,
+    ensure_topics,
+    send_batches,
+    stop_quietly,
+)
 
 from .bare import _consumer
 from .worker import Throughput, TocsinWorker
@@ -192,21 +197,15 @@ async def produce_spans(bootstrap: str, traces: int = TRACES) -> SpanWorkload:
                                 enable_idempotence=False)
     await producer.start()
     try:
-        builders: dict[int, BatchBuilder] = {}
-        futures: list[asyncio.Future[Any]] = []
         records = size = failing = 0
-        for body, fails in span_records(traces):
-            p = records % PARTITIONS
-            records, size, failing = records + 1, size + len(body), failing + fails
-            builder = builders.get(p) or producer.create_batch()
-            if builder.append(key=None, value=body, timestamp=None) is None:
-                futures.append(await producer.send_batch(builder, SPANS_TOPIC, partition=p))
-                builder = producer.create_batch()
-                builder.append(key=None, value=body, timestamp=None)
-            builders[p] = builder
-        for p, builder in sorted(builders.items()):
-            if builder.record_count():
-                futures.append(await producer.send_batch(builder, SPANS_TOPIC, partition=p))
+
+        def unkeyed() -> Iterator[Outgoing]:
+            nonlocal records, size, failing
+            for body, fails in span_records(traces):
+                yield records % PARTITIONS, None, body, []
+                records, size, failing = records + 1, size + len(body), failing + fails
+
+        futures = await send_batches(producer, SPANS_TOPIC, unkeyed())
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

@@ -13,15 +13,18 @@ import asyncio
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
 
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics
+from tocsin.streams.kafka_io import (
+    CachedKeyPartitioner,
+    Outgoing,
+    TopicSpec,
+    ensure_topics,
+    send_batches,
+)
 
 EVENTS_TOPIC = "tocsin.events"
 PARTITIONS = 6
@@ -151,33 +154,21 @@ async def create_topics(bootstrap: str) -> None:
     await ensure_topics(bootstrap, [TopicSpec(EVENTS_TOPIC, PARTITIONS, 7 * 24 * 3600 * 1000)])
 
 
-@cache
-def partition_of(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2 of the key), as the Java client computes it."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 async def _send_batches(producer: AIOKafkaProducer, events: int) -> int:
-    """Fill one batch per partition and submit it when full: far cheaper than a
-    ``send()`` per record, and the same records, keys and partitions."""
-    builders: dict[int, BatchBuilder] = {}
-    futures: list[asyncio.Future[Any]] = []
+    """Publish the workload in per-partition batches (far cheaper than a ``send()`` per
+    record), each record on the partition Kafka's default partitioner gives its key."""
     size = 0
-    for event in generate(events):
-        key = event["service"].encode()
-        body = orjson.dumps(event)
-        size += len(body)
-        p = partition_of(key, PARTITIONS)
-        builder = builders.get(p) or producer.create_batch()
-        if builder.append(key=key, value=body, timestamp=None) is None:
-            futures.append(await producer.send_batch(builder, EVENTS_TOPIC, partition=p))
-            builder = producer.create_batch()
-            builder.append(key=key, value=body, timestamp=None)
-        builders[p] = builder
-    for p, builder in sorted(builders.items()):
-        if builder.record_count():
-            futures.append(await producer.send_batch(builder, EVENTS_TOPIC, partition=p))
-    await asyncio.gather(*futures)
+    partitioner, partitions = CachedKeyPartitioner(), list(range(PARTITIONS))
+
+    def records() -> Iterator[Outgoing]:
+        nonlocal size
+        for event in generate(events):
+            key = event["service"].encode()
+            body = orjson.dumps(event)
+            size += len(body)
+            yield partitioner(key, partitions, partitions), key, body, []
+
+    await asyncio.gather(*await send_batches(producer, EVENTS_TOPIC, records()))
     return size
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,17 +146,18 @@ class CachedKeyPartitioner:
         return all_partitions[idx % len(all_partitions)]
 
 
-async def send_keyed(producer: AIOKafkaProducer, topic: str,
-                     records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]],
-                     partitioner: CachedKeyPartitioner) -> list[asyncio.Future[Any]]:
-    """Send (key, value, headers) records in per-partition batches, each record where
-    aiokafka's default partitioner would put it, in the given order per partition: one
-    ``send_batch`` per ~512 KB instead of one ``send`` (~20 µs of Python) per record."""
-    partitions = sorted(await producer.partitions_for(topic))
+Outgoing = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]
+"""One record to send: (partition, key, value, headers; aiokafka wants a list)."""
+
+
+async def send_batches(producer: AIOKafkaProducer, topic: str, records: Iterable[Outgoing]
+                       ) -> list[asyncio.Future[Any]]:
+    """Send records in per-partition batches, in the given order per partition: one
+    ``send_batch`` per full batch instead of one ``send`` (~20 µs of Python) per record.
+    The futures resolve when the broker acknowledged each batch."""
     builders: dict[int, Any] = {}
     futures: list[asyncio.Future[Any]] = []
-    for key, value, headers in records:
-        partition = partitioner(key, partitions, partitions)
+    for partition, key, value, headers in records:
         builder = builders.get(partition)
         if builder is None:
             builder = builders[partition] = producer.create_batch()
@@ -165,10 +166,21 @@ async def send_keyed(producer: AIOKafkaProducer, topic: str,
             futures.append(await producer.send_batch(builder, topic, partition=partition))
             builder = builders[partition] = producer.create_batch()
             builder.append(key=key, value=value, timestamp=None, headers=headers)
-    for partition, builder in builders.items():
+    for partition, builder in sorted(builders.items()):
         if builder.record_count():
             futures.append(await producer.send_batch(builder, topic, partition=partition))
     return futures
+
+
+async def send_keyed(producer: AIOKafkaProducer, topic: str,
+                     records: Iterable[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+                     partitioner: CachedKeyPartitioner) -> list[asyncio.Future[Any]]:
+    """:func:`send_batches` of (key, value, headers) records, each where aiokafka's
+    default partitioner would put it."""
+    partitions = sorted(await producer.partitions_for(topic))
+    return await send_batches(producer, topic, (
+        (partitioner(key, partitions, partitions), key, value, headers)
+        for key, value, headers in records))
 
 
 def new_producer(bootstrap: str, max_request_size: int = 8 * 1024 * 1024,
