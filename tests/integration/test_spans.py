@@ -85,6 +85,9 @@ def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path:
         report = wait_for(worker, "SELECT body FROM triage_reports WHERE cause_kind IS NOT NULL"
                           " AND body LIKE '%\"affected_requests\":8%' AND incident_id IN ("
                           "SELECT incident_id FROM incidents WHERE service = 'payment')")
+        # spans_in counts spans as they leave the partition merge: the last records wait
+        # there until their partitions have been quiet for TOCSIN_SPANS_IDLE_MS.
+        worker._wait(lambda h: h["metrics"]["spans_in"] >= 400, 30, "400 spans released")
         health = worker.health()
     finally:
         assert worker.stop() == 0
