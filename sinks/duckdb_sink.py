@@ -79,6 +79,10 @@ MIGRATIONS = (
     ("incident_events", "downstream", "VARCHAR"),
     ("incidents", "downstream", "VARCHAR"),
     ("incident_events", "sample_trace_ids", "VARCHAR[]"),
+    ("dead_letters", "kept_bytes", "BIGINT"),
+    ("dead_letters", "sha256", "VARCHAR"),
+    ("dead_letters", "truncated", "BOOLEAN"),
+    ("dead_letters", "field", "VARCHAR"),
 )
 
 EVENT_COLUMNS = (
@@ -126,8 +130,9 @@ EVIDENCE_COLUMNS = (
 )
 DEAD_LETTER_COLUMNS = (
     ("source_topic", "VARCHAR"), ("source_partition", "INTEGER"), ("source_offset", "BIGINT"),
-    ("reason", "VARCHAR"), ("size_bytes", "INTEGER"), ("dlq_partition", "INTEGER"),
-    ("dlq_offset", "BIGINT"),
+    ("reason", "VARCHAR"), ("size_bytes", "BIGINT"), ("dlq_partition", "INTEGER"),
+    ("dlq_offset", "BIGINT"), ("kept_bytes", "BIGINT"), ("sha256", "VARCHAR"),
+    ("truncated", "BOOLEAN"), ("field", "VARCHAR"),
 )
 
 REBUILD_INCIDENTS = """

@@ -44,7 +44,8 @@ from tocsin.schemas.codec import (
     decode_incident,
     encode_incident,
 )
-from tocsin.streams.kafka_io import dead_letter_headers, read_to_end, stop_quietly
+from tocsin.streams.dead_letters import DeadLetterSender, of_record
+from tocsin.streams.kafka_io import read_to_end, stop_quietly
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.settings import Settings
@@ -109,6 +110,7 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
         self.emitted: set[str] = set()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.dead_letters: DeadLetterSender | None = None
         self._stopping = asyncio.Event()
         self._last_checkpoint = time.monotonic()
         self.ready = asyncio.Event()
@@ -133,6 +135,7 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             max_partition_fetch_bytes=s.fetch_max_bytes, fetch_max_wait_ms=50,
         )
         await self.producer.start()
+        self.dead_letters = DeadLetterSender(self.producer, s.topics.dlq)
         await self.consumer.start()
         self.consumer.subscribe([s.topics.events], listener=self)
         try:
@@ -271,11 +274,10 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _dead_letter(self, run: PartitionRun, rec: ConsumerRecord[bytes, bytes], reason: str,
                      field_name: str | None = None) -> None:
-        assert self.producer is not None
+        assert self.dead_letters is not None
         self.metrics.dead_letters += 1
-        run.pending.append(asyncio.ensure_future(self.producer.send(
-            self.settings.topics.dlq, rec.value, key=rec.key,
-            headers=dead_letter_headers(rec, reason, field_name))))
+        run.pending.append(asyncio.ensure_future(self.dead_letters.send(of_record(
+            rec, reason, field_name, self.settings.dlq_max_value_bytes))))
 
     # ------------------------------------------------------------------ checkpoint
 

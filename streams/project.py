@@ -19,6 +19,7 @@ from tocsin.processors.detector import FamilyWindow, StepWindow
 from tocsin.processors.report import canonical_json
 from tocsin.schemas.codec import SchemaError, decode_incident
 from tocsin.sinks.duckdb_sink import DuckDBSink
+from tocsin.streams.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka_io import _wait_partitions, new_producer, read_to_end, stop_quietly
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.registry import SchemaRegistry
@@ -35,6 +36,61 @@ def _header(rec: ConsumerRecord[bytes, bytes], name: str) -> str | None:
     return None
 
 
+_INT32 = 2**31 - 1
+
+
+def _bounded_int(value: Any, bound: int = 2**63 - 1) -> int:
+    if type(value) is not int or not -bound <= value <= bound:
+        raise ValueError(f"{value!r} is not an integer of the column's size")
+    return value
+
+
+def _typed(kind: Any, row: Any) -> Any:
+    """One window row as the detector writes it, else ValueError/TypeError: a row that
+    DuckDB would refuse must not reach the writer's transaction."""
+    if not isinstance(row, list) or len(row) != len(kind._fields):
+        raise ValueError(f"a {kind.__name__} row has {len(kind._fields)} fields")
+    for name, value in zip(kind._fields, row, strict=True):
+        if name.endswith("_ms"):
+            _bounded_int(value)
+        elif name in ("errors", "requests"):
+            _bounded_int(value, _INT32)
+        elif not isinstance(value, str):
+            raise ValueError(f"{kind.__name__}.{name} must be a string")
+    return kind(*row)
+
+
+def _int_header(rec: ConsumerRecord[bytes, bytes], name: str) -> int | None:
+    value = _header(rec, name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def letter_row(rec: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """A dead_letters row of a record on the dead-letter topic. Letters from elsewhere
+    (someone else's producer) lack our headers: they are kept, keyed by where they lie on
+    the dead-letter topic itself."""
+    source_offset = _int_header(rec, "tocsin.dlq.source_offset")
+    ours = source_offset is not None and _header(rec, "tocsin.dlq.source_topic") is not None
+    original = _int_header(rec, "tocsin.dlq.original_bytes")
+    return {
+        "source_topic": _header(rec, "tocsin.dlq.source_topic") if ours else rec.topic,
+        "source_partition": (_int_header(rec, "tocsin.dlq.source_partition") or 0)
+        if ours else rec.partition,
+        "source_offset": source_offset if ours else rec.offset,
+        "reason": _header(rec, "tocsin.dlq.reason") if ours
+        else "written to the dead-letter topic by another producer",
+        "size_bytes": original if original is not None else len(rec.value or b""),
+        "kept_bytes": len(rec.value or b""),
+        "sha256": _header(rec, "tocsin.dlq.sha256"),
+        "truncated": _header(rec, "tocsin.dlq.truncated") == "true",
+        "field": _header(rec, "tocsin.dlq.field"),
+        "dlq_partition": rec.partition, "dlq_offset": rec.offset,
+    }
+
+
 class Projection:
     def __init__(self, settings: Settings, bootstrap: str, sink: DuckDBSink,
                  metrics: Metrics) -> None:
@@ -48,6 +104,7 @@ class Projection:
         self.registry = SchemaRegistry(settings.schema_registry_url) \
             if settings.schema_registry_url else None
         self.producer: AIOKafkaProducer | None = None
+        self.dead_letters: DeadLetterSender | None = None
         self.triage = TriageLoop(settings.topics.incidents, settings.topics.signals,
                                  settings.topics.spans)
 
@@ -63,6 +120,7 @@ class Projection:
         self.producer = new_producer(self.bootstrap)
         await self.consumer.start()
         await self.producer.start()
+        self.dead_letters = DeadLetterSender(self.producer, topics.dlq)
         try:
             tps = [TopicPartition(t, p)
                    for t in (topics.incidents, topics.windows, topics.dlq, topics.signals,
@@ -80,8 +138,9 @@ class Projection:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100)
                 if batch:
+                    windows = await self._read_windows(batch)
                     reports = await self._publish_reports(batch)
-                    await asyncio.to_thread(self._write, batch, reports)
+                    await asyncio.to_thread(self._write, batch, reports, windows)
                 if not batch:
                     self.caught_up.set()
         finally:
@@ -97,6 +156,33 @@ class Projection:
                     applied.append(rec)
         self.triage.restore(applied, await read_to_end(self.bootstrap, topics.reports))
 
+    async def _read_windows(
+            self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> dict[tuple[int, int], tuple[int, list[Any], list[Any]]]:
+        """The window records' rows by (partition, offset); a record that is not one the
+        detector wrote is dead-lettered instead (any bytes may reach any topic)."""
+        parsed = {}
+        for tp, records in batch.items():
+            if tp.topic != self.settings.topics.windows:
+                continue
+            for rec in records:
+                try:
+                    value = orjson.loads(rec.value or b"")
+                    rows = (_bounded_int(value["bucket_ms"]),
+                            [_typed(FamilyWindow, row) for row in value["families"]],
+                            [_typed(StepWindow, row) for row in value["steps"]])
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    await self._dead_letter(rec, f"not a window record: {exc}")
+                    continue
+                parsed[(rec.partition, rec.offset)] = rows
+        return parsed
+
+    async def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        assert self.dead_letters is not None
+        self.metrics.dead_letters += 1
+        await self.dead_letters.send(of_record(rec, reason, None,
+                                               self.settings.dlq_max_value_bytes))
+
     async def _publish_reports(
             self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> list[dict[str, Any]]:
@@ -108,6 +194,8 @@ class Projection:
             kv[0].topic != topics.incidents, kv[0].topic, kv[0].partition))
             if tp.topic in (topics.incidents, topics.signals, topics.spans) for rec in recs]
         reports = self.triage.feed(records)
+        for rec, reason in self.triage.take_rejects():
+            await self._dead_letter(rec, reason)
         futures = []
         for report in reports:
             key = (report["incident"]["id"], report["report_hash"])
@@ -123,7 +211,8 @@ class Projection:
         return reports
 
     def _write(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
-               reports: list[dict[str, Any]]) -> None:
+               reports: list[dict[str, Any]],
+               windows: dict[tuple[int, int], tuple[int, list[Any], list[Any]]]) -> None:
         topics = self.settings.topics
         events: list[dict[str, Any]] = []
         families: list[dict[str, Any]] = []
@@ -148,22 +237,13 @@ class Projection:
                 elif tp.topic == topics.spans:
                     continue  # folded by the triage (trace assembly); no rows of its own
                 elif tp.topic == topics.windows:
-                    value = orjson.loads(rec.value or b"{}")
-                    bucket_ms = value["bucket_ms"]
-                    families.extend({**dict(zip(FamilyWindow._fields, row, strict=True)),
-                                     "bucket_ms": bucket_ms} for row in value["families"])
-                    steps.extend({**dict(zip(StepWindow._fields, row, strict=True)),
-                                  "bucket_ms": bucket_ms} for row in value["steps"])
+                    if (rec.partition, rec.offset) not in windows:
+                        continue  # dead-lettered
+                    bucket_ms, fams, stps = windows[(rec.partition, rec.offset)]
+                    families.extend({**w._asdict(), "bucket_ms": bucket_ms} for w in fams)
+                    steps.extend({**w._asdict(), "bucket_ms": bucket_ms} for w in stps)
                 else:
-                    letters.append({
-                        "source_topic": _header(rec, "tocsin.dlq.source_topic"),
-                        "source_partition": int(_header(rec, "tocsin.dlq.source_partition")
-                                                or -1),
-                        "source_offset": int(_header(rec, "tocsin.dlq.source_offset") or -1),
-                        "reason": _header(rec, "tocsin.dlq.reason"),
-                        "size_bytes": len(rec.value or b""),
-                        "dlq_partition": rec.partition, "dlq_offset": rec.offset,
-                    })
+                    letters.append(letter_row(rec))
             positions[(tp.topic, tp.partition)] = records[-1].offset + 1
         signals = [signal_row(self.triage.triage.signals[i]) for i in sorted(signal_ids)
                    if i in self.triage.triage.signals]

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(6_000, ge=1_000)
     checkpoint_interval_ms: int = Field(1_000, ge=10)
     max_record_bytes: int = Field(256 * 1024, ge=1024)
+    dlq_max_value_bytes: int = Field(
+        512 * 1024, ge=0, description="bytes of a rejected record's value kept in its dead "
+        "letter; the original size and the sha256 of the whole value always are (ADR 0014)")
     fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_poll_records: int = Field(5_000, ge=1)
     retention_ms: int = Field(72 * 3600 * 1000, description="events/windows/dlq retention")

@@ -40,9 +40,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
 from tocsin.processors.otlp.merge import Entry, PartitionMerge
+from tocsin.streams.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka_io import (
     CachedKeyPartitioner,
-    dead_letter_headers,
     new_producer,
     send_keyed,
     stop_quietly,
@@ -58,9 +58,12 @@ def span_source(headers: object) -> tuple[str, tuple[int, int]] | None:
     """(source partition, (offset, index)) from a translated event's headers, if any."""
     for key, value in headers or ():  # type: ignore[attr-defined]
         if key == SPAN_SOURCE:
-            topic_partition, _, rest = bytes(value).decode().rpartition(":")
-            source, _, offset = topic_partition.rpartition(":")
-            return source, (int(offset), int(rest))
+            try:
+                topic_partition, _, rest = bytes(value or b"").decode().rpartition(":")
+                source, _, offset = topic_partition.rpartition(":")
+                return source, (int(offset), int(rest))
+            except (UnicodeDecodeError, ValueError):
+                return None  # not one we wrote: the event counts as any other
     return None
 
 
@@ -101,6 +104,7 @@ class SpanIntake:
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.dead_letters: DeadLetterSender | None = None
         self.merge: PartitionMerge[Read] = PartitionMerge()
         self.partitioner = CachedKeyPartitioner()
         self._next: dict[int, int] = {}  # partition -> next offset to fetch
@@ -126,6 +130,7 @@ class SpanIntake:
             fetch_max_wait_ms=50)
         self.consumer.subscribe([s.topics.spans], listener=_Rebalance(self))
         await self.producer.start()
+        self.dead_letters = DeadLetterSender(self.producer, s.topics.dlq)
         await self.consumer.start()
         try:
             while not self._stopping.is_set():
@@ -240,9 +245,9 @@ class SpanIntake:
             rec, read = entry.item
             if isinstance(read, OtlpError):
                 self.metrics.dead_letters += 1
-                futures.append(await self.producer.send(
-                    s.topics.dlq, rec.value, key=rec.key,
-                    headers=dead_letter_headers(rec, str(read))))
+                assert self.dead_letters is not None
+                futures.append(await self.dead_letters.send(
+                    of_record(rec, str(read), None, s.dlq_max_value_bytes)))
                 continue
             # Counted as they leave the merge: spans_in is what was sent on as events.
             self.metrics.spans_in += len(read.spans)

@@ -76,11 +76,13 @@ class TriageLoop:
         self.provenance: dict[str, list[Any]] = {}
         self.published: set[tuple[str, str]] = set()
         self.rejected = 0
+        self.rejects: list[tuple[Record, str]] = []  # since the last take_rejects()
 
     def restore(self, records: Iterable[Record], reports: Iterable[Record]) -> None:
         """Fold what DuckDB already reflects, emitting nothing; note published versions."""
         for rec in records:
             self._apply(rec)
+        self.rejects.clear()  # dead-lettered when they were first read
         self._advance_traces()
         self.triage.flush()
         for rec in reports:
@@ -147,10 +149,16 @@ class TriageLoop:
             signal = decode_signal(rec.value or b"")
             self.provenance[f"signal:{signal.signal_id}"] = _where(rec)
             self.triage.apply_signal(signal)
-        except (SchemaError, KeyError, TypeError) as exc:
+        except (SchemaError, KeyError, TypeError, ValueError) as exc:
             self.rejected += 1
+            self.rejects.append((rec, f"{type(exc).__name__}: {exc}"))
             log.warning("triage skipped %s:%s:%s: %s", rec.topic, rec.partition,
                         rec.offset, exc)
+
+    def take_rejects(self) -> list[tuple[Record, str]]:
+        """Records the fold could not read since the last call, with the reason."""
+        taken, self.rejects = self.rejects, []
+        return taken
 
     def provenance_of(self, report: dict[str, Any]) -> dict[str, list[Any]]:
         """Where each cited record was read: beside the report, never inside its hash."""
