@@ -149,18 +149,30 @@ def _strip_sort_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in ("summary", "kind")} for r in rows]
 
 
+def _deploy_name(d: SignalView) -> str:
+    """A deploy as a next check names it: service, version, commit, author."""
+    what = " ".join(x for x in (d.version, f"(commit {d.commit})" if d.commit else None)
+                    if x)
+    who = f" by {d.author}" if d.author else ""
+    return f"{d.service} {what or 'deploy'}{who}"
+
+
+def _duration(ms: int) -> str:
+    minutes, seconds = divmod(ms // 1000, 60)
+    return " ".join(x for x in (f"{minutes} min" if minutes else None,
+                                f"{seconds} s" if seconds or not minutes else None) if x)
+
+
 def next_checks(incident: IncidentState, decision: Decision,
                 by_id: dict[str, SignalView], traces: TraceFacts | None = None) -> list[str]:
-    """What to look at first, named from the evidence that decided, not a template."""
+    """What to look at first, named from the evidence that decided, not a template; then
+    the deploys that landed after onset (ADR 0008), which did not start the incident."""
     f = incident.facts
     cited = [by_id[i] for i in decision.inputs if i in by_id]
     checks: list[str] = []
     if decision.kind == "deploy" and cited:
         d = cited[0]
-        what = " ".join(x for x in (d.version, f"(commit {d.commit})" if d.commit else None)
-                        if x)
-        who = f" by {d.author}" if d.author else ""
-        checks.append(f"Compare {d.service} {what or 'deploy'}{who} with the version before "
+        checks.append(f"Compare {_deploy_name(d)} with the version before "
                       f"it; roll back if {incident.family} started with it.")
         if d.pr_url:
             checks.append(f"Read the change: {d.pr_url}")
@@ -192,6 +204,10 @@ def next_checks(incident: IncidentState, decision: Decision,
     if decision.kind == "unknown":
         checks.append(f"Look at {f.service} {f.step} ({f.error_code}): no deploy, dependency "
                       "or runtime evidence correlated yet.")
+    for d in (by_id[i] for i in decision.later_deploys if i in by_id):
+        checks.append(f"{_deploy_name(d)} landed {_duration(d.event_time_ms - f.onset_ms)} "
+                      f"after onset, so it did not start {incident.family}: check whether it "
+                      "changed the failure (a fix, a rollback or a new fault).")
     return checks
 
 

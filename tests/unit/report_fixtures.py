@@ -40,6 +40,7 @@ class Sig:
     occurrences: int = 1
     error_code: str | None = None
     trace_id: str | None = None
+    starts_at_ms: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)

@@ -55,17 +55,35 @@ def test_tampering_is_detected() -> None:
 def test_cause_and_next_checks_name_the_evidence() -> None:
     r = report()
     cause = r["cause"]
-    # The deploy (6 min before) and the dependency signal (2 min before) both precede
-    # onset: the closer one, the dependency signal, wins the tiebreak.
+    # The deploy (6 min before) is weighed against the failing downstream the step names
+    # (anchored at onset), which wins; the strongest dependency rule, the dependency
+    # signal (2 min before), is cited.
     assert (cause["kind"], cause["confidence"], cause["rule_id"]) == \
         ("dependency", "high", "dependency_signal")
     assert cause["inputs"] == ["sig_dep"]
     assert "closer to onset" in cause["tiebreak"]
     assert any("payment" in c and "PMT_502" in c for c in r["next_checks"])
-    deploy_first = report([replace(SIGNALS[0], event_time_ms=ONSET - 30_000), *SIGNALS[1:]])
+    # Without a downstream, the deploy decides (it comes before the runtime fault).
+    no_downstream = replace(STATE, facts=replace(STATE.facts, downstream=None))
+    deploy_first = report([replace(SIGNALS[0], event_time_ms=ONSET - 30_000), *SIGNALS[1:]],
+                          state=no_downstream)
     assert deploy_first["cause"]["kind"] == "deploy"
     assert deploy_first["suspect_change"]["version"] == "1.5.0"
     assert any("1.5.0" in c and "8f2c1e0" in c for c in deploy_first["next_checks"])
+
+
+def test_a_deploy_after_onset_is_evidence_and_a_next_check_not_the_cause() -> None:
+    later = replace(SIGNALS[0], event_time_ms=ONSET + 2 * MIN + 30_000)
+    r = report([later], state=replace(STATE, facts=replace(STATE.facts, downstream=None)))
+    assert (r["cause"]["kind"], r["cause"]["rule_id"]) == ("app", "app_step")
+    assert r["cause"]["later_deploys"] == ["sig_deploy"]
+    assert r["suspect_change"] is None
+    assert [d["id"] for d in r["deploys"]] == ["sig_deploy"]
+    assert any(e["id"] == "sig_deploy" for e in r["evidence"])
+    assert r["next_checks"][-1] == (
+        "checkout 1.5.0 (commit 8f2c1e0) by dana landed 2 min 30 s after onset, so it did "
+        "not start checkout:payment.charge:PMT_502: check whether it changed the failure "
+        "(a fix, a rollback or a new fault).")
 
 
 def test_runtime_next_check_names_the_pod() -> None:
