@@ -7,9 +7,11 @@ what gave no signal and what the sender truncated. Same payload, same signals: t
 clock here, so a payload without a time of its own (a PagerDuty acknowledge) is dated by
 the ``received_ms`` the caller passes, and refused without it.
 
-Providers (each module's docstring has its shape and mapping): alertmanager, grafana,
-pagerduty (Events v2, V3 webhooks), sentry, kubernetes (Events, Pods), ci (GitHub
-deployment_status, GitLab deployment, generic JSON), native.
+Providers (each module's docstring has its shape and mapping): alertmanager (webhook
+versions 4 and 3), grafana (unified and legacy alerting), pagerduty (Events v2; V1, V2 and
+V3 webhooks), sentry, kubernetes (Events, Pods), ci (GitHub deployment_status, GitLab
+deployment, generic JSON), native. Real bodies of each, with their sources, are in
+``tests/fixtures/webhooks``.
 """
 
 from __future__ import annotations

@@ -5,11 +5,15 @@ Shape (alertmanager docs/configuration.md, ``<webhook_config>``): ``version``, `
 ``commonAnnotations``, ``externalURL``, ``alerts[]`` of ``status``, ``labels``,
 ``annotations``, ``startsAt``, ``endsAt``, ``generatorURL``, ``fingerprint``. Extra keys
 (Grafana OnCall's ``numFiring``/``numResolved``, newer ``notification_reason``) are ignored.
+Alertmanager before 0.8 sent ``"version": "3"`` with the same alerts (its ``groupKey`` a
+number, not a string); it is read exactly like version 4.
 
 Decisions (ADR 0007):
 
 - **Every alert** of the group becomes a signal, with **its own** ``status``: a group whose
   status is ``firing`` still carries the alerts that resolved since the last notification.
+  An alert without a ``status`` of its own (trimmed payloads, e.g. prometheus-msteams'
+  fixture) takes the group's.
 - **Identity**: dedup key = ``fingerprint | startsAt`` (startsAt in epoch ms). Alertmanager
   re-sends a firing alert every repeat interval with the same startsAt (same signal), its
   resolve keeps that startsAt (same signal), and a re-fire after a resolve starts anew
@@ -51,23 +55,25 @@ from tocsin.processors.signals.model import IntakeResult, Signal
 NAME = "alertmanager"
 SHAPE = 'an Alertmanager webhook ("version": "4" and an "alerts" array)'
 VERSION = "4"
+VERSIONS = (VERSION, "3")  # "3": Alertmanager before 0.8, same alert layout
 ALERT_STATUSES = ("firing", "resolved")
 
 
 def matches(payload: Mapping[str, Any]) -> bool:
-    return isinstance(payload.get("alerts"), list) and payload.get("version") == VERSION
+    return isinstance(payload.get("alerts"), list) and payload.get("version") in VERSIONS
 
 
 def parse(payload: object, received_ms: int | None = None) -> IntakeResult:
     """Signals of every alert of the notification, in payload order."""
     root = Obj.root(payload, NAME)
     version = root.req_str("version")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise root.error("version", f'must be "{VERSION}" (Alertmanager webhook format '
-                                    f"version 4), got {version!r}")
+                                    f'version 4, or the older "3"), got {version!r}')
     fallback_url = root.opt_str("externalURL")
+    group_status = root.opt_str("status")
     signals = tuple(
-        alert_signal(alert, NAME, (alert.opt_str("generatorURL"), fallback_url))
+        alert_signal(alert, NAME, (alert.opt_str("generatorURL"), fallback_url), group_status)
         for alert in root.objs("alerts")
     )
     return IntakeResult(NAME, signals, skipped=no_alerts(signals), truncated=truncated(root))
@@ -85,12 +91,18 @@ def truncated(root: Obj) -> int:
     return count
 
 
-def alert_signal(alert: Obj, source: str, urls: tuple[str | None, ...]) -> Signal:
+def alert_signal(alert: Obj, source: str, urls: tuple[str | None, ...],
+                 group_status: str | None = None) -> Signal:
     """One Alertmanager-format alert (Alertmanager or Grafana) as a Signal.
 
     ``urls`` are the candidate provider links, best first; the first non-empty one wins.
+    ``group_status`` (the notification's) stands in for an alert without a status.
     """
-    status = alert.req_choice("status", ALERT_STATUSES)
+    status = (alert.req_choice("status", ALERT_STATUSES) if alert.has("status")
+              or group_status is None else group_status)
+    if status not in ALERT_STATUSES:
+        raise alert.error("status", f"absent, and the notification's status {status!r} is "
+                                    f"not one of {', '.join(ALERT_STATUSES)}")
     labels = alert.str_map("labels")
     annotations = alert.str_map("annotations")
     starts_at = alert.req_time("startsAt")

@@ -34,7 +34,8 @@ Decisions (ADR 0007):
   segment of ``path_with_namespace``; env: the deployment's environment.
 - Version: GitHub ``deployment.payload.version``, else the ``ref`` when it looks like a
   version (``v1.2.3``, ``1.2``), never a branch name (a branch would defeat the classifier's
-  version matching); GitLab sends none. Commit: ``sha`` / the ``commit_url``'s last segment
+  version matching); likewise GitLab's ``ref`` when it sends one (a tag ``1.0.0`` is a
+  version, a branch is not). Commit: ``sha`` / the ``commit_url``'s last segment
   (``short_sha`` without it). PR: GitHub Actions' ``workflow_run.pull_requests[0]`` as
   ``{repository.html_url}/pull/{number}``. Author: the deployment's creator / GitLab user.
 - GitHub's free-form ``deployment.payload`` becomes annotations, so a deployer can link the
@@ -47,7 +48,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from tocsin.processors.signals.fields import Obj
+from tocsin.processors.signals.fields import Obj, first_of
 from tocsin.processors.signals.labels import correlation
 from tocsin.processors.signals.model import IntakeError, IntakeResult, Severity, Signal, State
 
@@ -151,18 +152,20 @@ def _gitlab(root: Obj, received_ms: int | None) -> Signal:
     commit = commit_url.rstrip("/").rsplit("/", 1)[-1] if commit_url else None
     commit = commit or root.opt_str("short_sha")
     env = root.opt_str("environment")
-    event_ms = root.opt_time("status_changed_at") or received_ms
+    event_ms = first_of(root.opt_time("status_changed_at"), received_ms)
     if event_ms is None:
         raise root.error("status_changed_at", "required (or the intake's received_ms)")
     user = root.opt_obj("user")
+    ref = root.opt_str("ref")
     return _deploy(
         dedup=f"gitlab:{path or service}:{deployment or f'{env}:{commit}'}",
         status=root.req_str("status"), service=service, env=env, event_ms=event_ms,
-        starts_ms=None, commit=commit, author=user.opt_str("username") if user else None,
+        starts_ms=None, version=ref if ref and _VERSION_LIKE.match(ref) else None,
+        commit=commit, author=user.opt_str("username") if user else None,
         description=root.opt_str("commit_title"),
         provider_url=root.opt_str("deployable_url") or commit_url,
-        labels={k: v for k, v in (("project", path), ("environment_tier",
-                                                      root.opt_str("environment_tier"))) if v},
+        labels={k: v for k, v in (("project", path), ("ref", ref), (
+            "environment_tier", root.opt_str("environment_tier"))) if v},
     )
 
 

@@ -27,6 +27,7 @@ _TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
     r"\s*(Z|z|UTC|[+-]\d{2}(?::?\d{2})?)$"
 )
+_INT = re.compile(r"^[+-]?\d+$")
 
 
 def time_ms(text: str) -> int | None:
@@ -125,9 +126,13 @@ class Obj:
     # -- numbers
 
     def opt_int(self, key: str) -> int | None:
+        """The integer at ``key``; None when absent, null or empty. Its decimal text is
+        accepted too (``"3"``): senders that template their JSON quote numbers."""
         value = self.data.get(key)
-        if value is None:
+        if value is None or value == "":
             return None
+        if isinstance(value, str) and _INT.match(value.strip()):
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"must be an integer, got {kind_of(value)}")
         return value

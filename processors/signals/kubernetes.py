@@ -43,7 +43,10 @@ a namespace is not an environment. Node: ``spec.nodeName``, ``source.host``, or 
 
 Times: an Event's ``lastTimestamp`` (else ``series.lastObservedTime``, ``eventTime``,
 ``firstTimestamp``, ``metadata.creationTimestamp``), starting at ``firstTimestamp``; a
-container's ``finishedAt`` of the termination, else the pod's ``startTime``.
+container's ``finishedAt`` of the termination, else the pod's ``startTime``. An
+events.k8s.io/v1 Event names the core/v1 fields ``deprecatedLastTimestamp``,
+``deprecatedFirstTimestamp`` and ``deprecatedSource``; they are read in the same places, and
+a kubelet's ``reportingInstance`` (its node) stands in for ``source.host``.
 """
 
 from __future__ import annotations
@@ -171,13 +174,17 @@ def _event(ev: Obj, received_ms: int | None) -> tuple[list[Signal], str | None]:
         return [], f"Kubernetes {reason} event on {where}: {why}; no signal"
     path = ref.opt_str("fieldPath") or ""
     container = m.group(1) if (m := _CONTAINER_PATH.search(path)) else None
-    source = ev.opt_obj("source")
+    source = ev.opt_obj("source") or ev.opt_obj("deprecatedSource")
     series = ev.opt_obj("series")
-    first_ms = first_of(ev.opt_time("firstTimestamp"), ev.opt_time("eventTime"))
-    event_ms = first_of(ev.opt_time("lastTimestamp"),
+    first_ms = first_of(ev.opt_time("firstTimestamp"), ev.opt_time("deprecatedFirstTimestamp"),
+                        ev.opt_time("eventTime"))
+    event_ms = first_of(ev.opt_time("lastTimestamp"), ev.opt_time("deprecatedLastTimestamp"),
                         series.opt_time("lastObservedTime") if series else None,
                         first_ms, meta.opt_time("creationTimestamp") if meta else None,
                         received_ms)
+    reporter = ev.opt_str("reportingController") or ev.opt_str("reportingComponent")
+    host = (source.opt_str("host") if source else None) or (
+        ev.opt_str("reportingInstance") if reporter == "kubelet" else None)
     if event_ms is None:
         raise ev.error("lastTimestamp", "required (or eventTime / firstTimestamp)")
     identity = ref.opt_str("uid") or f"{kind}/{namespace or ''}/{name}"
@@ -190,7 +197,7 @@ def _event(ev: Obj, received_ms: int | None) -> tuple[list[Signal], str | None]:
         starts_at_ms=first_of(first_ms, event_ms),
         labels=_k8s_labels(labels, namespace, kind, name, container),
         runtime_subtype=subtype, pod=name if kind == "Pod" else None, container=container,
-        node=name if kind == "Node" else (source.opt_str("host") if source else None),
+        node=name if kind == "Node" else host,
     )], None
 
 

@@ -9,8 +9,9 @@ a silently empty field. Only ``type`` is required, plus a time: ``event_time_ms`
 Defaults: ``source`` native (another source is accepted, so that a normalized signal read
 back from the topic re-enters unchanged); ``state`` firing; ``severity`` info for a deploy,
 warning otherwise; ``title`` made from the type and what it names; ``starts_at_ms`` the
-event time; ``dedup_key`` the ``fingerprint`` when given, else ``derived:`` + 16 hex of
-sha256 over type, service, env, reason, title, downstream, runtime subtype, pod,
+event time when absent (an explicit ``null`` stays null: a resolve read back from the topic
+has no start of its own); ``dedup_key`` the ``fingerprint`` when given, else ``derived:`` +
+16 hex of sha256 over type, service, env, reason, title, downstream, runtime subtype, pod,
 container, version, commit and an explicit ``starts_at_ms`` (so re-sent copies fold). A
 given ``signal_id`` must equal the one computed from source and dedup key.
 """
@@ -126,7 +127,8 @@ def to_signal(n: NativeSignal, received_ms: int | None = None) -> Signal:
             env=n.env, severity=n.severity or ("info" if n.type == "deploy" else "warning"),
             title=n.title or _default_title(n), reason=n.reason, description=n.description,
             event_time_ms=event_ms,
-            starts_at_ms=n.starts_at_ms if n.starts_at_ms is not None else event_ms,
+            starts_at_ms=(n.starts_at_ms if n.starts_at_ms is not None
+                          or "starts_at_ms" in n.model_fields_set else event_ms),
             ends_at_ms=n.ends_at_ms, fingerprint=n.fingerprint, provider_url=n.provider_url,
             labels=n.labels, annotations=n.annotations,
             incident_id=n.incident_id or keys.incident_id,

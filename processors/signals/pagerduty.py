@@ -37,6 +37,17 @@ subscription.
   number and incident key when present.
 - Times: event time ``occurred_at``; start ``data.created_at`` (or occurred_at of a
   trigger); end occurred_at of a resolve.
+
+**V1 and V2 webhooks** (``messages[]``; PagerDuty retired them in 2022, but recorded and
+relayed ones still arrive): V2 messages carry ``event`` (``incident.trigger``) and the
+incident under ``incident`` (``id``, ``title``, ``status``, ``urgency``, ``service``,
+``created_at``, ``html_url``); V1 messages carry ``type`` and the incident under
+``data.incident`` (``created_on``, ``service.name``, ``trigger_summary_data.subject``, no
+urgency). Every incident message becomes a signal, read as a V3 incident event: identity the
+incident id (so V2 and V3 notifications of one incident fold), trigger / unacknowledge →
+firing, acknowledge → acknowledged, resolve → resolved, other events take the incident's
+``status``; event time the message's ``created_on``. Messages about anything else are
+skipped with a note.
 """
 
 from __future__ import annotations
@@ -46,13 +57,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tocsin.processors.signals.fields import Obj, text_of
+from tocsin.processors.signals.fields import Obj, first_of, text_of
 from tocsin.processors.signals.labels import ENV_KEYS, correlation, first
 from tocsin.processors.signals.model import IntakeError, IntakeResult, Severity, Signal, State
 
 NAME = "pagerduty"
-SHAPE = ('a PagerDuty Events API v2 event ("routing_key" and "event_action") or V3 '
-         'webhook ("event" with "event_type")')
+SHAPE = ('a PagerDuty Events API v2 event ("routing_key" and "event_action"), V3 '
+         'webhook ("event" with "event_type") or V1/V2 webhook ("messages")')
 ACTIONS: dict[str, State] = {"trigger": "firing", "acknowledge": "acknowledged",
                              "resolve": "resolved"}
 SEVERITY: dict[str, Severity] = {"critical": "critical", "error": "critical",
@@ -64,19 +75,32 @@ V3_STATES: dict[str, State] = {
 }
 STATUS_STATES: dict[str, State] = {"triggered": "firing", "acknowledged": "acknowledged",
                                    "resolved": "resolved"}
+MESSAGE_STATES: dict[str, State] = {"trigger": "firing", "unacknowledge": "firing",
+                                    "acknowledge": "acknowledged", "resolve": "resolved"}
+
+
+def _is_message(m: object) -> bool:
+    return isinstance(m, Mapping) and (
+        isinstance(m.get("event"), str) or isinstance(m.get("type"), str)) and (
+        "incident" in m or isinstance(m.get("data"), Mapping))
 
 
 def matches(payload: Mapping[str, Any]) -> bool:
     if "routing_key" in payload and "event_action" in payload:
         return True
     event = payload.get("event")
-    return isinstance(event, Mapping) and isinstance(event.get("event_type"), str)
+    if isinstance(event, Mapping) and isinstance(event.get("event_type"), str):
+        return True
+    messages = payload.get("messages")
+    return isinstance(messages, list) and any(_is_message(m) for m in messages)
 
 
 def parse(payload: object, received_ms: int | None = None) -> IntakeResult:
     root = Obj.root(payload, NAME)
     if root.has("event") and not root.has("event_action"):
         return _v3(root.obj("event"))
+    if isinstance(root.raw("messages"), list) and not root.has("event_action"):
+        return _messages(root, received_ms)
     return IntakeResult(NAME, (_v2(root, received_ms),))
 
 
@@ -195,3 +219,57 @@ def _v3(event: Obj) -> IntakeResult:
         ends_at_ms=occurred if state == "resolved" else None,
         provider_url=data.opt_str("html_url"), labels=labels,
     ),))
+
+
+# ------------------------------------------------------------------ V1 / V2 webhooks
+
+
+def _messages(root: Obj, received_ms: int | None) -> IntakeResult:
+    signals: list[Signal] = []
+    skipped: list[str] = []
+    for msg in root.objs("messages"):
+        kind = msg.opt_str("event") or msg.opt_str("type") or "?"
+        data = msg.opt_obj("data")
+        incident = msg.opt_obj("incident") or (data.opt_obj("incident") if data else None)
+        if incident is None or not kind.startswith("incident."):
+            skipped.append(f"PagerDuty {kind} message: not an incident event, no signal")
+            continue
+        signals.append(_message_signal(msg, kind, incident, received_ms))
+    if not signals and not skipped:
+        skipped.append("the webhook carries no messages")
+    return IntakeResult(NAME, tuple(signals), tuple(skipped))
+
+
+def _message_signal(msg: Obj, kind: str, incident: Obj, received_ms: int | None) -> Signal:
+    state = MESSAGE_STATES.get(kind.split(".", 1)[1])
+    if state is None:
+        state = STATUS_STATES[incident.req_choice("status", tuple(STATUS_STATES))]
+    incident_id = incident.req_str("id")
+    occurred = need_time(msg.opt_time("created_on"), received_ms,
+                         f"a {kind} message without created_on")
+    created = first_of(incident.opt_time("created_at"), incident.opt_time("created_on"))
+    service = incident.opt_obj("service")
+    summary = incident.opt_obj("trigger_summary_data")
+    urgency = incident.opt_str("urgency")
+    number = incident.opt_int("incident_number")
+    labels = {
+        k: v for k, v in (
+            ("urgency", urgency),
+            ("incident_number", str(number) if number is not None else None),
+            ("incident_key", incident.opt_str("incident_key")),
+        ) if v is not None
+    }
+    title = (incident.opt_str("title")
+             or (summary.opt_str("subject") or summary.opt_str("description") if summary
+                 else None)
+             or incident.opt_str("summary") or f"PagerDuty incident {incident_id}")
+    return Signal(
+        dedup_key=incident_id, type="alert", state=state, source=NAME,
+        service=(service.opt_str("summary") or service.opt_str("name")) if service else None,
+        severity="critical" if urgency == "high" else "warning",
+        title=title, reason=kind, event_time_ms=occurred,
+        starts_at_ms=created if created is not None else (
+            occurred if state == "firing" else None),
+        ends_at_ms=occurred if state == "resolved" else None,
+        provider_url=incident.opt_str("html_url"), labels=labels,
+    )

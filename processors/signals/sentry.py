@@ -12,14 +12,23 @@ Shapes (docs.sentry.io, organization/integrations/integration-platform/webhooks)
   ``data.issue`` (``id``, ``title``, ``culprit``, ``level``, ``status``, ``firstSeen``,
   ``lastSeen``, ``metadata``, ``project.slug``).
 
-Other resources (metric alerts, comments, installation) are skipped with a note.
+Other resources (metric alerts, comments, installation, seer …) are skipped with a note
+naming the resource: a metric alert is about an alert rule's aggregate, not an error or an
+issue (ADR 0007 known limits).
 
 Decisions (ADR 0007):
 
 - Identity: the **issue id**, so the issue alert, later events of the same issue and the
-  issue's resolve are one signal.
-- Type: ``runtime`` for error events and error issues; other issue types (performance,
-  generic) are ``alert``. Subtype from the exception's ``mechanism``: a type containing
+  issue's resolve are one signal. An event without ``issue_id`` (sentry.io sent only
+  ``issue_url``, ``…/api/0/issues/1637164584/``, in the 2020 event alerts Zulip recorded, and
+  older self-hosted Sentry still does) takes it from ``issue_url``, else from the
+  ``/issues/{id}/`` part of ``web_url``.
+- Type: ``runtime`` for error events that carry an exception and for error issues; an event
+  without an exception (``capture_message``, Sentry type ``default``), a message issue
+  (type ``default``, or no exception type in its metadata) and other issue types
+  (performance, generic) are ``alert``: a log message is not a runtime fault, and a runtime
+  signal decides the "runtime" cause (ADR 0008). Subtype from the exception's
+  ``mechanism``: a type containing
   ``unhandledrejection`` (JavaScript ``onunhandledrejection``) → unhandled_rejection,
   ``panic`` (sentry-rust) → panic, ``handled: true`` → none (a reported, handled error is not
   a runtime fault), otherwise uncaught_exception; an issue says less: ``isUnhandled: false``
@@ -65,6 +74,8 @@ ISSUE_ACTIONS: dict[str, State] = {
 ISSUE_STATUSES: dict[str, State] = {"unresolved": "firing", "resolved": "resolved",
                                     "ignored": "resolved"}
 _PROJECT_IN_URL = re.compile(r"/projects/[^/]+/([^/]+)/")
+_ISSUE_IN_URL = re.compile(r"/issues/(\d+)(?:/|$)")
+RESOURCES = ("metric_alert", "installation", "comment", "seer", "preprod_artifact")
 
 
 def matches(payload: Mapping[str, Any]) -> bool:
@@ -84,7 +95,7 @@ def parse(payload: object, received_ms: int | None = None) -> IntakeResult:
             return IntakeResult(NAME, (_event(data.obj(key), data.opt_str("triggered_rule")),))
     if data.has("issue"):
         return IntakeResult(NAME, (_issue(data.obj("issue"), action, received_ms),))
-    resource = next(iter(data.data), "empty")
+    resource = next((k for k in RESOURCES if k in data.data), next(iter(data.data), "empty"))
     return IntakeResult(NAME, (), skipped=(f"Sentry {resource} webhook ({action}): "
                                            "not an error or issue, no signal",))
 
@@ -94,7 +105,8 @@ def _event(ev: Obj, rule: str | None) -> Signal:
     exception = _main_exception(ev)
     mechanism = exception.opt_obj("mechanism") if exception else None
     kind = ev.opt_str("type")
-    signal_type: SignalType = "runtime" if kind in (None, "error", "default") else "alert"
+    signal_type: SignalType = ("runtime" if exception is not None
+                               and kind in (None, "error", "default") else "alert")
     trace = ev.opt_obj("contexts")
     trace = trace.opt_obj("trace") if trace else None
     keys = correlation(tags)
@@ -112,7 +124,7 @@ def _event(ev: Obj, rule: str | None) -> Signal:
     project = m.group(1) if (m := _PROJECT_IN_URL.search(url)) else None
     hashes = ev.raw("hashes")
     return Signal(
-        dedup_key=ev.req_str("issue_id"), type=signal_type, state="firing", source=NAME,
+        dedup_key=_issue_id(ev), type=signal_type, state="firing", source=NAME,
         service=tags.get("service") or project,
         env=ev.opt_str("environment") or tags.get("environment"),
         severity=LEVELS.get(ev.opt_str("level") or "", "warning"),
@@ -127,6 +139,18 @@ def _event(ev: Obj, rule: str | None) -> Signal:
         error_code=keys.error_code, downstream=keys.downstream,
         runtime_subtype=_event_subtype(mechanism) if signal_type == "runtime" else None,
     )
+
+
+def _issue_id(ev: Obj) -> str:
+    """``issue_id``, else the id in ``issue_url`` (``…/issues/123/``), else in ``web_url``."""
+    found = ev.opt_str("issue_id")
+    if found is not None:
+        return found
+    for key in ("issue_url", "web_url"):
+        if m := _ISSUE_IN_URL.search(ev.opt_str(key) or ""):
+            return m.group(1)
+    raise ev.error("issue_id", "required, a non-empty string (or an issue_url / web_url "
+                               "naming the issue)")
 
 
 def _event_subtype(mechanism: Obj | None) -> RuntimeSubtype | None:
@@ -182,7 +206,9 @@ def _issue(issue: Obj, action: str, received_ms: int | None) -> Signal:
     project = issue.opt_obj("project")
     metadata = issue.opt_obj("metadata")
     kind = issue.opt_str("type")
-    signal_type: SignalType = "runtime" if kind in (None, "error", "default") else "alert"
+    exception_type = metadata.opt_str("type") if metadata else None
+    signal_type: SignalType = ("runtime" if kind == "error" or (
+        kind is None and exception_type is not None) else "alert")
     unhandled = issue.raw("isUnhandled")
     subtype: RuntimeSubtype | None = (
         "uncaught_exception" if signal_type == "runtime" and unhandled is not False else None)
@@ -192,7 +218,7 @@ def _issue(issue: Obj, action: str, received_ms: int | None) -> Signal:
         service=project.opt_str("slug") if project else None,
         severity=LEVELS.get(issue.opt_str("level") or "", "warning"),
         title=issue.opt_str("title") or f"Sentry issue {issue.req_str('id')}",
-        reason=metadata.opt_str("type") if metadata else None,
+        reason=exception_type,
         description=issue.opt_str("culprit"), event_time_ms=when,
         starts_at_ms=first_seen, ends_at_ms=when if state == "resolved" else None,
         provider_url=issue.opt_str("web_url") or issue.opt_str("permalink"),

@@ -53,6 +53,7 @@ def sniff(payload: object) -> str:
     if isinstance(payload.get("alerts"), list):
         raise IntakeError(f'unrecognised payload: it has "alerts" but version '
                           f'{payload.get("version")!r} is neither Alertmanager\'s "4" nor '
-                          f'Grafana\'s "1". Expected one of: {expected()}')
+                          f'Grafana\'s "1" (nor Alertmanager\'s older "3"). Expected one of: '
+                          f'{expected()}')
     raise IntakeError(f"unrecognised payload (keys: {', '.join(sorted(payload)[:8]) or 'none'}"
                       f"). Expected one of: {expected()}")

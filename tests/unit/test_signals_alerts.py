@@ -211,7 +211,7 @@ def test_grafana_without_fingerprint_gets_a_stable_one() -> None:
     (lambda p: p["alerts"][0].update(status="pending"), "alerts[0].status: must be one of"),
     (lambda p: p["alerts"][0].update(labels=["a"]), "alerts[0].labels: must be an object"),
     (lambda p: p.update(alerts={}), "alerts: required, an array"),
-    (lambda p: p.update(version="3"), 'version: must be "4"'),
+    (lambda p: p.update(version="5"), 'version: must be "4"'),
 ])
 def test_malformed_alertmanager_payloads_name_the_field(mutate: Any, message: str) -> None:
     payload = load("alertmanager/zulip-firing-2-alerts.json")
@@ -220,11 +220,20 @@ def test_malformed_alertmanager_payloads_name_the_field(mutate: Any, message: st
         parse(payload, provider="alertmanager")
 
 
-def test_legacy_grafana_alerting_is_refused_with_a_reason() -> None:
+def test_legacy_grafana_alerting_is_read_as_one_alert_dated_by_the_intake() -> None:
+    """Legacy (dashboard) alerting is still deployed (Grafana 4 to 10): read, not refused.
+    More legacy bodies, real ones, are in tests/fixtures/webhooks/grafana/."""
     legacy = {"dashboardId": 1, "evalMatches": [{"value": 1, "metric": "Count", "tags": {}}],
               "message": "Notification Message", "orgId": 1, "panelId": 2, "ruleId": 1,
               "ruleName": "Panel Title alert", "state": "alerting",
               "title": "[Alerting] Panel Title alert"}
     assert sniff(legacy) == "grafana"
-    with pytest.raises(IntakeError, match="legacy Grafana alerting"):
-        parse(legacy)
+    with pytest.raises(IntakeError, match="received_ms"):
+        parse(legacy)  # no time of its own
+    [sig] = parse(legacy, received_ms=1_000)
+    assert (sig.type, sig.state, sig.title, sig.event_time_ms) == (
+        "alert", "firing", "Panel Title alert", 1_000)
+    ok = {**legacy, "state": "ok", "evalMatches": []}
+    [resolved] = parse(ok, received_ms=2_000)
+    assert (resolved.state, resolved.ends_at_ms) == ("resolved", 2_000)
+    assert resolved.signal_id == sig.signal_id  # the rule's alert, fired then resolved

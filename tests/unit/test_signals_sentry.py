@@ -232,7 +232,8 @@ def test_other_resources_are_skipped() -> None:
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda p: p["data"]["event"].pop("issue_id"), r"data\.event\.issue_id: required"),
+    (lambda p: [p["data"]["event"].pop(k) for k in ("issue_id", "issue_url", "web_url")],
+     r"data\.event\.issue_id: required"),
     (lambda p: p["data"]["event"].update(datetime=None, timestamp="x"),
      r"data\.event\.datetime: required"),
     (lambda p: p["data"]["event"].update(tags="a,b"), r"data\.event\.tags: must be"),
