@@ -40,9 +40,10 @@ ENV TOCSIN_DB=/data/tocsin.duckdb \
     TOCSIN_HTTP_BIND=0.0.0.0
 EXPOSE 8077
 
-# Healthy once the worker answers /healthz (needs TOCSIN_HTTP_PORT > 0).
+# Healthy once the worker is ready: /readyz answers 200 only when intake, detection and
+# projection are up (needs TOCSIN_HTTP_PORT > 0).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=6 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('TOCSIN_HTTP_PORT', '8077'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('TOCSIN_HTTP_PORT', '8077'), timeout=4)"]
 
 # Exec form: tocsin is PID 1 and gets SIGTERM from `docker stop` (the worker then writes its
 # last checkpoint and commits). Other commands reuse the image, e.g.

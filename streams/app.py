@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 
 from tocsin.processors.detector import SNAPSHOT_VERSION
 from tocsin.sinks.duckdb_sink import DuckDBSink
+from tocsin.streams.auth import Access
 from tocsin.streams.detect import Detection
 from tocsin.streams.http import register_views
 from tocsin.streams.intake import Intake
@@ -77,6 +78,23 @@ class Worker(mode.Service):
         self._producers: list[AIOKafkaProducer] = []
         self.intake: Intake | None = None
         self.spans: SpanIntake | None = None
+        self.access = Access(settings.api_tokens, settings.intake_tokens)
+        self.started_once = False
+
+    def readiness(self) -> dict[str, bool]:
+        """Each part this worker's role runs, and whether it is up (``/readyz``)."""
+        s = self.settings
+        parts: dict[str, bool] = {}
+        if s.http_port > 0:
+            parts["intake"] = self.intake is not None
+        if s.role in ("all", "detect"):
+            parts["detection"] = bool(self.detection and self.detection.ready.is_set())
+            parts["spans"] = bool(self.spans and self.spans.running.is_set())
+        if s.role in ("all", "project") and self.sink is not None:
+            parts["projection"] = bool(self.projection and self.projection.running.is_set())
+        if all(parts.values()):
+            self.started_once = True
+        return parts
 
     async def on_started(self) -> None:
         self._runs.append(asyncio.ensure_future(self._main()))
@@ -171,5 +189,18 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Worker]:
     worker = Worker(app, s, bootstrap, table, metrics, sink)
     app._extra_services.append(worker)  # type: ignore[arg-type]  # noqa: SLF001 - an instance, not a class
     if s.http_port > 0:
+        # Request heads within the header timeout (an idle keep-alive connection is closed
+        # after it too), bounded head sizes, and no inflation by the server: bodies are
+        # read and inflated under Tocsin's own limits (streams/bodies.py).
+        app.web.web_app._handler_args = {  # type: ignore[attr-defined]  # noqa: SLF001
+            "keepalive_timeout": s.http_header_timeout_ms / 1000,
+            "max_line_size": 8190, "max_field_size": 8190, "max_headers": 100,
+            "auto_decompress": False,
+            # A client that goes away cancels its handler (and so its query).
+            "handler_cancellation": True,
+            # After a body refused unread (408, 413) the rest is drained for at most 1 s
+            # before the connection closes (aiohttp's default waits 10 s).
+            "lingering_time": 1.0,
+        }
         register_views(app, worker, metrics, sink)
     return app, worker

@@ -9,24 +9,30 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
+from aiohttp import web_protocol, web_server
 from faust.web import Request, Response, View
 
 from tocsin.processors.otlp import OtlpError, decode_batch
 from tocsin.sinks.duckdb_sink import DuckDBSink, ReadOnlyViolation
+from tocsin.streams.auth import Refusal
+from tocsin.streams.bodies import BodyError, read_body
+from tocsin.streams.intake import IDEMPOTENCY_HEADERS
 from tocsin.streams.otlp_http import otlp_export_response, otlp_status
 from tocsin.streams.reports import RENDERINGS, render_report
-from tocsin.streams.spans import gunzip_if_needed
 
 if TYPE_CHECKING:
     from tocsin.streams.app import Worker
     from tocsin.streams.metrics import Metrics
 
 MAX_ROWS = 100_000
+_DECODE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tocsin-otlp-http")
 OPENAPI = Path(__file__).with_name("openapi.json")
 INCIDENTS_SQL = """
 SELECT i.incident_id, i.family, i.env, i.service, i.step, i.error_code, i.status,
@@ -40,6 +46,28 @@ LEFT JOIN (SELECT incident_id, arg_max(report_hash, written_seq) AS report_hash,
 WHERE $1::VARCHAR IS NULL OR i.status = $1
 ORDER BY i.onset_ms DESC, i.incident_id
 """
+
+
+class _QuietRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's answer to a malformed or oversized request head quotes the offending
+    bytes (a header's value among them); ours names only the status."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> Any:
+        if 400 <= status < 500:
+            message = f"{status} {HTTPStatus(status).phrase}: malformed or oversized request"
+        return super().handle_error(request, status, exc, message)
+
+
+web_server.RequestHandler = _QuietRequestHandler  # type: ignore[attr-defined]
+
+
+def closing(response: Response) -> Response:
+    """A body refused before it was read in full (408, 413) leaves its rest on the
+    connection: close it, or those bytes would be parsed as the next request."""
+    if response.status in (408, 413):
+        response.force_close()  # type: ignore[attr-defined]
+    return response
 
 
 def _default(value: Any) -> Any:
@@ -59,17 +87,47 @@ def rows_json(columns: list[str], rows: list[tuple[Any, ...]]) -> bytes:
 
 def register_views(app: faust.App, worker: Worker, metrics: Metrics,
                    sink: DuckDBSink | None) -> None:
+    settings = worker.settings
+    access = worker.access
 
-    def answer(view: View, status: int, body: dict[str, Any]) -> Response:
-        return view.bytes(orjson.dumps(body), content_type="application/json", status=status)
+    def answer(view: View, status: int, body: dict[str, Any],
+               headers: dict[str, str] | None = None) -> Response:
+        if status == 503:
+            headers = {"Retry-After": "1", **(headers or {})}
+        return closing(view.bytes(orjson.dumps(body), content_type="application/json",
+                                  status=status, headers=headers))
+
+    def refused(view: View, refusal: Refusal) -> Response:
+        return answer(view, refusal.status, {"error": refusal.message}, refusal.headers)
+
+    def reader(view: View, request: Request) -> Response | None:
+        """401 unless the request carries an API token (when API tokens are set)."""
+        who = access.reader(request.headers.get("Authorization"))
+        return refused(view, who) if isinstance(who, Refusal) else None
+
+    @app.page("/livez")
+    class Live(View):
+        async def get(self, request: Request) -> Response:
+            return answer(self, 200, {"status": "alive"})
+
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            parts = worker.readiness()
+            ready = all(parts.values())
+            return answer(self, 200 if ready else 503,
+                          {"status": "ready" if ready else "not ready", "parts": parts})
 
     @app.page("/healthz")
     class Health(View):
         async def get(self, request: Request) -> Response:
             detection = worker.detection
             projection = worker.projection
+            parts = worker.readiness()
             return answer(self, 200, {
-                "status": "ok",
+                "status": "ok" if all(parts.values()) else "starting"
+                if not worker.started_once else "degraded",
+                "parts": parts,
                 "role": worker.settings.role,
                 "detecting": bool(detection and detection.ready.is_set()),
                 "partitions": sorted(detection.runs) if detection else [],
@@ -80,6 +138,10 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
     @app.page("/metrics")
     class Prometheus(View):
         async def get(self, request: Request) -> Response:
+            if not settings.metrics_public:
+                denied = reader(self, request)
+                if denied is not None:
+                    return denied
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/v1/signals")
@@ -92,18 +154,28 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
         async def post(self, request: Request, provider: str) -> Response:
             return await _intake(self, request, provider)
 
+    def idempotency_key(request: Request) -> str | None:
+        for name in IDEMPOTENCY_HEADERS:
+            value = request.headers.get(name)
+            if value:
+                return str(value)[:256]
+        return None
+
     async def _intake(view: View, request: Request, provider: str | None) -> Response:
+        grant = access.sender(request.headers.get("Authorization"))
+        if isinstance(grant, Refusal):
+            return refused(view, grant)
         if worker.intake is None:
             return answer(view, 503, {"error": "intake not ready yet"})
-        limit = worker.settings.intake_max_body_bytes
-        length = request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return answer(view, 413, {"error": f"body over {limit} bytes"})
-        body = await request.read()
-        result = await worker.intake.handle(body, provider, request.headers.get("Authorization"),
-                                            getattr(request, "remote", None))
-        return view.bytes(orjson.dumps(result.body), content_type="application/json",
-                          status=result.status, headers=result.headers)
+        try:
+            body = await read_body(request, settings.intake_max_body_bytes,
+                                   settings.http_body_timeout_ms / 1000)
+        except BodyError as exc:
+            return answer(view, exc.status, {"error": str(exc)})
+        result = await worker.intake.handle(body, provider, grant,
+                                            getattr(request, "remote", None),
+                                            idempotency_key(request))
+        return answer(view, result.status, result.body, result.headers)
 
     @app.page("/v1/traces")
     class Traces(View):
@@ -112,16 +184,33 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
         async def post(self, request: Request) -> Response:
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             proto = content_type == "application/x-protobuf"
+            grant = access.sender(request.headers.get("Authorization"))
+            if isinstance(grant, Refusal):
+                data, ctype = otlp_status(proto, 16, grant.message)
+                return self.bytes(data, content_type=ctype, status=401,
+                                  headers=grant.headers)
+            if grant is not None and not grant.traces:
+                data, ctype = otlp_status(proto, 7, f"the token of source {grant.source!r} "
+                                                    "may not post traces")
+                return self.bytes(data, content_type=ctype, status=403)
             if not proto and content_type != "application/json":
                 return answer(self, 415, {"error": "Content-Type must be application/"
                                                    "x-protobuf or application/json"})
             if worker.intake is None:
                 return answer(self, 503, {"error": "intake not ready yet"})
             try:
-                body = gunzip_if_needed(await request.read(),
-                                        request.headers.get("Content-Encoding"))
-                decoded = decode_batch(body, "otlp_proto" if proto else "otlp_json")
-            except (OtlpError, OSError, EOFError) as exc:
+                body = await read_body(request, settings.traces_max_body_bytes,
+                                       settings.http_body_timeout_ms / 1000)
+            except BodyError as exc:
+                data, ctype = otlp_status(proto, 3, str(exc))
+                return closing(self.bytes(data, content_type=ctype, status=exc.status))
+            if not proto and not body.strip():
+                data, ctype = otlp_status(proto, 3, "bad OTLP traces: empty JSON body")
+                return self.bytes(data, content_type=ctype, status=400)
+            try:
+                decoded = await asyncio.get_running_loop().run_in_executor(
+                    _DECODE, decode_batch, body, "otlp_proto" if proto else "otlp_json")
+            except (OtlpError, RecursionError) as exc:
                 data, ctype = otlp_status(proto, 3, f"bad OTLP traces: {exc}")
                 return self.bytes(data, content_type=ctype, status=400)
             await worker.intake.publish_spans(body)
@@ -132,6 +221,9 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
     @app.page("/v1/incidents")
     class Incidents(View):
         async def get(self, request: Request) -> Response:
+            denied = reader(self, request)
+            if denied is not None:
+                return denied
             if sink is None:
                 return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
             status = request.query.get("status")
@@ -145,6 +237,9 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
     @app.page("/v1/incidents/{incident_id}/report")
     class Report(View):
         async def get(self, request: Request, incident_id: str) -> Response:
+            denied = reader(self, request)
+            if denied is not None:
+                return denied
             if sink is None:
                 return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
             fmt = request.query.get("format", "json")
@@ -164,6 +259,9 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
     @app.page("/v1/query")
     class Query(View):
         async def post(self, request: Request) -> Response:
+            denied = reader(self, request)
+            if denied is not None:
+                return denied
             if sink is None:
                 return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
             try:

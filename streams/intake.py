@@ -4,17 +4,23 @@
 forces one. A request is answered 202 with the signal ids only after the broker has
 acknowledged every record: nothing answered 2xx is lost.
 
-Guards, in order: bearer token per source (when tokens are configured; compared with
-``hmac.compare_digest``), body size (413), rate limit per token (429 with Retry-After),
-then the payload itself (400 for JSON that is not JSON, 422 for a payload of the wrong
-shape, with the parser's message naming what it looked for).
+Guards, in order (ADR 0014): a bearer token bound to its source's providers and signal
+kinds (403 beyond them; the HTTP layer checks the token itself), body size after every
+compression layer (413) and read time (408), one rate-limit token for the request, the
+payload itself (400 for JSON that is not JSON, 422 for a payload of the wrong shape, with
+the parser's message naming what it looked for), then the rest of the rate by signals
+(429 with Retry-After). A repeated ``Idempotency-Key`` (or provider delivery id) from the
+same source is the same delivery: answered as before, and its signals carry the delivery
+id so the triage fold applies them once even when the retry reached another worker.
 """
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import math
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from tocsin.processors.signals import PROVIDERS, IntakeError, intake
+from tocsin.streams.auth import Grant
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.settings import Settings
 from tocsin.streams.triage_io import encode_signal
@@ -32,23 +39,24 @@ MAX_AHEAD_MS = 24 * 3_600_000
 
 @dataclass
 class Bucket:
-    """A token bucket: ``rate`` requests a second, bursts up to ``burst``."""
+    """A token bucket: ``rate`` signals a second, bursts up to ``burst``."""
 
     rate: float
     burst: float
     tokens: float = field(default=-1.0)
     at: float = 0.0
 
-    def take(self, now: float) -> float:
-        """0 when a request may go, else the seconds to wait."""
+    def take(self, now: float, n: float = 1.0) -> float:
+        """0 when ``n`` signals may go (and they are taken), else the seconds until they
+        could; nothing is taken then. ``now`` is a monotonic clock reading."""
         if self.tokens < 0:
             self.tokens, self.at = self.burst, now
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.tokens = min(self.burst, self.tokens + max(now - self.at, 0.0) * self.rate)
         self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= n:
+            self.tokens -= n
             return 0.0
-        return (1 - self.tokens) / self.rate
+        return (n - self.tokens) / self.rate
 
 
 @dataclass(frozen=True)
@@ -58,13 +66,31 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+IDEMPOTENCY_HEADERS = ("Idempotency-Key", "X-GitHub-Delivery", "X-Gitlab-Event-UUID",
+                       "X-Request-Id", "Request-ID")
+"""Headers whose value names one delivery: the generic ``Idempotency-Key``, then the
+providers' own delivery ids (GitHub, GitLab, Sentry's ``Request-ID``)."""
+DELIVERY_HEADER = "tocsin.delivery"
+REMEMBERED_ANSWERS = 10_000
+
+
+def delivery_id(source: str, key: str) -> str:
+    """The identity of one delivery: the same key from the same source is the same
+    delivery, whatever instance of the worker receives it."""
+    return "dlv_" + hashlib.sha256(f"{source}|{key}".encode()).hexdigest()[:32]
+
+
 class Intake:
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer, metrics: Metrics
-                 ) -> None:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
         self.settings = settings
         self.producer = producer
         self.metrics = metrics
+        self.clock = clock
+        self.wall_ms = wall_ms
         self.buckets: dict[str, Bucket] = {}
+        self.answers: OrderedDict[str, Answer] = OrderedDict()
 
     async def publish_spans(self, body: bytes) -> None:
         """One OTLP/HTTP request body onto the spans topic, as the Collector's exporter would
@@ -72,58 +98,60 @@ class Intake:
         fut = await self.producer.send(self.settings.topics.spans, body)
         await fut
 
-    def authenticate(self, header: str | None) -> str | Answer | None:
-        """The source a bearer token belongs to; None when no tokens are configured."""
-        tokens = self.settings.intake_tokens
-        if not tokens:
-            return None
-        if not header or not header.startswith("Bearer "):
-            return Answer(401, {"error": "missing bearer token (Authorization: Bearer ...)"},
-                          {"WWW-Authenticate": 'Bearer realm="tocsin"'})
-        offered = header[len("Bearer "):].strip().encode()
-        found = None
-        for source, token in sorted(tokens.items()):
-            if hmac.compare_digest(offered, token.encode()):  # no early exit on a match
-                found = source
-        if found is None:
-            return Answer(401, {"error": "unknown bearer token"},
-                          {"WWW-Authenticate": 'Bearer realm="tocsin", error="invalid_token"'})
-        return found
-
-    def limit(self, who: str) -> Answer | None:
+    def limit(self, who: str, n: float = 1.0) -> Answer | None:
+        """Rate limit by signals: ``n`` of them from ``who`` now."""
         s = self.settings
-        bucket = self.buckets.setdefault(who, Bucket(s.intake_rate_per_s, s.intake_burst))
-        wait = bucket.take(time.monotonic())
+        bucket = self.buckets.get(who)
+        if bucket is None:
+            if len(self.buckets) >= 100_000:
+                self.buckets.clear()  # bounded: forgetting a bucket only refills it
+            bucket = self.buckets[who] = Bucket(s.intake_rate_per_s, s.intake_burst)
+        wait = bucket.take(self.clock(), n)
         if wait > 0:
-            return Answer(429, {"error": f"rate limit of {s.intake_rate_per_s}/s exceeded"},
+            return Answer(429, {"error": f"rate limit of {s.intake_rate_per_s:g} signals/s "
+                                         "exceeded"},
                           {"Retry-After": str(math.ceil(wait))})
         return None
 
-    async def handle(self, body: bytes, provider: str | None, auth: str | None,
-                     client: str | None = None) -> Answer:
-        who = self.authenticate(auth)
-        if isinstance(who, Answer):
-            return who
-        if len(body) > self.settings.intake_max_body_bytes:
-            return Answer(413, {"error": f"body over {self.settings.intake_max_body_bytes} "
-                                         "bytes"})
-        # Without tokens, each client address has its own bucket: one noisy sender must
-        # not starve the others.
-        limited = self.limit(who or f"client:{client or 'unknown'}")
-        if limited is not None:
-            return limited
+    async def handle(self, body: bytes, provider: str | None, grant: Grant | None,
+                     client: str | None = None, idempotency_key: str | None = None
+                     ) -> Answer:
+        """One webhook body, already authenticated (``grant`` None = no tokens configured)
+        and read within the body limits."""
+        who = grant.source if grant is not None else f"client:{client or 'unknown'}"
         if provider is not None and provider not in PROVIDERS:
             return Answer(404, {"error": f"unknown provider {provider!r}",
                                 "providers": list(PROVIDERS)})
+        if grant is not None and provider is not None:
+            refused = grant.refuses_provider(provider)
+            if refused:
+                return Answer(403, {"error": refused})
+        delivery = delivery_id(who, idempotency_key) if idempotency_key else None
+        if delivery is not None and delivery in self.answers:
+            self.answers.move_to_end(delivery)
+            seen = self.answers[delivery]
+            return Answer(seen.status, seen.body, {**seen.headers, "Idempotent-Replayed": "true"})
+        # One token for the request itself, before any parsing: a flood of garbage costs
+        # its sender, not the parser.
+        limited = self.limit(who)
+        if limited is not None:
+            return limited
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return Answer(400, {"error": f"body is not JSON: {exc}"})
-        received_ms = int(time.time() * 1000)
+        received_ms = self.wall_ms()
         try:
             result = intake(payload, provider, received_ms=received_ms)
         except IntakeError as exc:
             return Answer(422 if provider else 400, {"error": str(exc)})
+        except RecursionError:
+            return Answer(400, {"error": "body is nested too deeply"})
+        if grant is not None:
+            refused = grant.refuses_provider(result.provider) or grant.refuses_kinds(
+                {sig.type for sig in result.signals})
+            if refused:
+                return Answer(403, {"error": refused})
         for signal in result.signals:
             if not EARLIEST_MS <= signal.event_time_ms <= received_ms + MAX_AHEAD_MS:
                 # Event time decides correlation and retention: a time in microseconds, or
@@ -133,16 +161,34 @@ class Intake:
                                              f"{signal.signal_id} is not plausible: it must "
                                              "be epoch milliseconds between 2000-01-01 "
                                              "and a day from now"})
+        # The rest of the request's signals against the rate (the first was taken above).
+        burst = self.settings.intake_burst
+        if len(result.signals) > burst:
+            return Answer(413, {"error": f"{len(result.signals)} signals in one request is "
+                                         f"more than the intake burst of {burst:g}: split the "
+                                         "request (Alertmanager: max_alerts) or raise "
+                                         "TOCSIN_INTAKE_BURST"})
+        if len(result.signals) > 1:
+            limited = self.limit(who, len(result.signals) - 1)
+            if limited is not None:
+                return limited
         futures = []
         for signal in result.signals:
+            headers = [("tocsin.signal_id", signal.signal_id.encode()),
+                       ("tocsin.source", who.encode())]
+            if delivery is not None:
+                headers.append((DELIVERY_HEADER, delivery.encode()))
             futures.append(await self.producer.send(
                 self.settings.topics.signals, encode_signal(signal),
-                key=(signal.service or signal.signal_id).encode(),
-                headers=[("tocsin.signal_id", signal.signal_id.encode()),
-                         ("tocsin.source", (who or "anonymous").encode())]))
+                key=(signal.service or signal.signal_id).encode(), headers=headers))
         for fut in futures:
             await fut
         self.metrics.signals_accepted += len(result.signals)
-        return Answer(202, {"provider": result.provider,
-                            "signal_ids": [s.signal_id for s in result.signals],
-                            "skipped": list(result.skipped), "truncated": result.truncated})
+        answer = Answer(202, {"provider": result.provider,
+                              "signal_ids": [s.signal_id for s in result.signals],
+                              "skipped": list(result.skipped), "truncated": result.truncated})
+        if delivery is not None:
+            self.answers[delivery] = answer
+            if len(self.answers) > REMEMBERED_ANSWERS:
+                self.answers.popitem(last=False)
+        return answer

@@ -101,6 +101,7 @@ class Projection:
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.caught_up = asyncio.Event()
+        self.running = asyncio.Event()  # assigned, positions restored, reading
         self.registry = SchemaRegistry(settings.schema_registry_url) \
             if settings.schema_registry_url else None
         self.producer: AIOKafkaProducer | None = None
@@ -135,6 +136,7 @@ class Projection:
                     await self.consumer.seek_to_beginning(tp)
                 else:
                     self.consumer.seek(tp, offset)
+            self.running.set()
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100)
                 if batch:

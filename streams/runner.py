@@ -8,16 +8,41 @@ import sys
 
 import faust
 
+from tocsin.processors.mapping import MappingError, load_mapping
 from tocsin.streams.app import create_app
+from tocsin.streams.auth import Access, ConfigError, is_loopback
 from tocsin.streams.broker import EmbeddedBroker
 from tocsin.streams.querying import worker_file, write_worker_file
 from tocsin.streams.settings import Settings
+
+
+def check_exposure(settings: Settings) -> str | None:
+    """Why this worker must not start as configured, or None (ADR 0014): tokens that
+    cannot be honoured, or a non-loopback bind that would serve reads and intake to a
+    network without tokens, unless ``--insecure`` says so."""
+    try:
+        access = Access(settings.api_tokens, settings.intake_tokens)
+    except ConfigError as exc:
+        return str(exc)
+    if settings.http_port and not is_loopback(settings.http_bind) and not settings.insecure \
+            and not (access.api_guarded and access.intake_guarded):
+        return (f"--http-bind {settings.http_bind} is not a loopback address: set "
+                "TOCSIN_API_TOKENS and TOCSIN_INTAKE_TOKENS, or pass --insecure")
+    return None
 
 
 def run_worker(settings: Settings, embedded_port: int | None = None,
                log_level: str = "warning") -> int:
     """Run until SIGINT/SIGTERM (Faust's worker handles both: services stop in order, the
     detector writes its last checkpoint, the projection commits). Returns the exit code."""
+    if settings.event_mapping is not None:
+        # Checked before anything starts, so a bad file is one line and exit code 2, not a
+        # crashed worker (the detection compiles it for itself when it starts).
+        try:
+            load_mapping(settings.event_mapping)
+        except MappingError as exc:
+            print(f"tocsin: TOCSIN_EVENT_MAPPING: {exc}", file=sys.stderr, flush=True)
+            return 2
     broker: EmbeddedBroker | None = None
     bootstrap = settings.broker
     if bootstrap is None:

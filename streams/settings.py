@@ -6,7 +6,7 @@ the pure core's :class:`DetectorConfig`, nested as ``TOCSIN_DETECTOR__MIN_COUNT`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         2_000, ge=0, description="wall time a caught-up, quiet otlp_spans partition holds "
         "the merge back before the others go on without it (ADR 0011)")
     schema_registry_url: str | None = None
+    event_mapping: str | None = Field(
+        None, description="TOML mapping file: JSON records on the events topic are read "
+        "through it onto wide_event.v1 (ADR 0013)")
     role: Literal["all", "detect", "project"] = "all"
     session_timeout_ms: int = Field(6_000, ge=1_000)
     checkpoint_interval_ms: int = Field(1_000, ge=10)
@@ -57,8 +60,21 @@ class Settings(BaseSettings):
     retention_ms: int = Field(72 * 3600 * 1000, description="events/windows/dlq retention")
     incident_retention_ms: int = Field(168 * 3600 * 1000)
     detector: DetectorConfig = DetectorConfig()
-    intake_tokens: dict[str, str] = Field(
-        default_factory=dict, description="source name -> bearer token; empty = no auth")
-    intake_max_body_bytes: int = Field(1024 * 1024, ge=1024)
-    intake_rate_per_s: float = Field(50.0, gt=0, description="requests a second per token")
-    intake_burst: float = Field(100.0, ge=1)
+    intake_tokens: dict[str, str | dict[str, Any]] = Field(
+        default_factory=dict, description="source name -> bearer token (the name a provider "
+        "or 'otlp') or {token, providers, kinds, traces}; empty = no auth (ADR 0014)")
+    api_tokens: dict[str, str] = Field(
+        default_factory=dict, description="name -> bearer token for reads: query, incidents, "
+        "reports, metrics; empty = open reads (loopback only)")
+    metrics_public: bool = Field(False, description="serve /metrics without an API token")
+    insecure: bool = Field(False, description="allow a non-loopback HTTP bind without tokens")
+    http_header_timeout_ms: int = Field(
+        10_000, ge=100, description="a connection must send a whole request head in this "
+        "time (and an idle keep-alive connection is closed after it)")
+    http_body_timeout_ms: int = Field(10_000, ge=100, description="time to receive a body")
+    traces_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="/v1/traces body limit, after decompression")
+    intake_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="/v1/signals body limit, after decompression")
+    intake_rate_per_s: float = Field(50.0, gt=0, description="signals a second per source")
+    intake_burst: float = Field(100.0, ge=1, description="signals a source may send at once")

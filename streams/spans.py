@@ -102,6 +102,7 @@ class SpanIntake:
         self.bootstrap = bootstrap
         self.metrics = metrics
         self._stopping = asyncio.Event()
+        self.running = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.dead_letters: DeadLetterSender | None = None
@@ -132,6 +133,7 @@ class SpanIntake:
         await self.producer.start()
         self.dead_letters = DeadLetterSender(self.producer, s.topics.dlq)
         await self.consumer.start()
+        self.running.set()
         try:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=500)

@@ -13,6 +13,7 @@ published just before a crash is not published again.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, TypeAlias
 
@@ -60,6 +61,18 @@ def _where(rec: Record) -> list[Any]:
     return [rec.topic, rec.partition, rec.offset]
 
 
+MAX_DELIVERIES = 200_000
+"""Deliveries remembered for idempotency: a retry later than this many keyed signals
+counts again (ADR 0014)."""
+
+
+def _delivery(rec: Record) -> str | None:
+    for key, value in rec.headers or ():
+        if key == "tocsin.delivery":
+            return bytes(value or b"").decode(errors="replace")
+    return None
+
+
 class TriageLoop:
     """The fold plus what a report needs beside it: provenance and published versions."""
 
@@ -77,6 +90,9 @@ class TriageLoop:
         self.published: set[tuple[str, str]] = set()
         self.rejected = 0
         self.rejects: list[tuple[Record, str]] = []  # since the last take_rejects()
+        # (delivery id, signal id) of signals posted with an Idempotency-Key, oldest first
+        self.deliveries: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.redelivered = 0
 
     def restore(self, records: Iterable[Record], reports: Iterable[Record]) -> None:
         """Fold what DuckDB already reflects, emitting nothing; note published versions."""
@@ -147,6 +163,15 @@ class TriageLoop:
                 self.triage.apply_incident_event(event, event.get("downstream"))
                 return
             signal = decode_signal(rec.value or b"")
+            delivery = _delivery(rec)
+            if delivery is not None:
+                seen = (delivery, signal.signal_id)
+                if seen in self.deliveries:
+                    self.redelivered += 1  # a retried request: applied once already
+                    return
+                self.deliveries[seen] = None
+                if len(self.deliveries) > MAX_DELIVERIES:
+                    self.deliveries.popitem(last=False)
             self.provenance[f"signal:{signal.signal_id}"] = _where(rec)
             self.triage.apply_signal(signal)
         except (SchemaError, KeyError, TypeError, ValueError) as exc:

@@ -49,14 +49,21 @@ def main() -> None:
               help="Port of the embedded broker (default: a free one).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--http-bind", metavar="ADDRESS", help="Address the HTTP port binds.")
+@click.option("--insecure", is_flag=True, default=None,
+              help="Allow a non-loopback --http-bind without API and intake tokens.")
 def run(broker: str | None, db: str | None, http_port: int | None, partitions: int | None,
         role: str | None, incident_encoding: str | None, embedded_port: int | None,
-        log_level: str) -> None:
+        log_level: str, http_bind: str | None, insecure: bool | None) -> None:
     """Run the worker until SIGINT/SIGTERM."""
-    from tocsin.streams.runner import run_worker
+    from tocsin.streams.runner import check_exposure, run_worker
 
     settings = _settings(broker=broker, db=db, http_port=http_port, partitions=partitions,
-                         role=role, incident_encoding=incident_encoding)
+                         role=role, incident_encoding=incident_encoding, http_bind=http_bind,
+                         insecure=insecure)
+    problem = check_exposure(settings)
+    if problem:
+        raise click.UsageError(problem)
     sys.exit(run_worker(settings, embedded_port=embedded_port, log_level=log_level))
 
 
@@ -103,19 +110,34 @@ def demo(as_json: bool, db: str | None, traces: bool) -> None:
               show_default=True, help="Wire encoding for wide events.")
 @click.option("--schema", type=click.Choice(["wide_event.v1", "json"]), default="wide_event.v1",
               show_default=True, help="Contract each record is checked against.")
-def produce(file: str, topic: str, broker: str, encoding: str, schema: str) -> None:
+@click.option("--mapping", "mapping_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="TOML field mapping: records in your own shape onto wide_event.v1.")
+def produce(file: str, topic: str, broker: str, encoding: str, schema: str,
+            mapping_file: str | None) -> None:
     """Publish NDJSON (plain or gzip, - for stdin) or a JSON array, validating each record.
 
     Wide events are checked against wide_event.v1 and keyed by service; `--schema json`
-    only checks that each record is a JSON object.
+    only checks that each record is a JSON object. `--mapping FILE` maps each record onto
+    wide_event.v1 first (docs/adr/0013-event-field-mapping.md).
     """
+    from tocsin.processors.mapping import MappingError, load_mapping
     from tocsin.streams.producing import ProduceReport, prepare, publish, read_records
 
     if file != "-" and not Path(file).exists():
         raise click.BadParameter(f"no such file: {file}", param_hint="FILE")
-    report = ProduceReport()
     wide = schema == "wide_event.v1"
-    items = prepare(read_records(file), wide, encoding, report)  # type: ignore[arg-type]
+    mapping = None
+    if mapping_file is not None:
+        if not wide:
+            raise click.BadParameter("maps onto wide_event.v1; not with --schema json",
+                                     param_hint="--mapping")
+        try:
+            mapping = load_mapping(mapping_file)
+        except MappingError as exc:
+            raise click.BadParameter(str(exc), param_hint="--mapping") from exc
+    report = ProduceReport()
+    items = prepare(read_records(file), wide, encoding, report,  # type: ignore[arg-type]
+                    mapping)
     try:
         asyncio.run(publish(broker, topic, items, report))
     except Exception as exc:  # noqa: BLE001 - a broker problem is a clear message

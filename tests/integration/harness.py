@@ -170,9 +170,24 @@ class WorkerProc:
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             return None
 
+    def auth(self) -> dict[str, str]:
+        """An Authorization header with the worker's first API token, if it has any."""
+        tokens = json.loads(self.extra_env.get("TOCSIN_API_TOKENS", "{}"))
+        return {"Authorization": f"Bearer {next(iter(tokens.values()))}"} if tokens else {}
+
+    def poll(self, sql: str, ok: Any, timeout_s: float = 30) -> list[dict[str, Any]]:
+        """Rows of ``sql`` once ``ok(rows)`` holds (polled every 0.2 s)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.query(sql)
+            if ok(rows) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.2)
+
     def query(self, sql: str) -> list[dict[str, Any]]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/v1/query",
-                                     data=json.dumps({"sql": sql}).encode(), method="POST")
+                                     data=json.dumps({"sql": sql}).encode(), method="POST",
+                                     headers=self.auth())
         with urllib.request.urlopen(req, timeout=20) as resp:
             body = json.loads(resp.read())
         return [dict(zip(body["columns"], r, strict=True)) for r in body["rows"]]

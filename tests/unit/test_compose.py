@@ -21,6 +21,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tocsin.streams.runner import check_exposure
 from tocsin.streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +196,23 @@ def test_worker_env_builds_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         got: Any = settings
         for part in key.removeprefix("TOCSIN_").lower().split("__"):
             got = getattr(got, part)
-        assert str(got) == value, key
+        if isinstance(got, dict):
+            assert got == json.loads(value), key
+        else:
+            assert str(got) == value, key
+
+
+def test_worker_bound_beyond_loopback_has_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker binds 0.0.0.0 in the compose file: it must start without --insecure."""
+    for key in list(os.environ):
+        if key.startswith("TOCSIN_"):
+            monkeypatch.delenv(key)
+    for key, value in worker_tocsin_env().items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.http_bind == "0.0.0.0"
+    assert check_exposure(settings) is None
+    assert settings.api_tokens and settings.intake_tokens
 
 
 def test_demo_producer_is_opt_in() -> None:
