@@ -35,6 +35,7 @@ from tocsin.processors.detector import (
 )
 from tocsin.processors.family import failing_downstream, family_of
 from tocsin.processors.lifecycle import IncidentEvent
+from tocsin.processors.mapping import load_mapping, mapped_decoder
 from tocsin.processors.signals.model import Signal
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,
@@ -104,7 +105,11 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
         self.on_event = on_event
         self.registry = SchemaRegistry(settings.schema_registry_url) \
             if settings.schema_registry_url else None
-        self.decode = WideEventDecoder(self.registry.lookup if self.registry else None)
+        self.decode_native = WideEventDecoder(self.registry.lookup if self.registry else None)
+        # TOCSIN_EVENT_MAPPING (ADR 0013): JSON records are read through the mapping,
+        # compiled once here; the span intake's translations are wide_event.v1 already.
+        self.decode = self.decode_native if settings.event_mapping is None else \
+            mapped_decoder(load_mapping(settings.event_mapping), self.decode_native)
         self._incident_schema_id: int | None = None
         self.runs: dict[int, PartitionRun] = {}
         self.emitted: set[str] = set()
@@ -196,6 +201,7 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
     def _process(self, run: PartitionRun, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         detector = run.detector
         decode = self.decode
+        decode_native = self.decode_native
         limit = self.settings.max_record_bytes
         counted = 0
         for rec in records:
@@ -206,15 +212,14 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             if data is not None and len(data) > limit:
                 self._dead_letter(run, rec, f"oversize: {len(data)} bytes > {limit}")
                 continue
+            origin = span_source(rec.headers) if rec.headers else None
             try:
-                event = decode(data)
+                event = decode(data) if origin is None else decode_native(data)
             except SchemaError as exc:
                 self._dead_letter(run, rec, str(exc), exc.field)
                 continue
-            if rec.headers:
-                origin = span_source(rec.headers)
-                if origin is not None and not detector.accept_source(*origin):
-                    continue
+            if origin is not None and not detector.accept_source(*origin):
+                continue
             counted += 1
             t_ms = event["event_time_ms"]
             service = event["service"]

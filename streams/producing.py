@@ -12,6 +12,7 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from tocsin.processors.mapping import EventMapping
 from tocsin.schemas.codec import WIDE_EVENT, SchemaError, avro_schema, validate_wide_event
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -58,17 +59,20 @@ def read_records(path: str) -> Iterator[tuple[int, Any | SchemaError]]:
 
 
 def prepare(records: Iterable[tuple[int, Any]], wide_events: bool,
-            encoding: Literal["json", "avro"], report: ProduceReport
-            ) -> Iterator[tuple[bytes | None, bytes]]:
-    """Validate and encode; rejected records are noted in ``report`` and skipped."""
+            encoding: Literal["json", "avro"], report: ProduceReport,
+            mapping: EventMapping | None = None) -> Iterator[tuple[bytes | None, bytes]]:
+    """Validate and encode; rejected records are noted in ``report`` and skipped. With a
+    ``mapping`` (ADR 0013) each record is mapped onto wide_event.v1 first, here, so what
+    goes on the wire is a plain wide event."""
     schema = avro_schema(WIDE_EVENT)
+    to_event = validate_wide_event if mapping is None else mapping.apply
     for n, value in records:
         if isinstance(value, SchemaError):
             report.rejected.append(Rejected(n, str(value)))
             continue
         try:
             if wide_events:
-                event = validate_wide_event(value)
+                event = to_event(value)
                 key = event["service"].encode()
                 body = schema.encode_soe(event) if encoding == "avro" else orjson.dumps(event)
             else:
