@@ -156,7 +156,7 @@ def _opt_str(obj: Mapping[str, Any], key: str, where: str = "") -> None:
 
 def _status(obj: Mapping[str, Any], where: str = "") -> str:
     status = obj.get("status", "ok")
-    if status not in STATUSES:
+    if not isinstance(status, str) or status not in STATUSES:  # a list or object: unhashable
         raise SchemaError(f"must be one of {sorted(STATUSES)}, got {status!r}", where + "status")
     return str(status)
 
@@ -180,6 +180,13 @@ def _event_time(obj: dict[str, Any]) -> int:
     if not 0 <= t < 1 << 53:
         raise SchemaError("out of range", "event_time_ms")
     return t
+
+
+def _duration(obj: Mapping[str, Any], where: str) -> None:
+    duration = obj.get("duration_ms")
+    if duration is not None and (not isinstance(duration, int | float) or
+                                 isinstance(duration, bool)):
+        raise SchemaError("must be a number or null", where + "duration_ms")
 
 
 def _downstream(obj: Mapping[str, Any], where: str) -> None:
@@ -213,10 +220,7 @@ def validate_wide_event(obj: Any) -> dict[str, Any]:
     obj["status"] = _status(obj)
     for key in _OPTIONAL_STR:
         _opt_str(obj, key)
-    duration = obj.get("duration_ms")
-    if duration is not None and (not isinstance(duration, int | float) or
-                                 isinstance(duration, bool)):
-        raise SchemaError("must be a number or null", "duration_ms")
+    _duration(obj, "")
     _downstream(obj, "")
     steps = obj.get("steps")
     if steps is not None:
@@ -230,6 +234,7 @@ def validate_wide_event(obj: Any) -> dict[str, Any]:
             step["status"] = _status(step, where)
             _opt_str(step, "error_code", where)
             _opt_str(step, "error_message", where)
+            _duration(step, where)
             _downstream(step, where)
     attributes = obj.get("attributes")
     if attributes is not None:

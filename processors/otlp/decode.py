@@ -306,7 +306,7 @@ def _json_attrs(attributes: object, wanted: frozenset[str]) -> dict[str, object]
         for kv in attributes:
             if isinstance(kv, dict):
                 key = kv.get("key")
-                if key in wanted and key not in out:
+                if isinstance(key, str) and key in wanted and key not in out:
                     out[key] = clean_attr(key, _json_value(kv.get("value")))
     return out
 
@@ -316,7 +316,10 @@ def _int(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # "--1", or more digits than int() converts (4300)
+            return None
     return None
 
 
