@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS tocsin_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS positions (
     topic VARCHAR, "partition" INTEGER, next_offset BIGINT,
     PRIMARY KEY (topic, "partition"));
+CREATE TABLE IF NOT EXISTS log_epochs (
+    topic VARCHAR, "partition" INTEGER, epoch INTEGER, stale_position BIGINT,
+    high_watermark BIGINT, PRIMARY KEY (topic, "partition", epoch));
 CREATE TABLE IF NOT EXISTS incident_events (
     incident_id VARCHAR, seq INTEGER, kind VARCHAR, status VARCHAR,
     env VARCHAR, service VARCHAR, step VARCHAR, error_code VARCHAR, family VARCHAR,
@@ -205,6 +208,7 @@ class DuckDBSink:
         reports: Sequence[Mapping[str, Any]] = (),
         evidence: Sequence[Mapping[str, Any]] = (),
         positions: Mapping[tuple[str, int], int] | None = None,
+        log_epochs: Sequence[tuple[str, int, int, int]] = (),
     ) -> None:
         """Apply one batch and its input positions atomically."""
         with self._lock:
@@ -242,6 +246,13 @@ class DuckDBSink:
                 if dead_letters:
                     con.execute(_insert_sql("dead_letters", DEAD_LETTER_COLUMNS, "OR IGNORE"),
                                 _columns(dead_letters, DEAD_LETTER_COLUMNS))
+                for topic, partition, stale, high in log_epochs:
+                    # A log that restarted below the stored position: a new epoch of that
+                    # partition, its history kept (ADR 0014).
+                    con.execute(
+                        'INSERT INTO log_epochs SELECT $1, $2, coalesce(max(epoch), 0) + 1, '
+                        '$3, $4 FROM log_epochs WHERE topic = $1 AND "partition" = $2',
+                        [topic, partition, stale, high])
                 if positions:
                     items = sorted(positions.items())
                     con.execute(

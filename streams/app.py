@@ -7,7 +7,9 @@ tests and the CLI get the same worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import zlib
 from collections.abc import Awaitable
 from typing import Any
@@ -15,10 +17,12 @@ from typing import Any
 import faust
 import mode
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from tocsin.processors.detector import SNAPSHOT_VERSION
 from tocsin.sinks.duckdb_sink import DuckDBSink
+from tocsin.streams import logging_limits
 from tocsin.streams.auth import Access
 from tocsin.streams.detect import Detection
 from tocsin.streams.http import register_views
@@ -26,6 +30,7 @@ from tocsin.streams.intake import Intake
 from tocsin.streams.kafka_io import TopicSpec, ensure_topics, new_producer, stop_quietly
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.project import Projection
+from tocsin.streams.query_service import QueryService
 from tocsin.streams.settings import Settings
 from tocsin.streams.spans import SpanIntake
 
@@ -71,6 +76,7 @@ class Worker(mode.Service):
         self.bootstrap = bootstrap
         self.metrics = metrics
         self.sink = sink
+        self.queries: QueryService | None = None  # analysts' reads (ADR 0006)
         self.detection: Detection | None = None
         self.projection: Projection | None = None
         self.table = table
@@ -79,12 +85,13 @@ class Worker(mode.Service):
         self.intake: Intake | None = None
         self.spans: SpanIntake | None = None
         self.access = Access(settings.api_tokens, settings.intake_tokens)
+        self.broker_ok = True
         self.started_once = False
 
     def readiness(self) -> dict[str, bool]:
         """Each part this worker's role runs, and whether it is up (``/readyz``)."""
         s = self.settings
-        parts: dict[str, bool] = {}
+        parts: dict[str, bool] = {"broker": self.broker_ok}
         if s.http_port > 0:
             parts["intake"] = self.intake is not None
         if s.role in ("all", "detect"):
@@ -97,11 +104,13 @@ class Worker(mode.Service):
         return parts
 
     async def on_started(self) -> None:
+        logging_limits.install()
         self._runs.append(asyncio.ensure_future(self._main()))
 
     async def _main(self) -> None:
         s = self.settings
         await self._guard(ensure_topics(self.bootstrap, topic_specs(s), s.replication_factor))
+        self._runs.append(asyncio.ensure_future(self._guard(self._watch_broker())))
         if s.http_port > 0:
             producer = new_producer(self.bootstrap)
             await self._guard(producer.start())
@@ -118,11 +127,50 @@ class Worker(mode.Service):
                 s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
             await self._guard(self.detection.run())
 
+    async def _watch_broker(self) -> None:
+        """Every second: is the broker there, and are our topics still on it? (ADR 0014)
+
+        Away for longer than ``broker_outage_exit_ms``, or back without our topics (an
+        embedded broker restarts empty): the worker exits non-zero with one line, so a
+        supervisor restarts it; the restart recreates the topics and meets the reset log
+        rule. Meanwhile readiness says ``broker: false``."""
+        s = self.settings
+        names = {spec.name for spec in topic_specs(s)}
+        away_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            problem = await broker_problem(self.bootstrap, names, timeout_s=3.0)
+            now = loop.time()
+            if problem is None:
+                if away_since is not None:
+                    log.warning("broker is back after %.1f s", now - away_since)
+                away_since = None
+                self.broker_ok = True
+            else:
+                self.metrics.broker_errors += 1
+                self.broker_ok = False
+                if problem.startswith("missing"):
+                    raise BrokerLost(f"tocsin: the broker at {self.bootstrap} came back "
+                                     f"without our topics ({problem}): it restarted empty; "
+                                     "exiting so that a restart recreates them")
+                if away_since is None:
+                    away_since = now
+                    log.error("broker unreachable (%s); exiting if it stays away %d s",
+                              problem, s.broker_outage_exit_ms // 1000)
+                if (now - away_since) * 1000 >= s.broker_outage_exit_ms:
+                    raise BrokerLost(f"tocsin: broker at {self.bootstrap} unreachable for "
+                                     f"{now - away_since:.0f} s ({problem}); exiting")
+            await asyncio.sleep(1.0)
+
     async def _guard(self, work: Awaitable[None]) -> None:
         """Any failure crashes the whole worker (non-zero exit): a supervisor restarts it
         and it resumes from its checkpoints; limping on half-working would hide it."""
         try:
             await work
+        except BrokerLost as exc:
+            print(exc, file=sys.stderr, flush=True)  # the one clear line
+            log.error("%s", exc)
+            await self.crash(exc)
         except Exception as exc:
             log.exception("worker failed; stopping so that a restart resumes from state")
             await self.crash(exc)
@@ -137,8 +185,31 @@ class Worker(mode.Service):
         if self._runs:
             await asyncio.wait(self._runs, timeout=15)
         await stop_quietly(*self._producers)
+        if self.queries is not None:
+            await self.queries.close()
         if self.sink is not None:
             self.sink.close()
+
+
+class BrokerLost(RuntimeError):
+    """The broker stayed away, or came back without our topics: exit, be restarted."""
+
+
+async def broker_problem(bootstrap: str, topics: set[str], timeout_s: float) -> str | None:
+    """None when the broker answers metadata in time and holds every topic, else why not."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                            metadata_max_age_ms=1000)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.bootstrap()
+            metadata = await client.fetch_all_metadata()
+    except (TimeoutError, KafkaError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+    missing = sorted(topics - metadata.topics())
+    return f"missing {', '.join(missing)}" if missing else None
 
 
 def topic_specs(s: Settings) -> list[TopicSpec]:
@@ -202,5 +273,6 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Worker]:
             # before the connection closes (aiohttp's default waits 10 s).
             "lingering_time": 1.0,
         }
-        register_views(app, worker, metrics, sink)
+        worker.queries = QueryService.from_settings(sink, s) if sink is not None else None
+        register_views(app, worker, metrics, worker.queries)
     return app, worker

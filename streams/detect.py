@@ -146,6 +146,7 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100)
+                self._check_resets(batch)
                 for tp, records in batch.items():
                     run = self.runs.get(tp.partition)
                     if run is not None:
@@ -195,6 +196,30 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.emitted.add(f"{value['incident_id']}:{value['seq']}")
             except (SchemaError, KeyError):
                 continue
+
+    def _check_resets(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+                      ) -> None:
+        """A checkpoint's offset beyond its partition's end means the log restarted (broker
+        restarted empty, topic recreated): the detector reads the new log from its start
+        as a new epoch, keeping its state (windows, open incidents) — ADR 0014."""
+        assert self.consumer is not None
+        topic = self.settings.topics.events
+        for partition, run in self.runs.items():
+            tp = TopicPartition(topic, partition)
+            records = batch.get(tp)
+            high = self.consumer.highwater(tp)
+            if records and records[0].offset < run.next_offset:
+                start = records[0].offset  # the client already went back to the start
+            elif high is not None and high < run.next_offset:
+                start = 0
+                self.consumer.seek(tp, 0)
+            else:
+                continue
+            self.metrics.log_resets[f"{topic}:{partition}"] += 1
+            log.error("RESET LOG: %s partition %s ends at %s, below the checkpointed offset "
+                      "%s: reading the new log from offset %s as a new epoch", topic,
+                      partition, high, run.next_offset, start)
+            run.next_offset = run.checkpointed_offset = start
 
     # ------------------------------------------------------------------ hot path
 

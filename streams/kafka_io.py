@@ -75,9 +75,11 @@ async def _wait_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: fl
         await asyncio.sleep(0.1)
 
 
-async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 10.0
+async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 10.0,
+                      ends: dict[int, int] | None = None
                       ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of a topic, from the beginning to the high watermark seen at fetch time."""
+    """Every record of a topic, from the beginning to the high watermark seen at fetch time;
+    each partition's end (that high watermark) is put in ``ends`` when given."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
@@ -100,6 +102,8 @@ async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 10.0
                 high = consumer.highwater(tp)
                 if high is not None and await consumer.position(tp) >= high:
                     pending.discard(tp)
+                    if ends is not None:
+                        ends[tp.partition] = high
                     progressed = True
             if progressed:
                 last_progress = loop.time()

@@ -25,6 +25,8 @@ class Metrics(Collector):
     spans_in: int = 0  # through the merge, sent on as events
     spans_rejected: int = 0
     lifecycle: Counter[str] = field(default_factory=Counter)
+    log_resets: Counter[str] = field(default_factory=Counter)  # "topic:partition" -> count
+    broker_errors: int = 0
     counters: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def collect(self) -> Iterator[Metric]:
@@ -52,6 +54,16 @@ class Metrics(Collector):
         yield CounterMetricFamily("tocsin_deploys_registered",
                                   "deploys registered from version changes on events",
                                   value=self.deploys_registered)
+        resets = CounterMetricFamily("tocsin_log_resets",
+                                     "stored positions found beyond a partition's end",
+                                     labels=["topic", "partition"])
+        for where, n in sorted(self.log_resets.items()):
+            topic, _, partition = where.rpartition(":")
+            resets.add_metric([topic, partition], n)
+        yield resets
+        yield CounterMetricFamily("tocsin_broker_errors",
+                                  "failed broker health checks (unreachable, topics missing)",
+                                  value=self.broker_errors)
         life = CounterMetricFamily("tocsin_lifecycle_events", "lifecycle changes", labels=["kind"])
         for kind, n in sorted(self.lifecycle.items()):
             life.add_metric([kind], n)
@@ -79,4 +91,5 @@ class Metrics(Collector):
             "spans_read": self.spans_read, "spans_in": self.spans_in,
             "spans_rejected": self.spans_rejected,
             "lifecycle": dict(self.lifecycle),
+            "log_resets": dict(self.log_resets), "broker_errors": self.broker_errors,
         }

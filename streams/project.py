@@ -102,6 +102,7 @@ class Projection:
         self.consumer: AIOKafkaConsumer | None = None
         self.caught_up = asyncio.Event()
         self.running = asyncio.Event()  # assigned, positions restored, reading
+        self.next_pos: dict[TopicPartition, int] = {}
         self.registry = SchemaRegistry(settings.schema_registry_url) \
             if settings.schema_registry_url else None
         self.producer: AIOKafkaProducer | None = None
@@ -130,6 +131,7 @@ class Projection:
             self.consumer.assign(tps)
             saved = self.sink.positions()
             await self._restore_triage(saved)
+            self.next_pos = {tp: saved.get((tp.topic, tp.partition), 0) for tp in tps}
             for tp in tps:
                 offset = saved.get((tp.topic, tp.partition))
                 if offset is None:
@@ -139,24 +141,63 @@ class Projection:
             self.running.set()
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100)
+                await self._check_resets(tps, batch)
                 if batch:
                     windows = await self._read_windows(batch)
                     reports = await self._publish_reports(batch)
                     await asyncio.to_thread(self._write, batch, reports, windows)
+                    for tp, records in batch.items():
+                        self.next_pos[tp] = records[-1].offset + 1
                 if not batch:
                     self.caught_up.set()
         finally:
             await stop_quietly(self.consumer, self.producer)
 
     async def _restore_triage(self, saved: dict[tuple[str, int], int]) -> None:
-        """Rebuild the triage fold from what DuckDB already reflects (ADR 0009)."""
+        """Rebuild the triage fold from what DuckDB already reflects (ADR 0009). A stored
+        position beyond its partition's end is a reset log: a new epoch (``saved`` is
+        corrected in place, so nothing of the new log is taken as already applied)."""
         topics = self.settings.topics
-        applied = []
+        logs = {}
         for topic in (topics.incidents, topics.signals, topics.spans):
-            for rec in await read_to_end(self.bootstrap, topic):
-                if rec.offset < saved.get((topic, rec.partition), 0):
-                    applied.append(rec)
+            ends: dict[int, int] = {}
+            logs[topic] = await read_to_end(self.bootstrap, topic, ends=ends)
+            for partition, end in sorted(ends.items()):
+                stale = saved.get((topic, partition), 0)
+                if stale > end:
+                    await self._new_epoch(TopicPartition(topic, partition), stale, end)
+                    saved[(topic, partition)] = 0
+        applied = [rec for topic, records in logs.items() for rec in records
+                   if rec.offset < saved.get((topic, rec.partition), 0)]
         self.triage.restore(applied, await read_to_end(self.bootstrap, topics.reports))
+
+    async def _check_resets(self, tps: list[TopicPartition],
+                            batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+                            ) -> None:
+        """A partition whose log now ends (or restarted) below our position: new epoch."""
+        assert self.consumer is not None
+        for tp in tps:
+            pos = self.next_pos.get(tp, 0)
+            records = batch.get(tp)
+            if records and records[0].offset < pos:
+                # The client already went back to the log's start: read on from there.
+                await self._new_epoch(tp, pos, self.consumer.highwater(tp) or 0)
+                self.next_pos[tp] = records[0].offset
+                continue
+            high = self.consumer.highwater(tp)
+            if high is not None and high < pos:
+                await self._new_epoch(tp, pos, high)
+                self.next_pos[tp] = 0
+                await self.consumer.seek_to_beginning(tp)
+
+    async def _new_epoch(self, tp: TopicPartition, stale: int, high: int) -> None:
+        self.metrics.log_resets[f"{tp.topic}:{tp.partition}"] += 1
+        log.error("RESET LOG: %s partition %s ends at %s, below the stored position %s "
+                  "(broker restarted empty, topic recreated or retention ran): reading the "
+                  "new log from its start as a new epoch; history is kept",
+                  tp.topic, tp.partition, high, stale)
+        await asyncio.to_thread(self.sink.write, positions={(tp.topic, tp.partition): 0},
+                                log_epochs=[(tp.topic, tp.partition, stale, high)])
 
     async def _read_windows(
             self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]

@@ -11,9 +11,19 @@ import faust
 from tocsin.processors.mapping import MappingError, load_mapping
 from tocsin.streams.app import create_app
 from tocsin.streams.auth import Access, ConfigError, is_loopback
-from tocsin.streams.broker import EmbeddedBroker
+from tocsin.streams.broker import BrokerError, EmbeddedBroker
 from tocsin.streams.querying import worker_file, write_worker_file
 from tocsin.streams.settings import Settings
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
 
 
 def check_exposure(settings: Settings) -> str | None:
@@ -46,10 +56,21 @@ def run_worker(settings: Settings, embedded_port: int | None = None,
     broker: EmbeddedBroker | None = None
     bootstrap = settings.broker
     if bootstrap is None:
-        broker = EmbeddedBroker(embedded_port).start()
+        try:
+            broker = EmbeddedBroker(embedded_port, storage=settings.broker_storage).start()
+        except BrokerError as exc:
+            print(f"tocsin: the embedded broker did not start: {exc}", file=sys.stderr,
+                  flush=True)
+            return 2
         bootstrap = broker.bootstrap
-        print(f"tocsin: embedded broker (Tansu, memory only) on {bootstrap}",
-              file=sys.stderr, flush=True)
+        if broker.memory_only:
+            print(f"tocsin: embedded broker (Tansu) on {bootstrap}, MEMORY ONLY: its topics "
+                  "and offsets are lost when it stops; DuckDB keeps its history and reads a "
+                  "restarted log as a new epoch (--broker-storage postgres://... persists)",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"tocsin: embedded broker (Tansu) on {bootstrap}, storage "
+                  f"{_redact(broker.storage)}", file=sys.stderr, flush=True)
     code = 0
     try:
         app, _ = create_app(settings, bootstrap)

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         "through it onto wide_event.v1 (ADR 0013)")
     role: Literal["all", "detect", "project"] = "all"
     session_timeout_ms: int = Field(6_000, ge=1_000)
+    broker_outage_exit_ms: int = Field(
+        30_000, ge=1_000, description="a broker unreachable this long makes the worker exit "
+        "non-zero (a supervisor restarts it); one that returns without our topics, at once")
+    broker_storage: str | None = Field(
+        None, description="storage engine URL of the embedded broker (Tansu), e.g. "
+        "postgres://user:pass@host/db; default memory:// (lost when it stops)")
     checkpoint_interval_ms: int = Field(1_000, ge=10)
     max_record_bytes: int = Field(256 * 1024, ge=1024)
     dlq_max_value_bytes: int = Field(
@@ -72,6 +78,21 @@ class Settings(BaseSettings):
         10_000, ge=100, description="a connection must send a whole request head in this "
         "time (and an idle keep-alive connection is closed after it)")
     http_body_timeout_ms: int = Field(10_000, ge=100, description="time to receive a body")
+    query_max_rows: int = Field(
+        100_000, ge=1, description="rows of a /v1/query answer; 413 beyond (ADR 0006)")
+    query_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="bytes of a query answer's JSON; 413 beyond")
+    query_timeout_ms: int = Field(
+        30_000, ge=1, description="a query running longer is interrupted: 408")
+    query_memory_limit: str = Field(
+        "256MB", pattern=r"^\s*\d+(\.\d+)?\s*([kKmMgGtT][iI]?[bB]|[bB])?\s*$",
+        description="DuckDB memory_limit of each query's process (its address space: this "
+        "+ 1 GiB); 422 beyond")
+    query_concurrency: int = Field(
+        4, ge=1, description="queries running at once, each in its own process; 429 beyond")
+    query_snapshot_interval_ms: int = Field(
+        500, ge=0, description="queries read a copy of the database at most this old while "
+        "the projection writes (a fresh copy at most this often)")
     traces_max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="/v1/traces body limit, after decompression")
     intake_max_body_bytes: int = Field(

@@ -52,15 +52,22 @@ def main() -> None:
 @click.option("--http-bind", metavar="ADDRESS", help="Address the HTTP port binds.")
 @click.option("--insecure", is_flag=True, default=None,
               help="Allow a non-loopback --http-bind without API and intake tokens.")
+@click.option("--broker-storage", metavar="URL",
+              help="Storage engine of the embedded broker (default memory://, lost when it "
+                   "stops; postgres://user:pass@host/db persists).")
 def run(broker: str | None, db: str | None, http_port: int | None, partitions: int | None,
         role: str | None, incident_encoding: str | None, embedded_port: int | None,
-        log_level: str, http_bind: str | None, insecure: bool | None) -> None:
+        log_level: str, http_bind: str | None, insecure: bool | None,
+        broker_storage: str | None) -> None:
     """Run the worker until SIGINT/SIGTERM."""
     from tocsin.streams.runner import check_exposure, run_worker
 
     settings = _settings(broker=broker, db=db, http_port=http_port, partitions=partitions,
                          role=role, incident_encoding=incident_encoding, http_bind=http_bind,
-                         insecure=insecure)
+                         insecure=insecure, broker_storage=broker_storage)
+    if broker_storage and broker:
+        raise click.UsageError("--broker-storage is for the embedded broker; --broker names "
+                               "another one")
     problem = check_exposure(settings)
     if problem:
         raise click.UsageError(problem)

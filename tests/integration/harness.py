@@ -178,9 +178,14 @@ class WorkerProc:
     def poll(self, sql: str, ok: Any, timeout_s: float = 30) -> list[dict[str, Any]]:
         """Rows of ``sql`` once ``ok(rows)`` holds (polled every 0.2 s)."""
         deadline = time.monotonic() + timeout_s
+        rows: list[dict[str, Any]] = []
         while True:
-            rows = self.query(sql)
-            if ok(rows) or time.monotonic() > deadline:
+            self._check_alive()
+            try:
+                rows = self.query(sql)
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                rows = []  # not serving yet
+            if (rows and ok(rows)) or time.monotonic() > deadline:
                 return rows
             time.sleep(0.2)
 
