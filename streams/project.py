@@ -1,6 +1,6 @@
 """The DuckDB projection: incidents, window counts and dead letters, from their topics.
 
-The topics are the source of truth (BRIEF.md invariant 5). This consumer assigns itself
+The topics are the source of truth. This consumer assigns itself
 every partition of the output topics, resumes from the positions stored *in DuckDB*, and
 writes each batch with its positions in one transaction, so the database is exactly the
 fold of the topics whatever crashes in between (ADR 0004).

@@ -1,4 +1,4 @@
-"""Renderings keep untrusted text as text (BRIEF.md invariant 4): hostile payloads in every
+"""Renderings keep untrusted text as text (untrusted text stays text): hostile payloads in every
 free-text field, checked in Markdown, Slack Block Kit and the PagerDuty note."""
 
 from __future__ import annotations
