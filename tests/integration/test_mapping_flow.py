@@ -102,10 +102,12 @@ def test_foreign_events_open_the_incident_and_an_unmapped_one_is_dead_lettered(
            orjson.dumps(bad_time): ("event_time_ms", "(from at)"),
            orjson.dumps(bad_code): ("anchor.error_code", "steps[].error.code")}
     # Already wide_event.v1, so not mapped: an Avro record, and what the span intake
-    # republishes (JSON with its source header).
+    # republishes (JSON with its source header). Sent last, so timed after the log's end
+    # (earlier times would be late for the windows, ADR 0002).
+    end_ms = max(e["event_time_ms"] for e in good)
     avro = avro_schema(WIDE_EVENT).encode_soe(
-        validate_wide_event(event(T0_MS + 8, "search", "GET /")))
-    translated = orjson.dumps(event(T0_MS + 9, "search", "GET /"))
+        validate_wide_event(event(end_ms + 1, "search", "GET /")))
+    translated = orjson.dumps(event(end_ms + 2, "search", "GET /"))
 
     records: list[Record] = []
     bad_values = list(bad)
