@@ -138,6 +138,7 @@ class SpanIntake:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
                 await self._track_assignment()
+                self._check_resets(batch)
                 now = time.monotonic()
                 for tp, records in batch.items():
                     if tp not in self._assigned:
@@ -184,6 +185,29 @@ class SpanIntake:
 
     def assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._fresh.update(assigned)
+
+    def _check_resets(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+                      ) -> None:
+        """A partition whose log now ends below our read position restarted (topic
+        recreated, broker restarted empty): read it from its start as a new epoch, logged
+        and counted (ADR 0014). Records already buffered from the old log go out first."""
+        assert self.consumer is not None
+        for tp in self._assigned:
+            pos = self._next.get(tp.partition, 0)
+            records = batch.get(tp)
+            high = self.consumer.highwater(tp)
+            if records and records[0].offset < pos:
+                start = records[0].offset  # the client already went back to the start
+            elif high is not None and high < pos:
+                start = 0
+                self.consumer.seek(tp, 0)
+            else:
+                continue
+            self.metrics.log_resets[f"{tp.topic}:{tp.partition}"] += 1
+            log.error("RESET LOG: %s partition %s ends at %s, below the read position %s: "
+                      "reading the new log from offset %s as a new epoch", tp.topic,
+                      tp.partition, high, pos, start)
+            self._next[tp.partition] = start
 
     async def _track_assignment(self) -> None:
         """Learn the read position of partitions assigned since the last batch."""
