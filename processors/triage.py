@@ -11,10 +11,21 @@ events it relates to, in any interleaving, gives the same final report bytes:
 - correlation is a predicate over event times and keys, never over arrival;
 - ``generated_at_ms`` is the latest event time among the incident's own changes and its
   correlated signals, so it too is a function of the evidence set.
+
+Signals are held 72 h after they were last seen, and at most ``max_signals`` of them (50,000
+by default). Past the cap, signals the retention would forget go first (not counted), then
+the oldest resolved ones (by last seen, then id), then the oldest of any state, each counted
+in :attr:`Triage.signals_dropped`. The cap is checked after every signal applied, so what
+it drops is a function of the sequence of inputs alone (not of batch boundaries, the
+clock or when retention last ran). Unlike the rest of the fold it depends on their order:
+a dropped signal that occurs again starts a new fold. A drop builds no report version by
+itself; only incidents that cite a dropped signal (with the cap or without it) get reports
+other than an uncapped fold's: their next version no longer cites it, or cites its new fold.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,6 +36,7 @@ from tocsin.processors.traces import BlastRadius, ClosedTrace, TraceSummary, sum
 
 STATE_RANK = {"firing": 0, "acknowledged": 1, "resolved": 2}
 EVICT_EVERY_MS = 3_600_000  # retention is checked once per hour of event time
+OCCURRENCES_MAX = (1 << 31) - 1  # signal.v1's int: a folded count saturates there
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +46,11 @@ class TriageConfig:
     signal_retention_ms: int = 72 * 3_600_000  # BRIEF.md: events and signals 72 h
     traces_per_family: int = 2_000  # failing trace summaries kept per family, newest
     incident_retention_ms: int = 168 * 3_600_000  # resolved incidents 168 h
+    max_signals: int = 50_000  # folded signals held; beyond, oldest resolved dropped first
+
+    def __post_init__(self) -> None:
+        if self.max_signals < 1:
+            raise ValueError(f"max_signals must be at least 1, got {self.max_signals}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +68,7 @@ class Folded:
             return (s.event_time_ms, STATE_RANK.get(s.state, -1), canonical_json(s.to_dict()))
 
         latest = max(self.signal, other, key=key)
-        return Folded(latest, self.occurrences + int(other.occurrences),
+        return Folded(latest, min(self.occurrences + int(other.occurrences), OCCURRENCES_MAX),
                       min(self.first_seen_ms, other.event_time_ms),
                       max(self.last_seen_ms, other.event_time_ms))
 
@@ -131,6 +148,11 @@ class Triage:
         self.opening_blasts: dict[str, BlastRadius] = {}
         self._counted: dict[str, set[str]] = {}
         self._evicted_at_ms = 0
+        self.signals_dropped = 0  # forgotten over max_signals (retention's are not counted)
+        # (last seen ms, signal id) of the held signals, and of the resolved ones: min-heaps,
+        # read lazily (an entry is current while it matches the signal's fold).
+        self._by_age: list[tuple[int, str]] = []
+        self._resolved_by_age: list[tuple[int, str]] = []
 
     # Each input marks the incidents it touches; flush() evaluates each of them once.
 
@@ -151,12 +173,64 @@ class Triage:
         self._route_kept_traces(incident_id)
 
     def apply_signal(self, signal: Any) -> None:
-        folded = fold(self.signals.get(signal.signal_id), signal)
+        previous = self.signals.get(signal.signal_id)
+        folded = fold(previous, signal)
         self.signals[signal.signal_id] = folded
+        self._track(signal.signal_id, previous, folded)
         self.horizon_ms = max(self.horizon_ms, signal.event_time_ms)
         window = self.config.correlation_window_ms
         self.dirty.update(i for i, inc in self.incidents.items()
                           if correlates(inc, folded.signal, window))
+        self._cap()
+
+    # The cap on held signals (see the module docstring).
+
+    def _track(self, signal_id: str, previous: Folded | None, folded: Folded) -> None:
+        entry = (folded.last_seen_ms, signal_id)
+        moved = previous is None or previous.last_seen_ms != folded.last_seen_ms
+        if moved:
+            heapq.heappush(self._by_age, entry)
+        if folded.signal.state == "resolved" and (
+                previous is None or moved or previous.signal.state != "resolved"):
+            heapq.heappush(self._resolved_by_age, entry)
+        if max(len(self._by_age), len(self._resolved_by_age)) > 2 * len(self.signals) + 1024:
+            self._by_age = sorted((f.last_seen_ms, k) for k, f in self.signals.items())
+            self._resolved_by_age = sorted((f.last_seen_ms, k) for k, f in self.signals.items()
+                                           if f.signal.state == "resolved")
+
+    def _oldest(self, heap: list[tuple[int, str]], resolved: bool) -> tuple[int, str] | None:
+        """The heap's oldest current entry (stale ones above it are discarded)."""
+        while heap:
+            last_seen_ms, signal_id = heap[0]
+            held = self.signals.get(signal_id)
+            if held is not None and held.last_seen_ms == last_seen_ms and (
+                    not resolved or held.signal.state == "resolved"):
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def _cap(self) -> None:
+        """At most ``max_signals``: past retention first (not counted; retention would forget
+        them at its next hourly check), then the oldest resolved, then the oldest."""
+        cap = self.config.max_signals
+        expired_before = self.horizon_ms - self.config.signal_retention_ms
+        while len(self.signals) > cap:
+            oldest = self._oldest(self._by_age, False)
+            assert oldest is not None  # every held signal has a current entry
+            if oldest[0] >= expired_before:
+                break
+            heapq.heappop(self._by_age)
+            del self.signals[oldest[1]]
+        while len(self.signals) > cap:
+            heap = self._resolved_by_age
+            victim = self._oldest(heap, True)
+            if victim is None:
+                heap = self._by_age
+                victim = self._oldest(heap, False)
+            assert victim is not None
+            heapq.heappop(heap)
+            del self.signals[victim[1]]
+            self.signals_dropped += 1
 
     def apply_trace(self, trace: ClosedTrace) -> None:
         """A closed trace: if it failed, evidence for the incidents of its failing

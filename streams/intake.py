@@ -28,6 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from tocsin.processors.signals import PROVIDERS, IntakeError, intake
+from tocsin.schemas.codec import SchemaError
 from tocsin.streams.auth import Grant
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.settings import Settings
@@ -172,14 +173,22 @@ class Intake:
             limited = self.limit(who, len(result.signals) - 1)
             if limited is not None:
                 return limited
+        values = []
+        for signal in result.signals:  # all encoded before any is sent: none or all go
+            try:
+                values.append(encode_signal(signal))
+            except SchemaError as exc:  # the parsers bound what they accept; defence in depth
+                where = f" (field {exc.field})" if exc.field else ""
+                return Answer(422, {"error": f"signal {signal.signal_id} cannot be written "
+                                             f"as signal.v1{where}"})
         futures = []
-        for signal in result.signals:
+        for signal, value in zip(result.signals, values, strict=True):
             headers = [("tocsin.signal_id", signal.signal_id.encode()),
                        ("tocsin.source", who.encode())]
             if delivery is not None:
                 headers.append((DELIVERY_HEADER, delivery.encode()))
             futures.append(await self.producer.send(
-                self.settings.topics.signals, encode_signal(signal),
+                self.settings.topics.signals, value,
                 key=(signal.service or signal.signal_id).encode(), headers=headers))
         for fut in futures:
             await fut

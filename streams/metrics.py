@@ -27,6 +27,7 @@ class Metrics(Collector):
     lifecycle: Counter[str] = field(default_factory=Counter)
     log_resets: Counter[str] = field(default_factory=Counter)  # "topic:partition" -> count
     broker_errors: int = 0
+    signals_dropped: int = 0  # by the triage fold over its cap (the projection sets it)
     counters: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def collect(self) -> Iterator[Metric]:
@@ -51,6 +52,10 @@ class Metrics(Collector):
                                   value=self.spans_in)
         yield CounterMetricFamily("tocsin_spans_rejected", "OTLP spans refused by the decoder",
                                   value=self.spans_rejected)
+        yield CounterMetricFamily("tocsin_signals_dropped",
+                                  "signals the triage fold forgot over its cap of held "
+                                  "signals, oldest resolved first",
+                                  value=self.signals_dropped)
         yield CounterMetricFamily("tocsin_deploys_registered",
                                   "deploys registered from version changes on events",
                                   value=self.deploys_registered)
@@ -87,6 +92,7 @@ class Metrics(Collector):
             "checkpoints": self.checkpoints, "rows_projected": self.rows_projected,
             "reports_published": self.reports_published,
             "signals_accepted": self.signals_accepted,
+            "signals_dropped": self.signals_dropped,
             "deploys_registered": self.deploys_registered,
             "spans_read": self.spans_read, "spans_in": self.spans_in,
             "spans_rejected": self.spans_rejected,

@@ -237,6 +237,7 @@ class Projection:
             kv[0].topic != topics.incidents, kv[0].topic, kv[0].partition))
             if tp.topic in (topics.incidents, topics.signals, topics.spans) for rec in recs]
         reports = self.triage.feed(records)
+        self.metrics.signals_dropped = self.triage.triage.signals_dropped
         for rec, reason in self.triage.take_rejects():
             await self._dead_letter(rec, reason)
         futures = []

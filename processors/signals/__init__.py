@@ -62,7 +62,12 @@ def intake(payload: object, provider: str | None = None,
     parser = PARSERS.get(name)
     if parser is None:
         raise IntakeError(f"unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
-    return parser(payload, received_ms)
+    try:
+        return parser(payload, received_ms)
+    except IntakeError as exc:
+        if exc.provider is not None:
+            raise
+        raise exc.of(name) from exc  # the Signal's own checks do not know the provider
 
 
 def parse(payload: object, provider: str | None = None,

@@ -9,7 +9,9 @@ nanoseconds (``2018-11-04T22:43:58.283995108+01:00``), PagerDuty a colon-less of
 (``2015-07-17T08:42:58.315+0000``), GitLab a space and a separate offset
 (``2021-04-28 21:50:00 +0200``, ``2020-11-02 12:55:12 UTC``). Fractions are truncated to
 the millisecond (Go's ``UnixMilli`` does the same). Go's zero time
-``0001-01-01T00:00:00Z`` (Alertmanager's and Grafana's "unset") reads as ``None``.
+``0001-01-01T00:00:00Z`` (Alertmanager's and Grafana's "unset") reads as ``None``. Times
+are read between 0001-01-01 and 9999-12-31T23:59:59.999Z in UTC (Python's dates): a later
+one, such as ``9999-12-31T23:59:59-01:00``, is refused with a message, never an overflow.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from typing import Any
 from tocsin.processors.signals.model import IntakeError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+FIRST_MS = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // MS
+LAST_MS = (datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC) - EPOCH) // MS
+"""The times read: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, in epoch ms."""
 _TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
     r"\s*(Z|z|UTC|[+-]\d{2}(?::?\d{2})?)$"
@@ -34,7 +40,8 @@ def time_ms(text: str) -> int | None:
     """Epoch milliseconds of an RFC 3339-like time with an offset; None for Go's zero time.
 
     Raises ``ValueError`` for a time without an offset: guessing a zone would make the
-    same payload mean different instants on different machines.
+    same payload mean different instants on different machines; and for one outside
+    :data:`FIRST_MS` .. :data:`LAST_MS` once its offset is applied.
     """
     m = _TIME.match(text.strip())
     if m is None:
@@ -44,7 +51,12 @@ def time_ms(text: str) -> int | None:
         return None
     frac = (m.group(7) or "")[:3].ljust(3, "0")
     stamp = datetime(year, month, day, hour, minute, second, int(frac) * 1000, tzinfo=UTC)
-    return (stamp - _offset(m.group(8)) - EPOCH) // timedelta(milliseconds=1)
+    # In integers: the offset may carry the instant past the last date a datetime holds.
+    ms = (stamp - EPOCH) // MS - _offset(m.group(8)) // MS
+    if not FIRST_MS <= ms <= LAST_MS:
+        raise ValueError("outside the times read, 0001-01-01 to 9999-12-31T23:59:59.999Z "
+                         "in UTC")
+    return ms
 
 
 def _offset(zone: str) -> timedelta:
@@ -62,8 +74,16 @@ def first_of(*values: int | None) -> int | None:
 
 
 def seconds_ms(value: float) -> int:
-    """Epoch milliseconds of epoch seconds with a fraction (Sentry's ``timestamp``)."""
-    return round(value * 1000)
+    """Epoch milliseconds of epoch seconds with a fraction (Sentry's ``timestamp``).
+
+    Raises ``ValueError`` outside the times read (:data:`FIRST_MS` .. :data:`LAST_MS`):
+    ``1e308`` is valid JSON, and infinity as milliseconds has no integer.
+    """
+    ms = value * 1000
+    if not FIRST_MS <= ms <= LAST_MS:  # NaN too: every comparison with it is false
+        raise ValueError("epoch seconds outside the times read, 0001-01-01 to "
+                         "9999-12-31T23:59:59.999Z in UTC")
+    return round(ms)
 
 
 def text_of(value: Any) -> str:

@@ -7,7 +7,10 @@ PagerDuty acknowledge, a Kubernetes event's recurrence) is the same signal, and 
 that counts occurrences can happen downstream without looking inside the payload.
 
 ``to_dict()`` gives exactly the fields of ``schemas/avro/signal.v1.avsc``
-(``tocsin.signal.v1.Signal``), in its order.
+(``tocsin.signal.v1.Signal``), in its order, and every Signal can be written as one: its
+integers are held to the schema's ``int`` and ``long`` ranges when it is made
+(:data:`INT_RANGES`), so a payload with an exit code of 2**31 is an :class:`IntakeError`
+naming the field, not a signal that fails on its way to the topic.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ SEVERITIES: tuple[str, ...] = get_args(Severity)
 RUNTIME_SUBTYPES: tuple[str, ...] = get_args(RuntimeSubtype)
 SOURCES = ("alertmanager", "grafana", "pagerduty", "sentry", "kubernetes", "ci", "native")
 
+AVRO_INT = (-(1 << 31), (1 << 31) - 1)
+AVRO_LONG = (-(1 << 63), (1 << 63) - 1)
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "event_time_ms": AVRO_LONG, "starts_at_ms": AVRO_LONG, "ends_at_ms": AVRO_LONG,
+    "exit_code": AVRO_INT, "restart_count": AVRO_INT, "occurrences": AVRO_INT,
+}
+"""The integer fields of signal.v1 and the range of their Avro type (int or long)."""
+
 
 class IntakeError(ValueError):
     """A payload Tocsin cannot read. The message is written for the sender (an HTTP 400/422
@@ -37,11 +48,18 @@ class IntakeError(ValueError):
 
     def __init__(self, message: str, field: str | None = None,
                  provider: str | None = None) -> None:
+        self.problem = message
         self.field = field
         self.provider = provider
         where = f"{field}: " if field else ""
         who = f"{provider} payload: " if provider else ""
         super().__init__(f"{who}{where}{message}")
+
+    def of(self, provider: str) -> IntakeError:
+        """This error said of ``provider``'s payload (itself when it already names one)."""
+        if self.provider is not None:
+            return self
+        return IntakeError(self.problem, self.field, provider)
 
 
 def signal_id(source: str, dedup_key: str) -> str:
@@ -96,6 +114,8 @@ class Signal:
         _check(self.runtime_subtype is None or self.runtime_subtype in RUNTIME_SUBTYPES,
                "runtime_subtype", self.runtime_subtype)
         _check(bool(self.dedup_key), "dedup_key", self.dedup_key)
+        for name, (low, high) in INT_RANGES.items():
+            _check_int(name, getattr(self, name), low, high)
         _check(self.occurrences >= 1, "occurrences", self.occurrences)
         object.__setattr__(self, "signal_id", signal_id(self.source, self.dedup_key))
         object.__setattr__(self, "labels", dict(sorted(self.labels.items())))
@@ -113,6 +133,18 @@ class Signal:
 def _check(ok: bool, name: str, value: object) -> None:
     if not ok:
         raise ValueError(f"Signal.{name}: invalid value {value!r}")
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    """An integer field within its Avro type's range; None passes (the optional ones)."""
+    if value is None and name not in ("event_time_ms", "occurrences"):
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise IntakeError(f"must be an integer, got {type(value).__name__}", field=name)
+    if not low <= value <= high:
+        kind = "int" if high < 1 << 32 else "long"
+        raise IntakeError(f"{value} does not fit signal.v1's {kind} "
+                          f"({low} to {high})", field=name)
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Signal))

@@ -139,6 +139,8 @@ def to_signal(n: NativeSignal, received_ms: int | None = None) -> Signal:
             exit_code=n.exit_code, restart_count=n.restart_count, version=n.version,
             commit=n.commit, pr_url=n.pr_url, author=n.author, occurrences=n.occurrences,
         )
+    except IntakeError as exc:  # an integer outside signal.v1's range
+        raise exc.of(NAME) from exc
     except ValueError as exc:  # source outside the known set
         raise IntakeError(str(exc).removeprefix("Signal."), provider=NAME) from exc
 

@@ -116,7 +116,10 @@ def _event(ev: Obj, rule: str | None) -> Signal:
         if not isinstance(stamp, int | float) or isinstance(stamp, bool):
             raise ev.error("datetime", "required, an RFC 3339 time (or timestamp, epoch "
                                        "seconds)")
-        when = seconds_ms(stamp)
+        try:
+            when = seconds_ms(stamp)
+        except ValueError as exc:
+            raise ev.error("timestamp", str(exc)) from exc
     metadata = ev.opt_obj("metadata")
     reason = (exception.opt_str("type") if exception else None) or (
         metadata.opt_str("type") if metadata else None)

@@ -13,10 +13,10 @@ shapes) mutated: values replaced by JSON of other types, keys dropped or added, 
 nesting, huge numbers, NaN-like and time-like strings, invalid UTF-8, truncation, bit flips
 in the Avro and protobuf encodings.
 
-Bugs found in ``processors/signals`` and ``streams/triage_io.py`` are owned elsewhere: each
-has a strict xfail reproducer at the end of this file, and the fuzz tests tolerate exactly
-that failure (:func:`known_signal_bug`) so that they keep hunting for new ones. When one is
-fixed, its reproducer XPASSes: remove the mark and its entry in ``known_signal_bug``.
+The bugs found in ``processors/signals`` and ``streams/triage_io.py`` (times past year 9999,
+Sentry's ``timestamp`` of 1e308, integers beyond signal.v1's int and long, signal records
+whose maps are not objects or whose JSON form has the wrong types) are fixed; their
+reproducers are at the end of this file, and the fuzz tests tolerate none of them.
 """
 
 from __future__ import annotations
@@ -503,22 +503,8 @@ OPT_SIGNAL_STR = ("service", "env", "reason", "description", "fingerprint", "pro
                   "node", "version", "commit", "pr_url", "author")
 
 
-def out_of_avro_range(signal: Signal) -> bool:
-    """Reported: parsers pass integers through unbounded, and a signal whose exit code,
-    restart count, occurrences (int) or times (long) do not fit signal.v1 cannot be sent."""
-    return any(getattr(signal, k) is not None and not lo <= getattr(signal, k) <= hi
-               for k, (lo, hi) in INT_RANGES.items())
-
-
-def known_signal_bug(exc: BaseException) -> bool:
-    """The reported, unfixed failures of processors/signals (see the xfail tests below)."""
-    return isinstance(exc, OverflowError) and str(exc) in (
-        "date value out of range",  # fields.time_ms: 9999-12-31T23:59:59-01:00
-        "cannot convert float infinity to integer",  # sentry: "timestamp": 1e308
-    )
-
-
-def check_signal(signal: object, wire: bool = True) -> None:
+def check_signal(signal: object) -> None:
+    """Well typed, and it encodes as signal.v1 (what the intake sends, the fold reads)."""
     assert isinstance(signal, Signal)
     assert re.fullmatch(r"sig_[0-9a-f]{16}", signal.signal_id)
     assert isinstance(signal.dedup_key, str) and signal.dedup_key
@@ -534,11 +520,10 @@ def check_signal(signal: object, wire: bool = True) -> None:
     for mapping in (signal.labels, signal.annotations):
         assert isinstance(mapping, dict)
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())
-    if wire and out_of_avro_range(signal):
-        note_event("reported bug: an integer outside signal.v1's range")
-    elif wire:
-        record = signal.to_dict()
-        assert avro_schema(SIGNAL).decode_soe(avro_schema(SIGNAL).encode_soe(record)) == record
+    for key, (lo, hi) in INT_RANGES.items():
+        assert getattr(signal, key) is None or lo <= getattr(signal, key) <= hi, key
+    record = signal.to_dict()
+    assert avro_schema(SIGNAL).decode_soe(avro_schema(SIGNAL).encode_soe(record)) == record
 
 
 def parse_signals(data: bytes, provider: str | None, received_ms: int | None) -> None:
@@ -554,11 +539,6 @@ def parse_signals(data: bytes, provider: str | None, received_ms: int | None) ->
         assert str(exc)
         note_event(f"IntakeError ({exc.provider})")
         return
-    except OverflowError as exc:
-        if known_signal_bug(exc):
-            note_event(f"reported bug: {exc}")
-            return
-        raise
     note_event(f"{result.provider}: {min(len(result.signals), 2)} signal(s)")
     assert isinstance(result, IntakeResult)
     assert result.provider in PROVIDERS
@@ -626,24 +606,12 @@ SIGNAL_AVRO = [avro_schema(SIGNAL).encode_soe(r) for r in SIGNAL_RECORDS]
 def decode_signal_record(data: bytes) -> None:
     try:
         signal = decode_signal(data)
-    except SchemaError:
-        note_event("SchemaError")
-        return
-    except AttributeError:  # reported: a map field that is not a JSON object
-        assume_reported_labels_bug(data)
-        note_event("reported bug: labels not an object")
+    except SchemaError as exc:
+        assert str(exc)
+        note_event(f"SchemaError on {exc.field or 'the record'}")
         return
     note_event("decoded")
-    # Reported: the JSON form is not checked against signal.v1 (a string event_time_ms
-    # is accepted), so only the Avro form is held to the well-typed property here.
-    if data[:1] == b"\xc3":
-        check_signal(signal, wire=False)
-
-
-def assume_reported_labels_bug(data: bytes) -> None:
-    """The AttributeError is the reported one: labels or annotations not an object."""
-    raw = orjson.loads(data)
-    assert not all(isinstance(raw.get(k, {}), dict) for k in ("labels", "annotations"))
+    check_signal(signal)  # the JSON form is held to signal.v1's types as the Avro form is
 
 
 @FUZZ
@@ -915,13 +883,9 @@ def test_mapping_files_mutated(text: bytes) -> None:
 
 
 # ---------------------------------------------------------------------- reported bugs
-# Reproducers for bugs outside this change's files (processors/signals is being edited by
-# its owner; streams/ is not a decoder module). Strict: a fix makes them fail as XPASS.
+# Reproducers of the bugs the fuzz tests found, fixed: each must keep passing.
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="fields.time_ms: an offset that moves 9999-12-31 past year 9999 "
-                          "raises OverflowError, not IntakeError")
 def test_reported_time_past_year_9999_is_an_intake_error() -> None:
     payload = {"version": "4", "alerts": [{"status": "firing",
                                            "startsAt": "9999-12-31T23:59:59-01:00"}]}
@@ -929,8 +893,6 @@ def test_reported_time_past_year_9999_is_an_intake_error() -> None:
         intake(payload)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="sentry: timestamp 1e308 (valid JSON) overflows seconds_ms")
 def test_reported_sentry_huge_timestamp_is_an_intake_error() -> None:
     payload = orjson.loads(b'{"action": "triggered", "data": {"event": '
                            b'{"issue_id": "1", "timestamp": 1e308}}}')
@@ -938,40 +900,45 @@ def test_reported_sentry_huge_timestamp_is_an_intake_error() -> None:
         intake(payload)
 
 
-@pytest.mark.xfail(strict=True, raises=SchemaError,
-                   reason="kubernetes/native: integers are not bounded to signal.v1's int and "
-                          "long; the accepted signal cannot be encoded (HTTP intake 500)")
-@pytest.mark.parametrize("payload", [
-    {"kind": "Pod", "metadata": {"name": "p"}, "status": {
+@pytest.mark.parametrize(("payload", "field"), [
+    ({"kind": "Pod", "metadata": {"name": "p"}, "status": {
         "startTime": "2026-11-02T09:00:00Z", "containerStatuses": [{"name": "c", "state": {
-            "terminated": {"reason": "OOMKilled", "exitCode": 1 << 31}}}]}},
-    {"type": "runtime", "event_time_ms": RECEIVED, "restart_count": 1 << 31},
-    {"type": "alert", "event_time_ms": RECEIVED, "ends_at_ms": 1 << 63},
+            "terminated": {"reason": "OOMKilled", "exitCode": 1 << 31}}}]}}, "exit_code"),
+    ({"type": "runtime", "event_time_ms": RECEIVED, "restart_count": 1 << 31},
+     "restart_count"),
+    ({"type": "alert", "event_time_ms": RECEIVED, "ends_at_ms": 1 << 63}, "ends_at_ms"),
+    ({"type": "alert", "event_time_ms": RECEIVED, "occurrences": 1 << 31}, "occurrences"),
+    ({"type": "alert", "event_time_ms": RECEIVED, "exit_code": -(1 << 31) - 1}, "exit_code"),
 ])
-def test_reported_out_of_range_integers_are_intake_errors(payload: dict[str, Any]) -> None:
-    try:
-        result = intake(payload, received_ms=RECEIVED)
-    except IntakeError:
-        return
-    for signal in result.signals:
-        avro_schema(SIGNAL).encode_soe(signal.to_dict())
+def test_reported_out_of_range_integers_are_intake_errors(payload: dict[str, Any],
+                                                          field: str) -> None:
+    with pytest.raises(IntakeError) as refused:
+        intake(payload, received_ms=RECEIVED)
+    assert refused.value.field == field and refused.value.provider is not None
+    assert f"{field}: " in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="streams/triage_io.decode_signal: labels that are not an object "
-                          "raise AttributeError, which TriageLoop._apply does not catch")
-def test_reported_signal_record_with_a_list_of_labels_is_a_schema_error() -> None:
-    record = dict(SIGNAL_RECORDS[0], labels=["a"])
-    with pytest.raises(SchemaError):
+@pytest.mark.parametrize("labels", [["a"], None, "a", {"a": 1}])
+@pytest.mark.parametrize("key", ["labels", "annotations"])
+def test_reported_signal_record_with_a_list_of_labels_is_a_schema_error(
+        key: str, labels: object) -> None:
+    record = dict(SIGNAL_RECORDS[0], **{key: labels})
+    with pytest.raises(SchemaError) as refused:
         decode_signal(orjson.dumps(record))
+    assert refused.value.field == key
 
 
-@pytest.mark.xfail(strict=True, reason="streams/triage_io.decode_signal: the JSON form is "
-                                       "not checked against signal.v1's types")
-def test_reported_signal_record_json_with_a_text_time_is_a_schema_error() -> None:
-    record = dict(SIGNAL_RECORDS[0], event_time_ms="soon")
-    with pytest.raises(SchemaError):
+@pytest.mark.parametrize(("field", "value"), [
+    ("event_time_ms", "soon"), ("event_time_ms", 1.5), ("event_time_ms", True),
+    ("event_time_ms", 1 << 63), ("occurrences", None), ("exit_code", "137"),
+    ("service", 7), ("type", "page"), ("title", None),
+])
+def test_reported_signal_record_json_with_a_text_time_is_a_schema_error(
+        field: str, value: object) -> None:
+    record = dict(SIGNAL_RECORDS[0], **{field: value})
+    with pytest.raises(SchemaError) as refused:
         decode_signal(orjson.dumps(record))
+    assert refused.value.field == field
 
 
 def test_the_seeds_are_valid_inputs() -> None:
