@@ -43,7 +43,7 @@ OCCURRENCES_MAX = (1 << 31) - 1  # signal.v1's int: a folded count saturates the
 class TriageConfig:
     correlation_window_ms: int = 15 * 60_000
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    signal_retention_ms: int = 72 * 3_600_000  # BRIEF.md: events and signals 72 h
+    signal_retention_ms: int = 72 * 3_600_000  # events and signals are kept 72 h
     traces_per_family: int = 2_000  # failing trace summaries kept per family, newest
     incident_retention_ms: int = 168 * 3_600_000  # resolved incidents 168 h
     max_signals: int = 50_000  # folded signals held; beyond, oldest resolved dropped first
@@ -282,7 +282,7 @@ class Triage:
 
     def evict(self) -> None:
         """Forget, by event time, signals past their retention and incidents resolved
-        longer ago than theirs (BRIEF.md retention)."""
+        longer ago than theirs (retention)."""
         cfg = self.config
         if self.horizon_ms - self._evicted_at_ms < EVICT_EVERY_MS:
             return
