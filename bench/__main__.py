@@ -1,9 +1,11 @@
-"""``python -m bench [--json] [--events N] [--no-quix] [--no-intake] [--no-spans]``.
+"""``python -m bench [--json] [--events N] [--no-quix] [--no-intake] [--no-queries]
+[--no-spans]``.
 
 One embedded broker per run; the workload is produced once, then read by (a) the bare
 consumer, (b) the Tocsin worker (followed, while it is caught up, by the live-spike
-latency phase, (e) the report burst and (d) its HTTP intake under load) and (c) the
-quixstreams peer, one after the other so they never share the CPU. The bare HTTP intake
+latency phase, (e) the report burst and (d) its HTTP intake under load), (c) the
+quixstreams peer and (g) four more workers, alone and under six heavy queries, one after
+the other so they never share the CPU. The bare HTTP intake
 endpoint of (d) runs right after the worker stopped, before (c). (f), the OTLP span
 workload, is produced and measured last: the worker of (b) would otherwise translate it
 into its own workload's topic. Progress goes to stderr; the figures to stdout. Every
@@ -33,6 +35,7 @@ from .bare import measure_bare
 from .burst import BurstResult, measure_burst
 from .intake import CONCURRENCY, REQUESTS, SECONDS, BareIntake, LoadResult, measure_load
 from .latency import measure_latency
+from .queries import CLIENTS, QueriesPhase, measure_queries
 from .quix import QuixResult, run_quix
 from .report import BUSY_LOAD, IntakeRun, Run, TocsinRun, render, to_dict
 from .spans import (
@@ -64,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-quix", action="store_true", help="skip (c), the quixstreams peer")
     p.add_argument("--no-intake", action="store_true",
                    help="skip (d) HTTP intake signals/s and (e) the report burst")
+    p.add_argument("--no-queries", action="store_true",
+                   help="skip (g), detection and projection under six heavy queries")
     p.add_argument("--no-spans", action="store_true",
                    help="skip (f), OTLP spans/s (bare, Tocsin, worker) and assembler RSS")
     p.add_argument("--burst", type=int, default=2000,
@@ -162,6 +167,18 @@ def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
     return result
 
 
+def queries_phase(bootstrap: str, workload: Workload, workdir: Path) -> QueriesPhase:
+    """(g): a fresh worker alone, then another under six heavy queries (before (f): a
+    worker of role all would translate the span workload too)."""
+    say(f"(g) fresh workers alone and under {CLIENTS} heavy queries, in turn")
+    try:
+        result = measure_queries(bootstrap, workload, workdir, say)
+    except Exception as exc:  # noqa: BLE001 - keep the other figures
+        say(f"(g) failed: {type(exc).__name__}: {exc}")
+        return QueriesPhase(skipped=f"failed: {type(exc).__name__}: {exc}")
+    return result
+
+
 def spans_phase(bootstrap: str, workdir: Path) -> SpansRun:
     """(f): produce the span workload, then the bare loop, Tocsin's pure loop, the worker's
     span intake, and the assembler's RSS in a child interpreter."""
@@ -208,6 +225,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - keep the other figures
                 say(f"(d) bare intake failed: {type(exc).__name__}: {exc}")
         quix = None if args.no_quix else quix_phase(broker.bootstrap, workload.events, workdir)
+        queries = QueriesPhase(skipped="--no-queries")
+        if not args.no_queries:
+            queries = queries_phase(broker.bootstrap, workload, workdir)
         spans = SpansRun(skipped="--no-spans")
         if not args.no_spans:
             try:
@@ -215,7 +235,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - keep the other figures
                 say(f"(f) failed: {type(exc).__name__}: {exc}")
                 spans = SpansRun(skipped=f"failed: {type(exc).__name__}: {exc}")
-    result = to_dict(Run(workload, bare, tocsin, quix, intake, spans))
+    result = to_dict(Run(workload, bare, tocsin, quix, intake, spans, queries))
     result["load_avg_1m_at_start"] = round(load, 2)
     return result
 

@@ -9,6 +9,7 @@ from .bare import BareResult
 from .burst import BurstResult
 from .intake import CONCURRENCY, LoadResult
 from .latency import LatencyResult
+from .queries import CLIENTS, HEAVY, QueriesPhase, QueryRun
 from .quix import QuixResult
 from .spans import SPANS_PER_TRACE, TRACES_PER_RECORD, SpansRun
 from .worker import Throughput
@@ -51,6 +52,8 @@ class Run:
     quix: QuixResult | None
     intake: IntakeRun = IntakeRun(skipped="--no-intake")
     spans: SpansRun = field(default_factory=lambda: SpansRun(skipped="--no-spans"))
+    queries: QueriesPhase = field(
+        default_factory=lambda: QueriesPhase(skipped="--no-queries"))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -147,6 +150,39 @@ def _spans_dict(f: SpansRun) -> dict[str, Any]:
     }
 
 
+def _query_runs_dict(prefix: str, runs: tuple[QueryRun, ...]) -> dict[str, Any]:
+    lags = [r.lag_s for r in runs]
+    return {
+        f"{prefix}_events_per_s": _round(QueriesPhase.mean_rate(runs)),
+        f"{prefix}_events_per_s_each": [_round(r.throughput.events_per_s) for r in runs],
+        f"{prefix}_projection_lag_s": _round(QueriesPhase.mean_lag(runs), 2),
+        f"{prefix}_projection_lag_s_each": [_round(x, 2) for x in lags],
+        f"{prefix}_rows_final_each": [r.rows_final for r in runs],
+        f"{prefix}_rows_at_n_each": [r.rows_at_n for r in runs],
+        f"{prefix}_peak_rss_mb": _round(max((r.peak_rss_mb or 0 for r in runs), default=0))
+        if runs else None,
+    }
+
+
+def _queries_dict(g: QueriesPhase) -> dict[str, Any]:
+    answers: dict[str, int] = {}
+    for r in g.heavy:
+        for k, v in r.statuses.items():
+            answers[str(k)] = answers.get(str(k), 0) + v
+    return {
+        "queries_skipped": g.skipped,
+        "queries_clients": CLIENTS,
+        **_query_runs_dict("queries_alone", g.alone),
+        **_query_runs_dict("queries_heavy", g.heavy),
+        "queries_events_ratio": _ratio(QueriesPhase.mean_rate(g.heavy),
+                                       QueriesPhase.mean_rate(g.alone)),
+        "queries_lag_ratio": _ratio(QueriesPhase.mean_lag(g.heavy),
+                                    QueriesPhase.mean_lag(g.alone)),
+        "queries_answers": dict(sorted(answers.items())) if g.heavy else None,
+        "queries_worker_stats": [r.queries for r in g.heavy] if g.heavy else None,
+    }
+
+
 def to_dict(run: Run) -> dict[str, Any]:
     w, quix, t = run.workload, run.quix, run.tocsin
     quix_rate = quix.events_per_s if quix and not quix.skipped else None
@@ -181,6 +217,7 @@ def to_dict(run: Run) -> dict[str, Any]:
         "worker_exit_code": t.exit_code,
         **_intake_dict(run.intake),
         **_spans_dict(run.spans),
+        **_queries_dict(run.queries),
     }
     result["targets_met"] = _targets(result)
     return result
@@ -296,6 +333,31 @@ def _spans_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _queries_lines(r: dict[str, Any]) -> list[str]:
+    if r["queries_skipped"]:
+        return [f"(g) detection and projection under heavy queries: skipped "
+                f"({r['queries_skipped']})"]
+
+    def row(name: str, p: str) -> str:
+        each = ", ".join(_num(x) for x in r[f"{p}_events_per_s_each"])
+        lags = ", ".join(_num(x, "", ".2f") for x in r[f"{p}_projection_lag_s_each"])
+        return (f"    {name:<34}{_num(r[f'{p}_events_per_s'], ' ev/s'):>13} ({each})   "
+                f"projection lag {_num(r[f'{p}_projection_lag_s'], ' s', '.2f')} ({lags}); "
+                f"peak RSS {_num(r[f'{p}_peak_rss_mb'], ' MB', '.0f')}")
+
+    return [
+        f"(g) detection and projection, fresh workers alone / under {r['queries_clients']} "
+        f"heavy queries / under them / alone ({r['queries_clients'] // len(HEAVY)} x each "
+        "of: a CPU-bound scan to the 10 s limit, the 20M-row answer); projection lag = N-th "
+        "event counted -> DuckDB rows quiet",
+        row("worker alone", "queries_alone"),
+        row(f"worker + {r['queries_clients']} heavy queries", "queries_heavy"),
+        f"    with / without queries: events/s {_num(r['queries_events_ratio'], '', '.2f')}, "
+        f"projection lag {_num(r['queries_lag_ratio'], '', '.2f')}; query answers by "
+        f"status {r['queries_answers']}",
+    ]
+
+
 def _check_lines(r: dict[str, Any]) -> list[str]:
     lines = [
         f"replay spikes opened during (b): {r['replay_spikes_opened']} of "
@@ -317,4 +379,5 @@ def render(r: dict[str, Any]) -> str:
             f"{r['services']} services, {r['families']} error families, {r['partitions']} "
             f"partitions, 5% errors, {r['replay_spikes_expected']} replay spikes")
     return "\n".join([head, "", *_throughput_lines(r), "", *_target_lines(r), "",
-                      *_intake_lines(r), "", *_spans_lines(r), "", *_check_lines(r)])
+                      *_intake_lines(r), "", *_queries_lines(r), "", *_spans_lines(r), "",
+                      *_check_lines(r)])

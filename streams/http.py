@@ -1,14 +1,14 @@
 """The worker's HTTP surface (Faust's web server): health, metrics, read-only SQL.
 
 DuckDB lets one process hold a database file; while the worker writes, analysts' queries
-come here and run on a cursor of the writer's own connection (ADR 0006).
+come here and run on read-only copies of it, in processes of their own, bounded in rows,
+bytes, time, memory and number (streams/query_service.py, ADR 0006).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import decimal
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
@@ -20,32 +20,19 @@ from aiohttp import web_protocol, web_server
 from faust.web import Request, Response, View
 
 from tocsin.processors.otlp import OtlpError, decode_batch
-from tocsin.sinks.duckdb_sink import DuckDBSink, ReadOnlyViolation
 from tocsin.streams.auth import Refusal
 from tocsin.streams.bodies import BodyError, read_body
 from tocsin.streams.intake import IDEMPOTENCY_HEADERS
 from tocsin.streams.otlp_http import otlp_export_response, otlp_status
+from tocsin.streams.query_service import QueryAnswer, QueryService, answer_unless_gone
 from tocsin.streams.reports import RENDERINGS, render_report
 
 if TYPE_CHECKING:
     from tocsin.streams.app import Worker
     from tocsin.streams.metrics import Metrics
 
-MAX_ROWS = 100_000
 _DECODE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tocsin-otlp-http")
 OPENAPI = Path(__file__).with_name("openapi.json")
-INCIDENTS_SQL = """
-SELECT i.incident_id, i.family, i.env, i.service, i.step, i.error_code, i.status,
-       i.onset_ms, i.updated_ms, i.resolved_ms, i.peak_count, i.error_count,
-       r.report_hash, r.cause_kind, r.cause_confidence
-FROM incidents i
-LEFT JOIN (SELECT incident_id, arg_max(report_hash, written_seq) AS report_hash,
-                  arg_max(cause_kind, written_seq) AS cause_kind,
-                  arg_max(cause_confidence, written_seq) AS cause_confidence
-           FROM triage_reports GROUP BY incident_id) r USING (incident_id)
-WHERE $1::VARCHAR IS NULL OR i.status = $1
-ORDER BY i.onset_ms DESC, i.incident_id
-"""
 
 
 class _QuietRequestHandler(web_protocol.RequestHandler):
@@ -70,23 +57,8 @@ def closing(response: Response) -> Response:
     return response
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray):
-        return value.hex()
-    return str(value)
-
-
-def rows_json(columns: list[str], rows: list[tuple[Any, ...]]) -> bytes:
-    return orjson.dumps({"columns": columns, "rows": rows},
-                        default=_default, option=orjson.OPT_NON_STR_KEYS)
-
-
 def register_views(app: faust.App, worker: Worker, metrics: Metrics,
-                   sink: DuckDBSink | None) -> None:
+                   queries: QueryService | None) -> None:
     settings = worker.settings
     access = worker.access
 
@@ -133,6 +105,7 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
                 "partitions": sorted(detection.runs) if detection else [],
                 "projection_caught_up": bool(projection and projection.caught_up.is_set()),
                 "metrics": metrics.summary(),
+                "queries": queries.stats() if queries is not None else None,
             })
 
     @app.page("/metrics")
@@ -218,21 +191,34 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
                 f"{r.path}: {r.reason}" for r in decoded.rejected[:10]))
             return self.bytes(data, content_type=ctype)
 
+    async def ask(view: View, request: Request, work: Awaitable[QueryAnswer]
+                  ) -> Response | QueryAnswer:
+        """The query service's answer, or the error response; a client that goes away
+        interrupts its query (ADR 0006)."""
+        found = await answer_unless_gone(
+            work, lambda: getattr(request, "transport", True) is None)  # aiohttp's: None once gone
+        if found is None:
+            return answer(view, 499, {"error": "the client went away"})
+        if found.status >= 400:
+            return view.bytes(found.body, content_type=found.content_type,
+                              status=found.status, headers=dict(found.headers))
+        return found
+
     @app.page("/v1/incidents")
     class Incidents(View):
         async def get(self, request: Request) -> Response:
             denied = reader(self, request)
             if denied is not None:
                 return denied
-            if sink is None:
+            if queries is None:
                 return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
             status = request.query.get("status")
             if status is not None and status not in ("active", "recovering", "resolved"):
                 return answer(self, 400, {"error": "status is active, recovering or resolved"})
-            columns, rows = await asyncio.to_thread(sink.query, INCIDENTS_SQL, [status])
-            return self.bytes(orjson.dumps({"incidents": [dict(zip(columns, r, strict=True))
-                                                          for r in rows]}, default=_default),
-                              content_type="application/json")
+            found = await ask(self, request, queries.incidents(status))
+            if not isinstance(found, QueryAnswer):
+                return found
+            return self.bytes(found.body, content_type="application/json")
 
     @app.page("/v1/incidents/{incident_id}/report")
     class Report(View):
@@ -240,15 +226,15 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
             denied = reader(self, request)
             if denied is not None:
                 return denied
-            if sink is None:
+            if queries is None:
                 return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
             fmt = request.query.get("format", "json")
             if fmt not in RENDERINGS:
                 return answer(self, 400, {"error": f"format is one of {sorted(RENDERINGS)}"})
-            body = await asyncio.to_thread(sink.latest_report, incident_id)
-            if body is None:
-                return answer(self, 404, {"error": f"no report for {incident_id}"})
-            data, content_type = render_report(body, fmt)
+            found = await ask(self, request, queries.latest_report(incident_id))
+            if not isinstance(found, QueryAnswer):
+                return found
+            data, content_type = render_report(found.body.decode(), fmt)
             return self.bytes(data, content_type=content_type)
 
     @app.page("/openapi.json")
@@ -262,7 +248,7 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
             denied = reader(self, request)
             if denied is not None:
                 return denied
-            if sink is None:
+            if queries is None:
                 return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
             try:
                 body = orjson.loads(await request.read())
@@ -270,15 +256,10 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
                 return answer(self, 400, {"error": f"body must be JSON: {exc}"})
             if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
                 return answer(self, 400, {"error": 'body must be {"sql": "SELECT ..."}'})
-            params = body.get("params") or []
+            params = body.get("params", [])
             if not isinstance(params, list):
                 return answer(self, 400, {"error": "params must be an array"})
-            try:
-                columns, rows = await asyncio.to_thread(sink.query, body["sql"], params)
-            except ReadOnlyViolation as exc:
-                return answer(self, 400, {"error": str(exc)})
-            except Exception as exc:  # noqa: BLE001 - a bad query is the caller's 4xx
-                return answer(self, 400, {"error": f"{type(exc).__name__}: {exc}"})
-            if len(rows) > MAX_ROWS:
-                return answer(self, 413, {"error": f"more than {MAX_ROWS} rows; add LIMIT"})
-            return self.bytes(rows_json(columns, rows), content_type="application/json")
+            found = await ask(self, request, queries.run(body["sql"], params))
+            if not isinstance(found, QueryAnswer):
+                return found
+            return self.bytes(found.body, content_type="application/json")

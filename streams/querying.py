@@ -1,5 +1,6 @@
 """Client side of ``tocsin query``: through the running worker's HTTP port when one holds
-the database, else a read-only DuckDB connection of our own (ADR 0006)."""
+the database, else the file opened read-only in a query process of our own, with the same
+check and limits as the worker's query surface (ADR 0006)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from tocsin.sinks.duckdb_sink import ReadOnlyViolation, check_read_only
+from tocsin.streams.query_service import QueryLimits, run_file_query
 
 
 class QueryError(RuntimeError):
@@ -64,7 +63,8 @@ def _from_worker(request: urllib.request.Request | str, timeout_s: float) -> byt
             message = json.loads(exc.read()).get("error", exc.reason)
         except ValueError:
             message = exc.reason
-        raise QueryError(message) from exc
+        raise QueryError(f"{message} (HTTP {exc.code})" if exc.code in (408, 413, 422, 429)
+                         else message) from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError):
         return None
 
@@ -99,6 +99,19 @@ def fetch_report(db: str | Path, incident_id: str, fmt: str) -> bytes:
     return render_report(str(rows[0][0]), fmt)[0]
 
 
+def _limits() -> QueryLimits:
+    """TOCSIN_QUERY_* from the environment, as the worker reads them; the defaults when
+    the environment does not make valid settings (the worker would refuse it too)."""
+    from pydantic import ValidationError
+
+    from tocsin.streams.settings import Settings
+
+    try:
+        return QueryLimits.from_settings(Settings(), nice=0, idle=False)
+    except (ValidationError, ValueError):
+        return QueryLimits(nice=0, idle=False)
+
+
 def run_query(db: str | Path, sql: str) -> tuple[list[str], list[list[Any]]]:
     port = _worker_port(db)
     if port is not None:
@@ -107,19 +120,11 @@ def run_query(db: str | Path, sql: str) -> tuple[list[str], list[list[Any]]]:
             return found
     if not Path(db).exists():
         raise QueryError(f"no database at {db} (run `tocsin run` or `tocsin demo --db {db}`)")
-    try:
-        con = duckdb.connect(str(db), read_only=True)
-    except duckdb.IOException as exc:
-        raise QueryError(
-            f"{db} is held by a running worker that serves no HTTP port: {exc}") from exc
-    try:
-        check_read_only(con, sql)
-        rel = con.execute(sql)
-        columns = [d[0] for d in rel.description or []]
-        return columns, [list(r) for r in rel.fetchall()]
-    except ReadOnlyViolation as exc:
-        raise QueryError(str(exc)) from exc
-    except duckdb.Error as exc:
-        raise QueryError(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        con.close()
+    answer = run_file_query(db, sql, limits=_limits())
+    if answer.status == 503:
+        raise QueryError(f"{db} is held by a running worker that serves no HTTP port: "
+                         f"{answer.error}")
+    if answer.status != 200:
+        raise QueryError(str(answer.error))
+    body = json.loads(answer.body)
+    return body["columns"], body["rows"]

@@ -1,14 +1,15 @@
 """The DuckDB projection: idempotent upserts, positions in the same transaction,
-read-only query surface."""
+consistent copies for the query surface (which tests/unit/test_query_service.py covers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
-from tocsin.sinks.duckdb_sink import DuckDBSink, ReadOnlyViolation
+from tocsin.sinks.duckdb_sink import DuckDBSink
 
 
 def lifecycle(incident: str, seq: int, kind: str, status: str, at_ms: int) -> dict[str, Any]:
@@ -23,8 +24,14 @@ def sink(tmp_path: Path) -> DuckDBSink:
     return DuckDBSink(tmp_path / "db" / "t.duckdb")
 
 
+def read(sink: DuckDBSink, sql: str) -> list[tuple[Any, ...]]:
+    """The test's own SQL on the writer (the query surface never gets this connection)."""
+    with sink._lock:
+        return sink.con.execute(sql).fetchall()
+
+
 def snapshot(sink: DuckDBSink) -> dict[str, Any]:
-    return {t: sink.query(f"SELECT * FROM {t} ORDER BY ALL")[1]
+    return {t: read(sink, f"SELECT * FROM {t} ORDER BY ALL")
             for t in ("incidents", "incident_events", "family_windows", "positions")}
 
 
@@ -47,7 +54,7 @@ def test_incident_row_reflects_the_latest_lifecycle_event(sink: DuckDBSink) -> N
     sink.write(incident_events=[lifecycle("inc_a", 1, "opened", "active", 1000)])
     sink.write(incident_events=[lifecycle("inc_a", 3, "resolved", "resolved", 20000),
                                 lifecycle("inc_a", 2, "recovering", "recovering", 9000)])
-    _, rows = sink.query("SELECT status, seq, resolved_ms, updated_ms FROM incidents")
+    rows = read(sink, "SELECT status, seq, resolved_ms, updated_ms FROM incidents")
     assert rows == [("resolved", 3, 20000, 20000)]
 
 
@@ -56,7 +63,7 @@ def test_window_upserts_keep_the_latest_absolute_count(sink: DuckDBSink) -> None
            "bucket_start_ms": 0, "bucket_ms": 30000}
     sink.write(family_windows=[{**row, "errors": 2}, {**row, "errors": 4}])
     sink.write(family_windows=[{**row, "errors": 5}])
-    assert sink.query("SELECT errors FROM family_windows")[1] == [(5,)]
+    assert read(sink, "SELECT errors FROM family_windows") == [(5,)]
 
 
 def test_a_failed_batch_writes_nothing_not_even_positions(sink: DuckDBSink) -> None:
@@ -66,17 +73,39 @@ def test_a_failed_batch_writes_nothing_not_even_positions(sink: DuckDBSink) -> N
     assert sink.positions() == {}
 
 
-@pytest.mark.parametrize("sql", ["DELETE FROM incidents", "DROP TABLE incidents",
-                                 "SELECT 1; SELECT 2", "COPY incidents TO 'x.csv'",
-                                 "ATTACH 'other.duckdb'", "INSERT INTO positions VALUES ('a',0,1)",
-                                 "SET enable_external_access = true"])
-def test_query_surface_is_read_only(sink: DuckDBSink, sql: str) -> None:
-    with pytest.raises(ReadOnlyViolation):
-        sink.query(sql)
+def test_a_copy_is_the_database_as_of_its_checkpoint(sink: DuckDBSink, tmp_path: Path
+                                                    ) -> None:
+    """copy_checkpoint: a file another DuckDB opens read-only, holding every committed
+    batch, its generation the number of batches; the writer goes on writing after it."""
+    sink.write(incident_events=[lifecycle("inc_a", 1, "opened", "active", 1000)],
+               positions={("tocsin.incidents", 0): 1})
+    sink.write(incident_events=[lifecycle("inc_a", 2, "recovering", "recovering", 9000)],
+               positions={("tocsin.incidents", 0): 2})
+    assert sink.generation == 2
+    copy = tmp_path / "copy.duckdb"
+    assert sink.copy_checkpoint(copy) == 2
+    sink.write(positions={("tocsin.incidents", 0): 3})
+    con = duckdb.connect(str(copy), read_only=True)
+    try:
+        assert con.execute("SELECT status, seq FROM incidents").fetchall() == [
+            ("recovering", 2)]
+        assert con.execute("SELECT next_offset FROM positions").fetchall() == [(2,)]
+    finally:
+        con.close()
+    assert sink.positions() == {("tocsin.incidents", 0): 3}
 
 
-def test_query_surface_cannot_read_files(sink: DuckDBSink, tmp_path: Path) -> None:
-    secret = tmp_path / "secret.csv"
-    secret.write_text("a\n1\n")
-    with pytest.raises(Exception, match=r"(?i)external|permission"):
-        sink.query(f"SELECT * FROM read_csv('{secret}')")
+def test_the_writer_checkpoints_its_wal_itself_but_never_during_a_copy(
+        sink: DuckDBSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's automatic checkpoint is off (it could rewrite blocks a copy is reading);
+    ours runs after a commit once the WAL passes the threshold, unless a copy runs."""
+    import tocsin.sinks.duckdb_sink as module
+
+    monkeypatch.setattr(module, "WAL_CHECKPOINT_BYTES", 1)
+    wal = Path(f"{sink.path}.wal")
+    sink._copies = 1
+    sink.write(positions={("t", 0): 1})
+    assert wal.exists() and wal.stat().st_size > 1
+    sink._copies = 0
+    sink.write(positions={("t", 0): 2})
+    assert not wal.exists() or wal.stat().st_size == 0
