@@ -217,6 +217,13 @@ class DuckDBSink:
                 'SELECT topic, "partition", next_offset FROM positions').fetchall()
         return {(t, p): o for t, p, o in rows}
 
+    def report_keys(self) -> set[tuple[str, str]]:
+        """(incident_id, report_hash) of every report version held."""
+        with self._lock:
+            rows = self.con.execute(
+                "SELECT incident_id, report_hash FROM triage_reports").fetchall()
+        return {(i, h) for i, h in rows}
+
     def write(
         self,
         *,

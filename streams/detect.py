@@ -46,6 +46,7 @@ from tocsin.schemas.codec import (
     encode_incident,
 )
 from tocsin.streams.dead_letters import DeadLetterSender, of_record
+from tocsin.streams.intake import DELIVERY_HEADER
 from tocsin.streams.kafka_io import read_to_end, stop_quietly
 from tocsin.streams.metrics import Metrics
 from tocsin.streams.registry import SchemaRegistry, confluent_frame
@@ -300,7 +301,10 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
         run.pending.append(asyncio.ensure_future(self.producer.send(
             self.settings.topics.signals, encode_signal(signal),
             key=changed.service.encode(),
-            headers=[("tocsin.signal_id", signal.signal_id.encode())])))
+            # A replay after a crash registers the same deploy again: the delivery id lets
+            # the triage fold apply it once (as a retried webhook).
+            headers=[("tocsin.signal_id", signal.signal_id.encode()),
+                     (DELIVERY_HEADER, f"registered:{signal.signal_id}".encode())])))
 
     def _dead_letter(self, run: PartitionRun, rec: ConsumerRecord[bytes, bytes], reason: str,
                      field_name: str | None = None) -> None:

@@ -169,7 +169,34 @@ class Projection:
                     saved[(topic, partition)] = 0
         applied = [rec for topic, records in logs.items() for rec in records
                    if rec.offset < saved.get((topic, rec.partition), 0)]
-        self.triage.restore(applied, await read_to_end(self.bootstrap, topics.reports))
+        published = await read_to_end(self.bootstrap, topics.reports)
+        self.triage.restore(applied, published)
+        await self._project_published(published)
+
+    async def _project_published(self, published: list[ConsumerRecord[bytes, bytes]]
+                                 ) -> None:
+        """Report versions on the reports topic that DuckDB lacks: published just before a
+        crash, before their batch's transaction. The replayed batch may batch differently
+        and not compute them again, so they are written from the topic's own bytes."""
+        held = await asyncio.to_thread(self.sink.report_keys)
+        versions, evidence = [], []
+        for rec in published:
+            try:
+                report = orjson.loads(rec.value or b"")
+                key = (report["incident"]["id"], report["report_hash"])
+                if key in held:
+                    continue
+                held.add(key)
+                version, rows = report_rows(report, self.triage.provenance_of(report))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("report at %s:%s unreadable: %s", rec.partition, rec.offset, exc)
+                continue
+            versions.append(version)
+            evidence += rows
+        if versions:
+            log.info("%d report versions from the reports topic written to DuckDB",
+                     len(versions))
+            await asyncio.to_thread(self.sink.write, reports=versions, evidence=evidence)
 
     async def _check_resets(self, tps: list[TopicPartition],
                             batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]

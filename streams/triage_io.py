@@ -155,7 +155,12 @@ class TriageLoop:
         self.redelivered = 0
 
     def restore(self, records: Iterable[Record], reports: Iterable[Record]) -> None:
-        """Fold what DuckDB already reflects, emitting nothing; note published versions."""
+        """Fold what DuckDB already reflects, emitting nothing; note published versions.
+
+        The last hash of each incident is what this fold computes at DuckDB's positions,
+        never the newest on the reports topic: a version published just before a crash,
+        and not yet in DuckDB, is computed again from the replayed batch and written (it is
+        not published twice: ``published`` knows it)."""
         for rec in records:
             self._apply(rec)
         self.rejects.clear()  # dead-lettered when they were first read
@@ -165,7 +170,6 @@ class TriageLoop:
             try:
                 report = orjson.loads(rec.value or b"{}")
                 self.published.add((report["incident"]["id"], report["report_hash"]))
-                self.triage.last_hash[report["incident"]["id"]] = report["report_hash"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
 
