@@ -52,6 +52,19 @@ def _worker_port(db: str | Path) -> int | None:
     return int(info["http_port"])
 
 
+def _auth() -> dict[str, str]:
+    """The bearer token this client shows the worker: ``TOCSIN_API_TOKEN``, else the first
+    of ``TOCSIN_API_TOKENS`` (the worker's own setting, on the worker's machine)."""
+    token = os.environ.get("TOCSIN_API_TOKEN")
+    if not token:
+        try:
+            tokens = json.loads(os.environ.get("TOCSIN_API_TOKENS") or "{}")
+            token = next(iter(tokens.values()), None) if isinstance(tokens, dict) else None
+        except ValueError:
+            token = None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _from_worker(request: urllib.request.Request | str, timeout_s: float) -> bytes | None:
     """The worker's answer; None when no worker answers (the caller falls back to the
     file); a 4xx/5xx becomes a QueryError carrying the worker's message."""
@@ -63,6 +76,8 @@ def _from_worker(request: urllib.request.Request | str, timeout_s: float) -> byt
             message = json.loads(exc.read()).get("error", exc.reason)
         except ValueError:
             message = exc.reason
+        if exc.code == 401:
+            message = f"{message}: the worker wants an API token (set TOCSIN_API_TOKEN)"
         raise QueryError(f"{message} (HTTP {exc.code})" if exc.code in (408, 413, 422, 429)
                          else message) from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError):
@@ -72,7 +87,7 @@ def _from_worker(request: urllib.request.Request | str, timeout_s: float) -> byt
 def _via_worker(port: int, sql: str) -> tuple[list[str], list[list[Any]]] | None:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/query", data=json.dumps({"sql": sql}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST")
+        headers={"Content-Type": "application/json", **_auth()}, method="POST")
     answer = _from_worker(req, 60)
     if answer is None:
         return None
@@ -86,9 +101,9 @@ def fetch_report(db: str | Path, incident_id: str, fmt: str) -> bytes:
 
     port = _worker_port(db)
     if port is not None:
-        answer = _from_worker(
+        answer = _from_worker(urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/incidents/{urllib.parse.quote(incident_id)}"
-            f"/report?format={urllib.parse.quote(fmt)}", 30)
+            f"/report?format={urllib.parse.quote(fmt)}", headers=_auth()), 30)
         if answer is not None:
             return answer
     _, rows = run_query(db, "SELECT body FROM triage_reports WHERE incident_id = "

@@ -203,3 +203,20 @@ def test_a_retried_delivery_is_answered_once_and_counted_once(worker: WorkerProc
     rows = worker.poll(f"SELECT occurrences FROM signals WHERE signal_id = '{signal_id}'",
                        lambda r: r and r[0]["occurrences"] >= 2)
     assert rows == [{"occurrences": 2}], "two deliveries, not three"
+
+
+def test_the_cli_shows_its_api_token_to_the_worker(worker: WorkerProc) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
+    argv = [sys.executable, "-P", "-m", "tocsin", "query", "SELECT 42 AS answer",
+            "--db", str(worker.db), "--format", "json"]
+    refused = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "TOCSIN_API_TOKEN" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    taken = subprocess.run(argv, env={**env, "TOCSIN_API_TOKEN": READ}, capture_output=True,
+                           text=True, timeout=60)
+    assert taken.returncode == 0, taken.stderr
+    assert json.loads(taken.stdout) == [{"answer": 42}]
