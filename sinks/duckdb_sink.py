@@ -10,7 +10,7 @@ magnitude slower.
 
 This connection runs only Tocsin's own statements. Analysts' SQL never reaches it: the
 query surface reads copies of the file published by :meth:`DuckDBSink.copy_checkpoint`
-(ADR 0006, ``tocsin.streams.query_service``).
+(ADR 0006, ``tocsin.streams.query``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from tocsin.sinks.duckdb_sink import DuckDBSink
-from tocsin.streams import query_service
+from tocsin.streams.query import snapshots as snapshots_module
 from tocsin.streams.query_service import (
     QueryLimits,
     QueryRefused,
@@ -342,7 +342,7 @@ def test_a_query_sees_what_was_committed_before_it(sink: DuckDBSink,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """snapshot_interval_ms 0 (and copies allowed back to back): a fresh copy whenever a
     batch was committed since; old copies are deleted once no query holds them."""
-    monkeypatch.setattr(query_service, "COPY_DUTY", 0)
+    monkeypatch.setattr(snapshots_module, "COPY_DUTY", 0)
     async def work(service: QueryService) -> list[Any]:
         seen = []
         for i in range(3):
