@@ -86,6 +86,7 @@ class Worker(mode.Service):
         self.spans: SpanIntake | None = None
         self.access = Access(settings.api_tokens, settings.intake_tokens)
         self.broker_ok = True
+        self._watchdog: asyncio.Future[None] | None = None
         self.started_once = False
 
     def readiness(self) -> dict[str, bool]:
@@ -110,7 +111,8 @@ class Worker(mode.Service):
     async def _main(self) -> None:
         s = self.settings
         await self._guard(ensure_topics(self.bootstrap, topic_specs(s), s.replication_factor))
-        self._runs.append(asyncio.ensure_future(self._guard(self._watch_broker())))
+        # Not among the runs on_stop waits for: it never ends by itself, it is cancelled.
+        self._watchdog = asyncio.ensure_future(self._guard(self._watch_broker()))
         if s.http_port > 0:
             producer = new_producer(self.bootstrap)
             await self._guard(producer.start())
@@ -176,6 +178,8 @@ class Worker(mode.Service):
             await self.crash(exc)
 
     async def on_stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.detection is not None:
             self.detection.stop()
         if self.projection is not None:
