@@ -12,6 +12,7 @@ import orjson
 from tocsin.processors.mapping.errors import MappedFieldError, _Bad
 from tocsin.processors.mapping.paths import MISSING, FieldPath
 from tocsin.processors.mapping.values import _key_text, _to_str
+from tocsin.processors.signals.fields import kind_of
 from tocsin.schemas.codec import CONFLUENT_MAGIC, SOE_MAGIC, SchemaError
 
 # ---------------------------------------------------------------------- fields
@@ -122,7 +123,7 @@ class EventMapping:
         """One decoded JSON value -> a wide_event.v1 dict (with its defaults, as
         ``validate_wide_event`` returns it); SchemaError otherwise."""
         if not isinstance(obj, dict):
-            raise SchemaError(f"a mapped event is a JSON object, got {_json_type(obj)}")
+            raise SchemaError(f"a mapped event is a JSON object, got {kind_of(obj)}")
         memo: dict[str, Any] = {}
         event = _resolve(self._fields, obj, memo)
         if self._down:
@@ -190,18 +191,6 @@ def _resolve(plan: _Plan, obj: dict[str, Any], memo: dict[str, Any]) -> dict[str
     return out
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return type(value).__name__
 
 
 def mapped_decoder(mapping: EventMapping, native: Callable[[bytes | None], dict[str, Any]]
