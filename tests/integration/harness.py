@@ -49,6 +49,13 @@ class Names:
         n = f"{label}{next(_ids)}-{os.getpid()}"
         return cls(f"t-{n}", f"ev-{n}", f"inc-{n}", f"win-{n}", f"dlq-{n}")
 
+    def side_topics(self) -> dict[str, str]:
+        """Signals, reports and spans topics of this test's own (the defaults are shared
+        by every test on the broker): the ``TOCSIN_TOPICS__*`` variables naming them."""
+        return {"TOCSIN_TOPICS__SIGNALS": f"sig-{self.app_id}",
+                "TOCSIN_TOPICS__REPORTS": f"rep-{self.app_id}",
+                "TOCSIN_TOPICS__SPANS": f"spans-{self.app_id}"}
+
     def env(self) -> dict[str, str]:
         return {
             "TOCSIN_APP_ID": self.app_id,

@@ -41,9 +41,7 @@ def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         "TOCSIN_INTAKE_RATE_PER_S": "0.01", "TOCSIN_INTAKE_BURST": str(BURST),
         "TOCSIN_INTAKE_MAX_BODY_BYTES": "4096",
         "TOCSIN_HTTP_BODY_TIMEOUT_MS": "1500", "TOCSIN_HTTP_HEADER_TIMEOUT_MS": "1500",
-        "TOCSIN_TOPICS__SIGNALS": f"sig-{names.app_id}",
-        "TOCSIN_TOPICS__REPORTS": f"rep-{names.app_id}",
-        "TOCSIN_TOPICS__SPANS": f"spans-{names.app_id}"}).start()
+        **names.side_topics()}).start()
     w._wait(lambda h: h["detecting"], 60, "detecting")
     yield w
     assert w.stop() == 0

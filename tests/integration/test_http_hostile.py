@@ -29,9 +29,7 @@ def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
     w = WorkerProc(broker, names, tmp_path_factory.mktemp("hostile") / "h.duckdb", extra_env={
         "TOCSIN_HTTP_BODY_TIMEOUT_MS": "1000", "TOCSIN_HTTP_HEADER_TIMEOUT_MS": "1000",
         "TOCSIN_INTAKE_RATE_PER_S": "1000", "TOCSIN_INTAKE_BURST": "1000",
-        "TOCSIN_TOPICS__SIGNALS": f"sig-{names.app_id}",
-        "TOCSIN_TOPICS__REPORTS": f"rep-{names.app_id}",
-        "TOCSIN_TOPICS__SPANS": f"spans-{names.app_id}"}).start()
+        **names.side_topics()}).start()
     w._wait(lambda h: h["detecting"], 60, "detecting")
     yield w
     assert w.stop() == 0

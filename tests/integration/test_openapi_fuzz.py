@@ -104,9 +104,7 @@ def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         "TOCSIN_INTAKE_TOKENS": json.dumps(INTAKE),
         "TOCSIN_API_TOKENS": json.dumps(API),
         "TOCSIN_INTAKE_RATE_PER_S": "10000", "TOCSIN_INTAKE_BURST": "10000",
-        "TOCSIN_TOPICS__SIGNALS": f"sig-{names.app_id}",
-        "TOCSIN_TOPICS__REPORTS": f"rep-{names.app_id}",
-        "TOCSIN_TOPICS__SPANS": f"spans-{names.app_id}"}).start()
+        **names.side_topics()}).start()
     w._wait(lambda h: h["detecting"], 60, "detecting")
     # One incident with its triage report, so incidents, reports and queries have rows.
     produce_events(broker, names.events, spike_log())

@@ -47,9 +47,8 @@ def publish(bootstrap: str, topic: str,
 def test_poison_records_on_every_topic_are_dead_lettered_and_the_stream_goes_on(
         broker: str, tmp_path: Path) -> None:
     names = Names.fresh("poison")
-    topics = {"signals": f"sig-{names.app_id}", "spans": f"spans-{names.app_id}",
-              "reports": f"rep-{names.app_id}"}
-    env = {f"TOCSIN_TOPICS__{k.upper()}": v for k, v in topics.items()}
+    env = names.side_topics()
+    topics = {k.removeprefix("TOCSIN_TOPICS__").lower(): v for k, v in env.items()}
     two_mb, sixteen_mb = os.urandom(2 * MB), b"{" + os.urandom(16 * MB)
     garbage_headers = [("tocsin.span_source", b"\xff\xfe not a position"),
                        ("bin", b"\x00\xff" * 10), ("huge", b"h" * 100_000)]
