@@ -3,7 +3,7 @@
 #   docker build -t tocsin .
 #   docker run --rm -e TOCSIN_BROKER=kafka:9092 -p 127.0.0.1:8077:8077 -v tocsin-data:/data tocsin
 #
-# Configuration is the TOCSIN_* environment (pydantic-settings, see streams/settings.py;
+# Configuration is the TOCSIN_* environment (pydantic-settings, see streams/worker/settings.py;
 # nested settings use "__", e.g. TOCSIN_DETECTOR__MIN_COUNT=10). Without TOCSIN_BROKER the
 # worker starts the embedded, memory-only broker: fine for a try-out, never for production.
 # docker-compose.yml runs this image next to a single-node Apache Kafka.

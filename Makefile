@@ -29,9 +29,11 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	rm -rf .typecheck && mkdir -p .typecheck/tocsin
 	for d in processors schemas streams sinks; do ln -s ../../$$d .typecheck/tocsin/$$d; done
-	cp tocsin/__init__.py .typecheck/tocsin/
+	ln -s ../../tocsin/clients .typecheck/tocsin/clients
+	cp tocsin/__init__.py tocsin/cli.py .typecheck/tocsin/
 	cd .typecheck && MYPYPATH=. ../$(BIN)/mypy --config-file ../pyproject.toml \
-		-p tocsin.processors -p tocsin.schemas -p tocsin.streams -p tocsin.sinks
+		-p tocsin.processors -p tocsin.schemas -p tocsin.streams -p tocsin.sinks \
+		-p tocsin.clients -m tocsin.cli
 
 test: lint typecheck
 	$(BIN)/python -m pytest

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tocsin.streams.broker import EmbeddedBroker
+from tocsin.streams.kafka.broker import EmbeddedBroker
 
 from .bare import measure_bare
 from .burst import BurstResult, measure_burst

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from tocsin.schemas.codec import WideEventDecoder
-from tocsin.streams.kafka_io import stop_quietly
-from tocsin.streams.settings import Settings
+from tocsin.streams.kafka.io import stop_quietly
+from tocsin.streams.worker.settings import Settings
 
 from .workload import EVENTS_TOPIC, PARTITIONS
 

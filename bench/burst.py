@@ -30,7 +30,7 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from tocsin.processors.signals.model import signal_id
-from tocsin.streams.kafka_io import stop_quietly
+from tocsin.streams.kafka.io import stop_quietly
 
 from .intake import CONCURRENCY, LoadResult, drive
 from .latency import GAP_S, MIN_COUNT, IncidentWatch, _error, _send

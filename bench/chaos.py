@@ -63,7 +63,7 @@ Compared, chaos against reference:
 - sanity: both brokers got the same input (digests of the producer's records per
   partition), and the span intake released translated spans in the same order.
 
-Signals' receive time (``received_ms`` in streams/intake.py) only dates payloads that carry
+Signals' receive time (``received_ms`` in streams/web/intake.py) only dates payloads that carry
 no time of their own; every webhook of the workload has its own, so signals are the same
 bytes in both runs.
 
@@ -92,8 +92,8 @@ from typing import Any
 
 import aiohttp
 
-from tocsin.streams.broker import EmbeddedBroker
-from tocsin.streams.kafka_io import read_to_end
+from tocsin.streams.kafka.broker import EmbeddedBroker
+from tocsin.streams.kafka.io import read_to_end
 
 from .chaos_cluster import (
     TOPICS,

@@ -34,10 +34,10 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tocsin.streams.app import topic_specs
-from tocsin.streams.broker import free_port
-from tocsin.streams.kafka_io import _wait_partitions, ensure_topics, send_batches, stop_quietly
-from tocsin.streams.settings import Settings
+from tocsin.streams.kafka.broker import free_port
+from tocsin.streams.kafka.io import _wait_partitions, ensure_topics, send_batches, stop_quietly
+from tocsin.streams.worker.app import topic_specs
+from tocsin.streams.worker.settings import Settings
 
 from .chaos_workload import Record, SignalRequest
 from .tail import TopicTail

@@ -17,10 +17,9 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from tocsin.schemas.codec import SchemaError, decode_incident
-from tocsin.streams.spans import span_source
-from tocsin.streams.triage_io import decode_signal
+from tocsin.streams.kafka.headers import DELIVERY_HEADER, span_source
+from tocsin.streams.stages.triage import decode_signal
 
-DELIVERY_HEADER = "tocsin.delivery"  # streams/intake.py: one webhook delivery
 # Columns that are legitimately run-specific (see bench/chaos.py's docstring).
 EXCLUDED_COLUMNS = {
     "triage_reports": ("written_seq", "provenance"),

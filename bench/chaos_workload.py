@@ -8,7 +8,7 @@ Built from the other benchmarks' generators, not copies of them:
   renamed (see :data:`RENAMED`), two spike services and one other service deploy a new
   ``service_version`` (a version change on events registers a deploy signal), and a few
   undecodable records are mixed in (dead letters);
-- OTLP spans: :func:`tocsin.streams.otel_workload.workload` (frontend -> checkout ->
+- OTLP spans: :func:`tocsin.clients.otel_workload.workload` (frontend -> checkout ->
   payment, made with the OpenTelemetry SDK, seeded ids) in two segments, payment's
   version changing between them, a failure burst in the second; two traces a record,
   ``otlp_proto`` and every fourth record ``otlp_json``, one record on each of the six
@@ -45,8 +45,8 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
+from tocsin.clients.otel_workload import otlp_json, proto, workload
 from tocsin.processors.signals import intake
-from tocsin.streams.otel_workload import otlp_json, proto, workload
 
 from .intake import alertmanager_payload, native_payload
 from .workload import (

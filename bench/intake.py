@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tocsin.streams.broker import free_port
+from tocsin.streams.kafka.broker import free_port
 
 from .workload import DOWNSTREAMS, SERVICES
 

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics, new_producer, stop_quietly
+from tocsin.streams.kafka.io import TopicSpec, ensure_topics, new_producer, stop_quietly
 
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 TOPIC = web.AppKey("topic", str)

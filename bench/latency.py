@@ -19,7 +19,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from tocsin.schemas.codec import SchemaError, decode_incident
-from tocsin.streams.kafka_io import stop_quietly
+from tocsin.streams.kafka.io import stop_quietly
 
 from .tail import TopicTail
 from .workload import EVENTS_TOPIC, SERVICES, Workload

@@ -3,7 +3,7 @@ and mapping, and of the worker's span intake; RSS of 10,000 traces in the assemb
 
 The workload: ``TRACES`` frontend -> checkout -> payment traces (5 spans each: frontend
 SERVER + CLIENT, checkout SERVER + CLIENT, payment SERVER, the shape of
-``streams/otel_workload.py``), ~3% failing at payment (exception event, status ERROR, the
+``tocsin/clients/otel_workload.py``), ~3% failing at payment (exception event, status ERROR, the
 callers answer 502). They are serialized as ``ExportTraceServiceRequest`` (``otlp_proto``,
 what the Collector's Kafka exporter writes), ``TRACES_PER_RECORD`` traces per record (one
 ResourceSpans per service, 50 spans), built directly with the ``opentelemetry-proto``
@@ -59,7 +59,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
 )
 
 from tocsin.processors.otlp import decode_batch, wide_events
-from tocsin.streams.kafka_io import (
+from tocsin.streams.kafka.io import (
     Outgoing,
     TopicSpec,
     ensure_topics,

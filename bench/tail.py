@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from tocsin.streams.kafka_io import _wait_partitions, stop_quietly
+from tocsin.streams.kafka.io import _wait_partitions, stop_quietly
 
 OnRecord = Callable[[ConsumerRecord[bytes, bytes], float], None]
 

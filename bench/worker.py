@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tocsin.streams.broker import free_port
+from tocsin.streams.kafka.broker import free_port
 
 POLL_S = 0.05
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from tocsin.streams.kafka_io import (
+from tocsin.streams.kafka.io import (
     CachedKeyPartitioner,
     Outgoing,
     TopicSpec,

@@ -16,7 +16,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from tocsin.streams.settings import Settings
+from tocsin.streams.worker.settings import Settings
 
 err = Console(stderr=True)
 
@@ -60,7 +60,7 @@ def run(broker: str | None, db: str | None, http_port: int | None, partitions: i
         log_level: str, http_bind: str | None, insecure: bool | None,
         broker_storage: str | None) -> None:
     """Run the worker until SIGINT/SIGTERM."""
-    from tocsin.streams.runner import check_exposure, run_worker
+    from tocsin.streams.worker.runner import check_exposure, run_worker
 
     settings = _settings(broker=broker, db=db, http_port=http_port, partitions=partitions,
                          role=role, incident_encoding=incident_encoding, http_bind=http_bind,
@@ -85,7 +85,7 @@ def run(broker: str | None, db: str | None, http_port: int | None, partitions: i
               help="Send the failure only as OTLP spans (OpenTelemetry SDK) on otlp_spans.")
 def demo(as_json: bool, db: str | None, traces: bool) -> None:
     """Start a broker and a worker, send traffic with a spike, show the incident."""
-    from tocsin.streams.demo import DemoError, run_demo
+    from tocsin.clients.demo import DemoError, run_demo
 
     try:
         result = run_demo(db=db, console=err, traces=traces)
@@ -127,8 +127,8 @@ def produce(file: str, topic: str, broker: str, encoding: str, schema: str,
     only checks that each record is a JSON object. `--mapping FILE` maps each record onto
     wide_event.v1 first (docs/adr/0013-event-field-mapping.md).
     """
+    from tocsin.clients.produce import ProduceReport, prepare, publish, read_records
     from tocsin.processors.mapping import MappingError, load_mapping
-    from tocsin.streams.producing import ProduceReport, prepare, publish, read_records
 
     if file != "-" and not Path(file).exists():
         raise click.BadParameter(f"no such file: {file}", param_hint="FILE")
@@ -160,7 +160,7 @@ def produce(file: str, topic: str, broker: str, encoding: str, schema: str,
 
 
 def _run_query(db: str, sql: str) -> tuple[list[str], list[list[Any]]]:
-    from tocsin.streams.querying import QueryError, run_query
+    from tocsin.clients.query import QueryError, run_query
 
     try:
         return run_query(db, sql)
@@ -223,7 +223,7 @@ def incidents(db: str | None, fmt: str, status: str | None) -> None:
               default="md", show_default=True)
 def report(incident_id: str, db: str | None, fmt: str) -> None:
     """Print the latest triage report of an incident (same bytes as the API and topic)."""
-    from tocsin.streams.querying import QueryError, fetch_report
+    from tocsin.clients.query import QueryError, fetch_report
 
     try:
         data = fetch_report(db or _settings().db, incident_id, fmt)
@@ -242,7 +242,7 @@ def broker(port: int | None) -> None:
     """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
     import signal
 
-    from tocsin.streams.broker import EmbeddedBroker
+    from tocsin.streams.kafka.broker import EmbeddedBroker
 
     stop = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)

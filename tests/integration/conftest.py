@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tocsin.streams.broker import EmbeddedBroker
+from tocsin.streams.kafka.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from tocsin.schemas.codec import decode_incident
-from tocsin.streams.broker import free_port
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics, read_to_end
+from tocsin.streams.kafka.broker import free_port
+from tocsin.streams.kafka.io import TopicSpec, ensure_topics, read_to_end
 
 _ids = itertools.count(1)
 HOUR_MS = 3_600_000

@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.harness import T0_MS, Names, WorkerProc
 
-OPENAPI = json.loads((Path(__file__).resolve().parents[2] / "streams" / "openapi.json")
+OPENAPI = json.loads((Path(__file__).resolve().parents[2] / "streams" / "web" / "openapi.json")
                      .read_text())
 TOKENS = {"alertmanager": "am-secret-token", "ci": "ci-secret-token",
           "otlp": "otlp-secret-token"}

@@ -28,8 +28,8 @@ from tests.integration.harness import (
 )
 from tocsin.processors.family import family_of
 from tocsin.schemas.codec import WIDE_EVENT, WideEventDecoder, avro_schema, validate_wide_event
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics
-from tocsin.streams.spans import SPAN_SOURCE
+from tocsin.streams.kafka.headers import SPAN_SOURCE
+from tocsin.streams.kafka.io import TopicSpec, ensure_topics
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mappings"
 

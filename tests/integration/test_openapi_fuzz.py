@@ -6,7 +6,7 @@ security scheme is sent three times: with a valid token of that scheme, with the
 kind of token, and with none. Every answer must be documented for its operation: no 5xx,
 a documented status, Content-Type and headers, and a JSON body that fits the schema.
 
-The document is streams/openapi.json, which the worker serves as /openapi.json
+The document is streams/web/openapi.json, which the worker serves as /openapi.json
 (test_the_worker_serves_the_fuzzed_document checks that they are the same). Schemathesis
 reads it at collection, before any worker runs: ``schemathesis.pytest.from_fixture`` would
 read it from the worker, but schemathesis 4.32's lazy loader reads ``Node._nodeid``, which
@@ -34,7 +34,7 @@ from schemathesis import checks
 
 from tests.integration.harness import Names, WorkerProc, produce_events, spike_log
 
-DOCUMENT = Path(__file__).resolve().parents[2] / "streams" / "openapi.json"
+DOCUMENT = Path(__file__).resolve().parents[2] / "streams" / "web" / "openapi.json"
 EXAMPLES = 50  # per operation, for the fuzzing phase (examples and coverage come on top)
 PROVIDERS = ["native", "alertmanager", "grafana", "pagerduty", "sentry", "kubernetes", "ci"]
 INTAKE = {"ops": {"token": "fuzz-intake-token", "providers": PROVIDERS, "traces": True}}

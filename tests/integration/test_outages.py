@@ -25,7 +25,7 @@ from tests.integration.harness import (
     spike_log,
     steady,
 )
-from tocsin.streams.broker import EmbeddedBroker, free_port
+from tocsin.streams.kafka.broker import EmbeddedBroker, free_port
 
 DAY_MS = 24 * 3_600_000
 

@@ -19,7 +19,7 @@ from tests.integration.harness import (
     read_topic,
     spike_log,
 )
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics
+from tocsin.streams.kafka.io import TopicSpec, ensure_topics
 
 MB = 1024 * 1024
 KEPT = 512 * 1024  # Settings.dlq_max_value_bytes default

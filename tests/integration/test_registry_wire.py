@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.fake_registry import fake_registry
 from tests.integration.harness import Names, WorkerProc, produce_events, read_topic, spike_log
 from tocsin.schemas.codec import WIDE_EVENT, avro_schema, decode_incident, validate_wide_event
-from tocsin.streams.registry import SchemaRegistry, confluent_frame
+from tocsin.streams.kafka.registry import SchemaRegistry, confluent_frame
 
 
 def test_confluent_wire_format_end_to_end(broker: str, tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tests.fixtures_io import FIXTURES as SHARED_FIXTURES
 from tests.integration.harness import Names, WorkerProc, read_topic
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics
-from tocsin.streams.otel_workload import otlp_json, proto, workload
-from tocsin.streams.producing import ProduceReport, publish
+from tocsin.clients.otel_workload import otlp_json, proto, workload
+from tocsin.clients.produce import ProduceReport, publish
+from tocsin.streams.kafka.io import TopicSpec, ensure_topics
 
 FIXTURES = SHARED_FIXTURES / "otel"
 T0_NS = 1_793_610_000 * 1_000_000_000  # 2026-11-02T09:00:00Z
@@ -121,7 +121,7 @@ def test_a_service_version_change_on_spans_registers_a_deploy(broker: str,
         worker._wait(lambda h: h["metrics"]["deploys_registered"] >= 1, 30, "a deploy")
     finally:
         assert worker.stop() == 0
-    from tocsin.streams.triage_io import decode_signal
+    from tocsin.streams.stages.triage import decode_signal
 
     deploys = [decode_signal(r.value) for r in read_topic(broker, signals_topic)]
     first_new = min(s.end_time for s in after

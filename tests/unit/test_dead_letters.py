@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from tocsin.streams.dead_letters import MAX_HEADER_BYTES, MAX_KEY_BYTES, dead_letter
+from tocsin.streams.kafka.dead_letters import MAX_HEADER_BYTES, MAX_KEY_BYTES, dead_letter
 
 
 @pytest.mark.parametrize(("size", "cap", "truncated"), [

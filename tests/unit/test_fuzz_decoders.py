@@ -13,7 +13,7 @@ shapes) mutated: values replaced by JSON of other types, keys dropped or added, 
 nesting, huge numbers, NaN-like and time-like strings, invalid UTF-8, truncation, bit flips
 in the Avro and protobuf encodings.
 
-The bugs found in ``processors/signals`` and ``streams/triage_io.py`` (times past year 9999,
+The bugs found in ``processors/signals`` and ``streams/stages/triage.py`` (times past year 9999,
 Sentry's ``timestamp`` of 1e308, integers beyond signal.v1's int and long, signal records
 whose maps are not objects or whose JSON form has the wrong types) are fixed; their
 reproducers are at the end of this file, and the fuzz tests tolerate none of them.
@@ -75,7 +75,7 @@ from tocsin.schemas.codec import (
     encode_incident,
     validate_wide_event,
 )
-from tocsin.streams.triage_io import decode_signal
+from tocsin.streams.stages.triage import decode_signal
 
 settings.register_profile(
     "fuzz-decoders", max_examples=300, deadline=None,

@@ -9,10 +9,10 @@ import zlib
 
 import pytest
 
-from tocsin.streams.auth import Access, ConfigError, Grant, Refusal, grant_of, is_loopback
-from tocsin.streams.bodies import MAX_LAYERS, BodyError, inflate
-from tocsin.streams.intake import Bucket, delivery_id
-from tocsin.streams.logging_limits import RepeatFilter
+from tocsin.streams.web.auth import Access, ConfigError, Grant, Refusal, grant_of, is_loopback
+from tocsin.streams.web.bodies import MAX_LAYERS, BodyError, inflate
+from tocsin.streams.web.intake import Bucket, delivery_id
+from tocsin.streams.worker.logging_limits import RepeatFilter
 
 
 @pytest.mark.parametrize(("source", "value", "providers", "kinds", "traces"), [

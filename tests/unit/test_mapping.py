@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tocsin.clients.produce import ProduceReport, prepare
 from tocsin.processors.family import family_of
 from tocsin.processors.mapping import (
     EventMapping,
@@ -32,7 +33,6 @@ from tocsin.schemas.codec import (
     avro_schema,
     validate_wide_event,
 )
-from tocsin.streams.producing import ProduceReport, prepare
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mappings"
 T0 = 1_793_610_000_000  # 2026-11-02T09:00:00Z

@@ -72,9 +72,9 @@ def test_a_record_merge_time_is_its_latest_span_end_capped_an_hour_past_its_time
 ) -> None:
     from aiokafka import ConsumerRecord
 
+    from tocsin.clients.otel_workload import proto, workload
     from tocsin.processors.otlp import decode_batch
-    from tocsin.streams.otel_workload import proto, workload
-    from tocsin.streams.spans import MAX_AHEAD_MS, _time_of
+    from tocsin.streams.stages.spans import MAX_AHEAD_MS, _time_of
 
     t0_ns = 1_793_610_000 * 10**9
     payload = proto(workload(2, (), t0_ns))

@@ -22,9 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tocsin.processors.family import Family, failing_downstream, family_of
-from tocsin.processors.otlp import Span, decode_spans, wide_events
-from tocsin.streams.otel_workload import (
+from tocsin.clients.otel_workload import (
     MS,
     PaymentDeclinedError,
     SeededIds,
@@ -32,6 +30,8 @@ from tocsin.streams.otel_workload import (
     proto,
     workload,
 )
+from tocsin.processors.family import Family, failing_downstream, family_of
+from tocsin.processors.otlp import Span, decode_spans, wide_events
 
 T0 = 1_714_564_800 * 1_000_000_000
 REQUESTS = 6

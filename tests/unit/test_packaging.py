@@ -25,4 +25,4 @@ def test_data_files_are_shipped() -> None:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"]
     assert "avro/*.avsc" in data["tocsin.schemas"]
-    assert "openapi.json" in data["tocsin.streams"]
+    assert "openapi.json" in data["tocsin.streams.web"]

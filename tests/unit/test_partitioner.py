@@ -7,7 +7,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tocsin.streams.kafka_io import CachedKeyPartitioner
+from tocsin.streams.kafka.io import CachedKeyPartitioner
 
 
 @given(keys=st.lists(st.binary(max_size=40), min_size=1, max_size=50),

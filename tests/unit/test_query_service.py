@@ -20,8 +20,7 @@ import orjson
 import pytest
 
 from tocsin.sinks.duckdb_sink import DuckDBSink
-from tocsin.streams.query import snapshots as snapshots_module
-from tocsin.streams.query_service import (
+from tocsin.streams.query import (
     QueryLimits,
     QueryRefused,
     QueryService,
@@ -30,6 +29,7 @@ from tocsin.streams.query_service import (
     duckdb_config,
     run_file_query,
 )
+from tocsin.streams.query import snapshots as snapshots_module
 
 WRITES = [
     "INSERT INTO positions VALUES ('tocsin.incidents', 0, 0)",

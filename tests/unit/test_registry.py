@@ -15,7 +15,7 @@ from tocsin.schemas.codec import (
     decode_incident,
     validate_wide_event,
 )
-from tocsin.streams.registry import RegistryError, SchemaRegistry, confluent_frame
+from tocsin.streams.kafka.registry import RegistryError, SchemaRegistry, confluent_frame
 
 
 def test_register_then_decode_a_confluent_framed_wide_event() -> None:

@@ -15,10 +15,10 @@ from tocsin.processors.signals import IntakeError, Signal, intake
 from tocsin.processors.signals.fields import FIRST_MS, LAST_MS, seconds_ms, time_ms
 from tocsin.processors.signals.model import INT_RANGES
 from tocsin.schemas.codec import SIGNAL, SchemaError, avro_schema
-from tocsin.streams import intake as intake_module
-from tocsin.streams.intake import Intake
-from tocsin.streams.metrics import Metrics
-from tocsin.streams.settings import Settings
+from tocsin.streams.web import intake as intake_module
+from tocsin.streams.web.intake import Intake
+from tocsin.streams.worker.metrics import Metrics
+from tocsin.streams.worker.settings import Settings
 
 RECEIVED = 1_793_610_000_000
 

@@ -1,6 +1,7 @@
 """Evidence from traces (ADR 0012): assembly by event time within caps, propagation, blast
-radius. Spans are made with the official OpenTelemetry SDK (streams/otel_workload.py), encoded
-by its OTLP encoder and decoded by ``processors.otlp``."""
+radius. Spans are made with the official OpenTelemetry SDK
+(tocsin/clients/otel_workload.py), encoded by its OTLP encoder and decoded by
+``processors.otlp``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tocsin.clients.otel_workload import proto, workload
 from tocsin.processors.otlp import Span, decode_spans
 from tocsin.processors.traces import (
     BlastRadius,
@@ -28,7 +30,6 @@ from tocsin.processors.traces import (
     propagation,
     summarize,
 )
-from tocsin.streams.otel_workload import proto, workload
 
 T0 = 1_714_564_800 * 1_000_000_000  # 2024-05-01, ns
 OLD = 1_262_304_000 * 1_000_000_000  # 2010-01-01: a replay of old spans
@@ -450,9 +451,9 @@ def test_the_package_stays_pure() -> None:
 def test_an_external_watermark_alone_closes_traces() -> None:
     """Fed from several partitions, the assembler closes only when told how far every
     partition has come: a span far ahead on one partition does not close the others'."""
+    from tocsin.clients.otel_workload import proto, workload
     from tocsin.processors.otlp import decode_spans
     from tocsin.processors.traces import TraceAssembler
-    from tocsin.streams.otel_workload import proto, workload
 
     spans = decode_spans(proto(workload(3, {1}, 1_793_610_000 * 10**9, seed=4)))
     assembler = TraceAssembler(idle_ms=30_000, external_watermark=True)

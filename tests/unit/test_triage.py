@@ -134,7 +134,7 @@ def test_provenance_is_bounded_like_the_fold() -> None:
     from aiokafka import ConsumerRecord
 
     from tocsin.processors.signals.model import Signal
-    from tocsin.streams.triage_io import TriageLoop, encode_signal
+    from tocsin.streams.stages.triage import TriageLoop, encode_signal
 
     loop = TriageLoop("inc", "sig")
     records = []
@@ -150,9 +150,9 @@ def test_provenance_is_bounded_like_the_fold() -> None:
 
 
 def _closed_traces() -> list[Any]:
+    from tocsin.clients.otel_workload import proto, workload
     from tocsin.processors.otlp import decode_spans
     from tocsin.processors.traces import TraceAssembler
-    from tocsin.streams.otel_workload import proto, workload
 
     t0_ns = ONSET * 1_000_000
     spans = decode_spans(proto(workload(10, {2, 3, 4, 5, 6}, t0_ns, seed=9)))

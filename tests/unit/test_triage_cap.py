@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.unit.report_fixtures import MIN, ONSET, Sig
 from tocsin.processors.triage import OCCURRENCES_MAX, Triage, TriageConfig
-from tocsin.streams.metrics import Metrics
+from tocsin.streams.worker.metrics import Metrics
 
 HOUR = 60 * MIN
 

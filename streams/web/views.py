@@ -2,7 +2,7 @@
 
 DuckDB lets one process hold a database file; while the worker writes, analysts' queries
 come here and run on read-only copies of it, in processes of their own, bounded in rows,
-bytes, time, memory and number (streams/query_service.py, ADR 0006).
+bytes, time, memory and number (streams/query/, ADR 0006).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from aiohttp import web_protocol, web_server
 from faust.web import Request, Response, View
 
 from tocsin.processors.otlp import OtlpError, decode_batch
-from tocsin.streams.auth import Refusal
-from tocsin.streams.bodies import BodyError, read_body
-from tocsin.streams.intake import IDEMPOTENCY_HEADERS
-from tocsin.streams.otlp_http import otlp_export_response, otlp_status
-from tocsin.streams.query_service import QueryAnswer, QueryService, answer_unless_gone
-from tocsin.streams.reports import RENDERINGS, render_report
+from tocsin.streams.query import QueryAnswer, QueryService, answer_unless_gone
+from tocsin.streams.web.auth import Refusal
+from tocsin.streams.web.bodies import BodyError, read_body
+from tocsin.streams.web.intake import IDEMPOTENCY_HEADERS
+from tocsin.streams.web.otlp import otlp_export_response, otlp_status
+from tocsin.streams.web.reports import RENDERINGS, render_report
 
 if TYPE_CHECKING:
-    from tocsin.streams.app import Worker
-    from tocsin.streams.metrics import Metrics
+    from tocsin.streams.worker.app import Worker
+    from tocsin.streams.worker.metrics import Metrics
 
 _DECODE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tocsin-otlp-http")
 OPENAPI = Path(__file__).with_name("openapi.json")

@@ -19,12 +19,12 @@ from tocsin.processors.detector import FamilyWindow, StepWindow
 from tocsin.processors.report import canonical_json
 from tocsin.schemas.codec import SchemaError, decode_incident
 from tocsin.sinks.duckdb_sink import DuckDBSink
-from tocsin.streams.dead_letters import DeadLetterSender, of_record
-from tocsin.streams.kafka_io import _wait_partitions, new_producer, read_to_end, stop_quietly
-from tocsin.streams.metrics import Metrics
-from tocsin.streams.registry import SchemaRegistry
-from tocsin.streams.settings import Settings
-from tocsin.streams.triage_io import TriageLoop, decode_signal, report_rows, signal_row
+from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
+from tocsin.streams.kafka.io import new_producer, read_to_end, stop_quietly, wait_partitions
+from tocsin.streams.kafka.registry import SchemaRegistry
+from tocsin.streams.stages.triage import TriageLoop, decode_signal, report_rows, signal_row
+from tocsin.streams.worker.metrics import Metrics
+from tocsin.streams.worker.settings import Settings
 
 log = logging.getLogger("tocsin.project")
 
@@ -127,7 +127,7 @@ class Projection:
             tps = [TopicPartition(t, p)
                    for t in (topics.incidents, topics.windows, topics.dlq, topics.signals,
                              topics.spans)
-                   for p in await _wait_partitions(self.consumer, t, 20.0)]
+                   for p in await wait_partitions(self.consumer, t, 20.0)]
             self.consumer.assign(tps)
             saved = self.sink.positions()
             await self._restore_triage(saved)

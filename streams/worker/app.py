@@ -22,17 +22,17 @@ from aiokafka.errors import KafkaError
 
 from tocsin.processors.detector import SNAPSHOT_VERSION
 from tocsin.sinks.duckdb_sink import DuckDBSink
-from tocsin.streams import logging_limits
-from tocsin.streams.auth import Access
-from tocsin.streams.detect import Detection
-from tocsin.streams.http import register_views
-from tocsin.streams.intake import Intake
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics, new_producer, stop_quietly
-from tocsin.streams.metrics import Metrics
-from tocsin.streams.project import Projection
-from tocsin.streams.query_service import QueryService
-from tocsin.streams.settings import Settings
-from tocsin.streams.spans import SpanIntake
+from tocsin.streams.kafka.io import TopicSpec, ensure_topics, new_producer, stop_quietly
+from tocsin.streams.query import QueryService
+from tocsin.streams.stages.detect import Detection
+from tocsin.streams.stages.project import Projection
+from tocsin.streams.stages.spans import SpanIntake
+from tocsin.streams.web.auth import Access
+from tocsin.streams.web.intake import Intake
+from tocsin.streams.web.views import register_views
+from tocsin.streams.worker import logging_limits
+from tocsin.streams.worker.metrics import Metrics
+from tocsin.streams.worker.settings import Settings
 
 log = logging.getLogger("tocsin")
 
@@ -266,7 +266,7 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Worker]:
     if s.http_port > 0:
         # Request heads within the header timeout (an idle keep-alive connection is closed
         # after it too), bounded head sizes, and no inflation by the server: bodies are
-        # read and inflated under Tocsin's own limits (streams/bodies.py).
+        # read and inflated under Tocsin's own limits (streams/web/bodies.py).
         app.web.web_app._handler_args = {  # type: ignore[attr-defined]  # noqa: SLF001
             "keepalive_timeout": s.http_header_timeout_ms / 1000,
             "max_line_size": 8190, "max_field_size": 8190, "max_headers": 100,

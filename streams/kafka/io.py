@@ -61,7 +61,7 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], replication:
         await admin.close()
 
 
-async def _wait_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float
+async def wait_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float
                            ) -> list[int]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -87,7 +87,7 @@ async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 10.0,
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
-        tps = [TopicPartition(topic, p) for p in await _wait_partitions(consumer, topic, 10.0)]
+        tps = [TopicPartition(topic, p) for p in await wait_partitions(consumer, topic, 10.0)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         pending = set(tps)

@@ -31,11 +31,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from rich.console import Console
 from rich.status import Status
 
+from tocsin.clients.otel_workload import proto, workload
+from tocsin.clients.produce import ProduceReport, publish
 from tocsin.processors.render import markdown
-from tocsin.streams.broker import EmbeddedBroker, free_port
-from tocsin.streams.kafka_io import TopicSpec, ensure_topics
-from tocsin.streams.otel_workload import proto, workload
-from tocsin.streams.producing import ProduceReport, publish
+from tocsin.streams.kafka.broker import EmbeddedBroker, free_port
+from tocsin.streams.kafka.io import TopicSpec, ensure_topics
 
 DEMO_T0_MS = 1_793_610_000_000  # 2026-11-02T09:00:00Z
 SERVICES: dict[str, list[str]] = {

@@ -9,11 +9,11 @@ import sys
 import faust
 
 from tocsin.processors.mapping import MappingError, load_mapping
-from tocsin.streams.app import create_app
-from tocsin.streams.auth import Access, ConfigError, is_loopback
-from tocsin.streams.broker import BrokerError, EmbeddedBroker
-from tocsin.streams.querying import worker_file, write_worker_file
-from tocsin.streams.settings import Settings
+from tocsin.streams.kafka.broker import BrokerError, EmbeddedBroker
+from tocsin.streams.web.auth import Access, ConfigError, is_loopback
+from tocsin.streams.worker.announce import worker_file, write_worker_file
+from tocsin.streams.worker.app import create_app
+from tocsin.streams.worker.settings import Settings
 
 
 def _redact(url: str) -> str:

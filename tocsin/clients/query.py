@@ -12,34 +12,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tocsin.streams.query_service import QueryLimits, run_file_query
+from tocsin.streams.query import QueryLimits, run_file_query
+from tocsin.streams.worker.announce import alive, worker_file
 
 
 class QueryError(RuntimeError):
     """The query could not run; the message says why."""
-
-
-def worker_file(db: str | Path) -> Path:
-    return Path(f"{db}.worker.json")
-
-
-def write_worker_file(db: str | Path, http_port: int, broker: str) -> Path:
-    path = worker_file(db)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "http_port": http_port, "broker": broker}))
-    tmp.replace(path)
-    return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _worker_port(db: str | Path) -> int | None:
@@ -47,7 +25,7 @@ def _worker_port(db: str | Path) -> int | None:
         info = json.loads(worker_file(db).read_text())
     except (OSError, ValueError):
         return None
-    if not info.get("http_port") or not _alive(int(info.get("pid", 0))):
+    if not info.get("http_port") or not alive(int(info.get("pid", 0))):
         return None
     return int(info["http_port"])
 
@@ -97,7 +75,7 @@ def _via_worker(port: int, sql: str) -> tuple[list[str], list[list[Any]]] | None
 
 def fetch_report(db: str | Path, incident_id: str, fmt: str) -> bytes:
     """The latest report of an incident, in a format: the same bytes as the HTTP API."""
-    from tocsin.streams.reports import render_report
+    from tocsin.streams.web.reports import render_report
 
     port = _worker_port(db)
     if port is not None:
@@ -119,7 +97,7 @@ def _limits() -> QueryLimits:
     the environment does not make valid settings (the worker would refuse it too)."""
     from pydantic import ValidationError
 
-    from tocsin.streams.settings import Settings
+    from tocsin.streams.worker.settings import Settings
 
     try:
         return QueryLimits.from_settings(Settings(), nice=0, idle=False)

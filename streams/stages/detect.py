@@ -45,14 +45,13 @@ from tocsin.schemas.codec import (
     decode_incident,
     encode_incident,
 )
-from tocsin.streams.dead_letters import DeadLetterSender, of_record
-from tocsin.streams.intake import DELIVERY_HEADER
-from tocsin.streams.kafka_io import read_to_end, stop_quietly
-from tocsin.streams.metrics import Metrics
-from tocsin.streams.registry import SchemaRegistry, confluent_frame
-from tocsin.streams.settings import Settings
-from tocsin.streams.spans import span_source
-from tocsin.streams.triage_io import encode_signal
+from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
+from tocsin.streams.kafka.headers import DELIVERY_HEADER, span_source
+from tocsin.streams.kafka.io import read_to_end, stop_quietly
+from tocsin.streams.kafka.registry import SchemaRegistry, confluent_frame
+from tocsin.streams.stages.triage import encode_signal
+from tocsin.streams.worker.metrics import Metrics
+from tocsin.streams.worker.settings import Settings
 
 log = logging.getLogger("tocsin.detect")
 

@@ -21,7 +21,6 @@ already counted by the span position each event carries (ADR 0011).
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import time
 from collections.abc import Iterable
@@ -40,33 +39,18 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
 from tocsin.processors.otlp.merge import Entry, PartitionMerge
-from tocsin.streams.dead_letters import DeadLetterSender, of_record
-from tocsin.streams.kafka_io import (
+from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
+from tocsin.streams.kafka.headers import SPAN_SOURCE
+from tocsin.streams.kafka.io import (
     CachedKeyPartitioner,
     new_producer,
     send_keyed,
     stop_quietly,
 )
-from tocsin.streams.metrics import Metrics
-from tocsin.streams.settings import Settings
+from tocsin.streams.worker.metrics import Metrics
+from tocsin.streams.worker.settings import Settings
 
 log = logging.getLogger("tocsin.spans")
-SPAN_SOURCE = "tocsin.span_source"  # topic:partition:offset:index of the span record
-
-
-def span_source(headers: object) -> tuple[str, tuple[int, int]] | None:
-    """(source partition, (offset, index)) from a translated event's headers, if any."""
-    for key, value in headers or ():  # type: ignore[attr-defined]
-        if key == SPAN_SOURCE:
-            try:
-                topic_partition, _, rest = bytes(value or b"").decode().rpartition(":")
-                source, _, offset = topic_partition.rpartition(":")
-                return source, (int(offset), int(rest))
-            except (UnicodeDecodeError, ValueError):
-                return None  # not one we wrote: the event counts as any other
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Acks:
     """One batch's sends and the offsets to commit once the broker acknowledged them all."""
@@ -321,11 +305,3 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.intake.assigned(assigned)
 
-
-def gunzip_if_needed(body: bytes, content_encoding: str | None) -> bytes:
-    """OTLP/HTTP bodies may be gzip-compressed (Content-Encoding: gzip). aiohttp's server
-    already inflates such bodies itself, so only bytes that still look gzipped are
-    inflated here (a serialized protobuf never starts with 1f 8b)."""
-    if (content_encoding or "").lower() == "gzip" and body[:2] == b"\x1f\x8b":
-        return gzip.decompress(body)
-    return body

@@ -29,10 +29,11 @@ from aiokafka import AIOKafkaProducer
 
 from tocsin.processors.signals import PROVIDERS, IntakeError, intake
 from tocsin.schemas.codec import SchemaError
-from tocsin.streams.auth import Grant
-from tocsin.streams.metrics import Metrics
-from tocsin.streams.settings import Settings
-from tocsin.streams.triage_io import encode_signal
+from tocsin.streams.kafka.headers import DELIVERY_HEADER
+from tocsin.streams.stages.triage import encode_signal
+from tocsin.streams.web.auth import Grant
+from tocsin.streams.worker.metrics import Metrics
+from tocsin.streams.worker.settings import Settings
 
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_AHEAD_MS = 24 * 3_600_000
@@ -71,7 +72,6 @@ IDEMPOTENCY_HEADERS = ("Idempotency-Key", "X-GitHub-Delivery", "X-Gitlab-Event-U
                        "X-Request-Id", "Request-ID")
 """Headers whose value names one delivery: the generic ``Idempotency-Key``, then the
 providers' own delivery ids (GitHub, GitLab, Sentry's ``Request-ID``)."""
-DELIVERY_HEADER = "tocsin.delivery"
 REMEMBERED_ANSWERS = 10_000
 
 

@@ -1,0 +1,2 @@
+"""The worker process: the Faust app that runs the stages, its settings and metrics, and
+the runner behind ``tocsin run``."""
