@@ -234,11 +234,21 @@ class Triage:
 
     def apply_trace(self, trace: ClosedTrace) -> None:
         """A closed trace: if it failed, evidence for the incidents of its failing
-        families whose window holds it (ADR 0012)."""
+        families whose window holds it (ADR 0012). Its summary and last span end, as
+        :meth:`apply_summary` takes them."""
         if not trace.failing:
             return
-        summary = summarize(trace)
-        end_ms = max(s.end_ms for s in trace.spans)
+        self.apply_summary(summarize(trace), max(s.end_ms for s in trace.spans))
+
+    def apply_summary(self, summary: TraceSummary, end_ms: int) -> None:
+        """A failing trace's summary and its last span end (``end_ms``, the trace's event
+        time), as trace assembly publishes them (``traces.summary_records``, decoded by
+        ``traces.decode_summary``; ADR 0015): the same effect as :meth:`apply_trace` of the
+        trace. A summary seen again (both copies of a trace failing in two services of one
+        partition, a replay) changes nothing. A summary of a trace that did not fail is
+        ignored."""
+        if not summary.failing:
+            return
         self.horizon_ms = max(self.horizon_ms, end_ms)
         for family in summary.families:
             kept = self.traces.setdefault(family, {})

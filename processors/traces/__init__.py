@@ -3,8 +3,10 @@
 ``TraceAssembler`` groups normalized spans (``processors.otlp``) by trace id and closes a
 trace after ``idle_ms`` of event-time inactivity, within fixed memory caps;
 ``propagation(trace)`` finds where a failing trace's failure started and the path it
-took; ``summarize(trace)`` and ``BlastRadius`` count how far an incident spread. No I/O,
-no clock, no randomness: a replay of the same spans gives the same evidence.
+took; ``summarize(trace)`` and ``BlastRadius`` count how far an incident spread;
+``summary_records(trace)`` / ``decode_summary(value)`` carry a failing trace's summary from
+trace assembly to triage (ADR 0015). No I/O, no clock, no randomness: a replay of the same
+spans gives the same evidence.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from tocsin.processors.traces.propagation import (
     propagation,
 )
 from tocsin.processors.traces.sketch import DistinctCounter, HyperLogLog
+from tocsin.processors.traces.summary import (
+    SummaryError,
+    decode_summary,
+    encode_summary,
+    family_service,
+    summary_keys,
+    summary_records,
+)
 
 __all__ = [
     "MISSING",
@@ -32,9 +42,15 @@ __all__ = [
     "HyperLogLog",
     "Origin",
     "Propagation",
+    "SummaryError",
     "TraceAssembler",
     "TraceSummary",
+    "decode_summary",
+    "encode_summary",
+    "family_service",
     "propagation",
     "summarize",
+    "summary_keys",
+    "summary_records",
     "trace_hash",
 ]
