@@ -3,10 +3,14 @@ transaction (ADR 0004).
 
 Every write is an upsert keyed by the record's identity — ``(incident_id, seq)`` for
 lifecycle events, ``(env, family, bucket)`` for window counts, ``(topic, partition,
-offset)`` for dead letters — and the consumed positions are written in the same
-transaction, so a replay or a restart never duplicates or loses a row. Rows go in as
-column arrays (``INSERT ... SELECT unnest(...)``): ``executemany`` is two orders of
-magnitude slower.
+offset)`` for dead letters, ``(incident_id, report_hash)`` for report versions — and the
+consumed positions are written in the same transaction, so a replay or a restart never
+duplicates or loses a row. Signals are folded inside that transaction: the held rows of
+the batch's signal ids are read back, the batch is folded onto them and the result
+upserted, and ``signal_deliveries`` remembers every (delivery, signal id) applied, so a
+retried delivery counts once however far apart the two arrive (:class:`SignalFold`).
+Rows go in as column arrays (``INSERT ... SELECT unnest(...)``): ``executemany`` is two
+orders of magnitude slower.
 
 This connection runs only Tocsin's own statements. Analysts' SQL never reaches it: the
 query surface reads copies of the file published by :meth:`DuckDBSink.copy_checkpoint`
@@ -21,11 +25,12 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 
-SCHEMA_VERSION = 1
+# 2: signal_deliveries; signals.latest_occurrences (the projection folds signals itself).
+SCHEMA_VERSION = 2
 # DuckDB's own automatic checkpoint (its default threshold) is replaced by ours, which
 # waits while a copy of the file is being taken (see copy_checkpoint).
 WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
@@ -81,6 +86,8 @@ CREATE TABLE IF NOT EXISTS evidence (
     summary VARCHAR, time_ms BIGINT,
     PRIMARY KEY (incident_id, report_hash, kind, id));
 CREATE SEQUENCE IF NOT EXISTS report_order;
+CREATE TABLE IF NOT EXISTS signal_deliveries (
+    delivery VARCHAR, signal_id VARCHAR, PRIMARY KEY (delivery, signal_id));
 CREATE TABLE IF NOT EXISTS dead_letters (
     source_topic VARCHAR, source_partition INTEGER, source_offset BIGINT,
     reason VARCHAR, size_bytes INTEGER, dlq_partition INTEGER, dlq_offset BIGINT,
@@ -96,6 +103,9 @@ MIGRATIONS = (
     ("dead_letters", "sha256", "VARCHAR"),
     ("dead_letters", "truncated", "BOOLEAN"),
     ("dead_letters", "field", "VARCHAR"),
+    # The latest occurrence's own count (``occurrences`` is the folded total): what the
+    # fold compares when it picks the latest occurrence, so a row folds on exactly.
+    ("signals", "latest_occurrences", "INTEGER"),
 )
 
 EVENT_COLUMNS = (
@@ -129,7 +139,7 @@ SIGNAL_COLUMNS = tuple((name, kind) for name, kind in (
     ("node", "VARCHAR"), ("exit_code", "INTEGER"), ("restart_count", "INTEGER"),
     ("version", "VARCHAR"), ("commit", "VARCHAR"), ("pr_url", "VARCHAR"),
     ("author", "VARCHAR"), ("occurrences", "INTEGER"), ("first_seen_ms", "BIGINT"),
-    ("last_seen_ms", "BIGINT"),
+    ("last_seen_ms", "BIGINT"), ("latest_occurrences", "INTEGER"),
 ))
 REPORT_COLUMNS = (
     ("incident_id", "VARCHAR"), ("report_hash", "VARCHAR"),
@@ -165,6 +175,23 @@ JOIN (SELECT incident_id, arg_max(status, seq) AS status, max(seq) AS seq,
       GROUP BY incident_id) last USING (incident_id)
 WHERE e.seq = 1
 """
+
+
+class SignalFold(Protocol):
+    """Signal occurrences to fold onto the rows already held, inside the write transaction.
+
+    The sink reads the ``signals`` rows of :meth:`signal_ids` and which of
+    :meth:`deliveries` were applied before, calls :meth:`fold` with them, upserts the rows
+    it returns and records the deliveries it applied — all in the batch's transaction."""
+
+    def signal_ids(self) -> Sequence[str]: ...
+
+    def deliveries(self) -> Sequence[tuple[str, str]]: ...
+
+    def fold(self, held: Mapping[str, Mapping[str, Any]], seen: set[tuple[str, str]]
+             ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """(signal rows to upsert, (delivery, signal id) pairs now applied)."""
+        ...
 
 
 def _insert_sql(table: str, columns: Sequence[tuple[str, str]], verb: str) -> str:
@@ -217,6 +244,11 @@ class DuckDBSink:
                 'SELECT topic, "partition", next_offset FROM positions').fetchall()
         return {(t, p): o for t, p, o in rows}
 
+    def signal_rows(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The ``signals`` rows of these ids, by id (those held)."""
+        with self._lock:
+            return _held_signals(self.con, sorted(set(ids)))
+
     def report_keys(self) -> set[tuple[str, str]]:
         """(incident_id, report_hash) of every report version held."""
         with self._lock:
@@ -232,12 +264,14 @@ class DuckDBSink:
         step_windows: Sequence[Mapping[str, Any]] = (),
         dead_letters: Sequence[Mapping[str, Any]] = (),
         signals: Sequence[Mapping[str, Any]] = (),
+        signal_fold: SignalFold | None = None,
         reports: Sequence[Mapping[str, Any]] = (),
         evidence: Sequence[Mapping[str, Any]] = (),
         positions: Mapping[tuple[str, int], int] | None = None,
         log_epochs: Sequence[tuple[str, int, int, int]] = (),
     ) -> None:
-        """Apply one batch and its input positions atomically."""
+        """Apply one batch and its input positions atomically. ``signals`` are rows
+        upserted as given; ``signal_fold`` folds occurrences onto the held rows."""
         with self._lock:
             con = self.con
             con.execute("BEGIN TRANSACTION")
@@ -261,6 +295,8 @@ class DuckDBSink:
                 if signals:
                     con.execute(_insert_sql("signals", SIGNAL_COLUMNS, "OR REPLACE"),
                                 _columns(_last_by(signals, ("signal_id",)), SIGNAL_COLUMNS))
+                if signal_fold is not None:
+                    _fold_signals(con, signal_fold)
                 if reports:
                     con.execute(_insert_sql("triage_reports", REPORT_COLUMNS, "OR IGNORE"),
                                 _columns(reports, REPORT_COLUMNS))
@@ -337,6 +373,39 @@ class DuckDBSink:
             while self._copies:  # a copy in flight must not see the closing checkpoint
                 self._copies_done.wait()
             self.con.close()
+
+
+def _held_signals(con: duckdb.DuckDBPyConnection, ids: Sequence[str]
+                  ) -> dict[str, dict[str, Any]]:
+    if not ids:
+        return {}
+    names = [name for name, _ in SIGNAL_COLUMNS]
+    cols = ", ".join(f'"{n}"' for n in names)
+    rows = con.execute(f"SELECT {cols} FROM signals "
+                       "WHERE signal_id IN (SELECT unnest($1::VARCHAR[]))", [list(ids)]
+                       ).fetchall()
+    return {row[0]: dict(zip(names, row, strict=True)) for row in rows}
+
+
+def _fold_signals(con: duckdb.DuckDBPyConnection, batch: SignalFold) -> None:
+    """Fold a batch of signal occurrences onto the held rows (inside the transaction)."""
+    held = _held_signals(con, sorted(set(batch.signal_ids())))
+    pairs = sorted(set(batch.deliveries()))
+    seen: set[tuple[str, str]] = set()
+    if pairs:
+        seen = {(d, i) for d, i in con.execute(
+            "SELECT d.delivery, d.signal_id FROM signal_deliveries d JOIN ("
+            "SELECT unnest($1::VARCHAR[]) AS delivery, unnest($2::VARCHAR[]) AS signal_id"
+            ") q USING (delivery, signal_id)",
+            [[d for d, _ in pairs], [i for _, i in pairs]]).fetchall()}
+    rows, applied = batch.fold(held, seen)
+    if rows:
+        con.execute(_insert_sql("signals", SIGNAL_COLUMNS, "OR REPLACE"),
+                    _columns(_last_by(rows, ("signal_id",)), SIGNAL_COLUMNS))
+    if applied:
+        con.execute("INSERT OR IGNORE INTO signal_deliveries "
+                    "SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[])",
+                    [[d for d, _ in applied], [i for _, i in applied]])
 
 
 def _last_by(rows: Iterable[Mapping[str, Any]], key: tuple[str, ...]

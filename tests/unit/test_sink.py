@@ -109,3 +109,147 @@ def test_the_writer_checkpoints_its_wal_itself_but_never_during_a_copy(
     sink._copies = 0
     sink.write(positions={("t", 0): 2})
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+# ------------------------------------------------------------------ signals folded in DuckDB
+
+
+def alert(key: str, at: int, state: str = "firing", occurrences: int = 1,
+          title: str = "t") -> Any:
+    from tocsin.processors.signals.model import Signal
+
+    return Signal(dedup_key=key, type="alert", state=state,  # type: ignore[arg-type]
+                  source="native", severity="warning", title=title, event_time_ms=at,
+                  occurrences=occurrences, labels={"team": "pay", "a": "1"})
+
+
+def fold_in(sink: DuckDBSink, items: list[Any], **positions: int) -> Any:
+    from tocsin.streams.stages.project import SignalBatch
+
+    batch = SignalBatch(items)
+    sink.write(signal_fold=batch,
+               positions={("tocsin.signals", int(p)): o for p, o in positions.items()})
+    return batch
+
+
+def signal_tables(sink: DuckDBSink) -> dict[str, Any]:
+    return {t: read(sink, f"SELECT * FROM {t} ORDER BY ALL")
+            for t in ("signals", "signal_deliveries")}
+
+
+def test_signals_folded_in_one_batch_equal_folded_record_by_record(tmp_path: Path) -> None:
+    """The fold reads the held rows back inside the transaction: however the log is cut
+    into batches, the rows are the same (and equal the in-memory fold's)."""
+    import random
+
+    from tocsin.processors.triage import fold
+    from tocsin.streams.stages.project import folded_row
+
+    rng = random.Random(7)
+    items = []
+    for i in range(80):
+        s = alert(f"k{rng.randint(1, 5)}", 1000 * rng.randint(0, 9),
+                  rng.choice(["firing", "acknowledged", "resolved"]), rng.randint(1, 3),
+                  rng.choice("xyz"))
+        items.append((s, rng.choice([None, f"d{i % 7}"])))
+    one = DuckDBSink(tmp_path / "one.duckdb")
+    fold_in(one, items)
+    each = DuckDBSink(tmp_path / "each.duckdb")
+    for item in items:
+        fold_in(each, [item])
+    cuts = DuckDBSink(tmp_path / "cuts.duckdb")
+    start = 0
+    while start < len(items):
+        end = start + rng.randint(1, 9)
+        fold_in(cuts, items[start:end])
+        start = end
+    assert signal_tables(one) == signal_tables(each) == signal_tables(cuts)
+    memory: dict[str, Any] = {}
+    seen = set()
+    for s, delivery in items:
+        if delivery is not None and (delivery, s.signal_id) in seen:
+            continue
+        seen.add((delivery, s.signal_id))
+        memory[s.signal_id] = fold(memory.get(s.signal_id), s)
+    held = one.signal_rows(memory)
+    assert held == {k: folded_row(f) for k, f in memory.items()}
+    assert len(read(one, "SELECT * FROM signal_deliveries")) == \
+        len({(d, s.signal_id) for s, d in items if d is not None})
+
+
+def test_a_redelivery_counts_once_across_writes_and_restarts(sink: DuckDBSink,
+                                                             tmp_path: Path) -> None:
+    s = alert("retried", 1000)
+    first = fold_in(sink, [(s, "delivery-42")], **{"0": 1})
+    again = fold_in(sink, [(s, "delivery-42"), (s, "delivery-43")], **{"0": 3})
+    assert (first.redelivered, again.redelivered) == (0, 1)
+    assert read(sink, "SELECT occurrences FROM signals") == [(2,)]
+    sink.close()
+    reopened = DuckDBSink(tmp_path / "db" / "t.duckdb")
+    fold_in(reopened, [(s, "delivery-43"), (s, None)], **{"0": 5})
+    assert read(reopened, "SELECT occurrences, first_seen_ms, last_seen_ms FROM signals") \
+        == [(3, 1000, 1000)], "two deliveries and one without an id, not five"
+    assert read(reopened, "SELECT * FROM signal_deliveries ORDER BY ALL") == [
+        ("delivery-42", s.signal_id), ("delivery-43", s.signal_id)]
+    assert reopened.positions() == {("tocsin.signals", 0): 5}
+
+
+def test_a_fold_that_fails_writes_nothing_not_even_deliveries(sink: DuckDBSink) -> None:
+    from tocsin.streams.stages.project import SignalBatch
+
+    class Broken(SignalBatch):
+        def fold(self, held: Any, seen: Any) -> Any:
+            rows, applied = super().fold(held, seen)
+            return [{**rows[0], "occurrences": "many"}], applied
+
+    with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
+        sink.write(signal_fold=Broken([(alert("k", 1), "d1")]),
+                   positions={("tocsin.signals", 0): 1})
+    assert signal_tables(sink) == {"signals": [], "signal_deliveries": []}
+    assert sink.positions() == {}
+
+
+def test_a_report_version_written_twice_is_one_row(sink: DuckDBSink) -> None:
+    version = {"incident_id": "inc_a", "report_hash": "sha256:1", "body": "{}",
+               "provenance": "{}", "generated_at_ms": 5, "incident_seq": 1}
+    evidence = [{"incident_id": "inc_a", "report_hash": "sha256:1", "kind": "incident",
+                 "id": "inc_a", "source": "tocsin", "summary": "s", "time_ms": 1}]
+    sink.write(reports=[version], evidence=evidence, positions={("tocsin.reports", 0): 1})
+    sink.write(reports=[version, version], evidence=evidence + evidence,
+               positions={("tocsin.reports", 0): 3})
+    assert read(sink, "SELECT incident_id, report_hash, written_seq FROM triage_reports") \
+        == [("inc_a", "sha256:1", 1)]
+    assert len(read(sink, "SELECT * FROM evidence")) == 1
+    assert sink.report_keys() == {("inc_a", "sha256:1")}
+
+
+def test_a_file_of_schema_1_gains_the_signal_fold_tables(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE tocsin_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO tocsin_meta VALUES ('schema_version', '1')")
+    con.execute("CREATE TABLE signals (signal_id VARCHAR PRIMARY KEY, dedup_key VARCHAR, "
+                "type VARCHAR, state VARCHAR, source VARCHAR, service VARCHAR, env VARCHAR, "
+                "severity VARCHAR, title VARCHAR, reason VARCHAR, description VARCHAR, "
+                "event_time_ms BIGINT, starts_at_ms BIGINT, ends_at_ms BIGINT, "
+                "fingerprint VARCHAR, provider_url VARCHAR, labels VARCHAR, "
+                "annotations VARCHAR, incident_id VARCHAR, trace_id VARCHAR, "
+                "error_code VARCHAR, downstream VARCHAR, runtime_subtype VARCHAR, "
+                "pod VARCHAR, container VARCHAR, node VARCHAR, exit_code INTEGER, "
+                "restart_count INTEGER, version VARCHAR, \"commit\" VARCHAR, pr_url VARCHAR, "
+                "author VARCHAR, occurrences INTEGER, first_seen_ms BIGINT, "
+                "last_seen_ms BIGINT)")
+    s = alert("old", 1000, occurrences=4)
+    con.execute("INSERT INTO signals (signal_id, dedup_key, type, state, source, severity, "
+                "title, event_time_ms, labels, annotations, occurrences, first_seen_ms, "
+                "last_seen_ms) VALUES ($1, $2, 'alert', 'firing', 'native', 'warning', 't', "
+                "1000, '{\"a\":\"1\",\"team\":\"pay\"}', '{}', 4, 1000, 1000)",
+                [s.signal_id, s.dedup_key])
+    con.close()
+    sink = DuckDBSink(path)
+    assert read(sink, "SELECT value FROM tocsin_meta WHERE key = 'schema_version'") == [("2",)]
+    assert read(sink, "SELECT latest_occurrences FROM signals") == [(None,)]
+    fold_in(sink, [(alert("old", 2000), "d1")])
+    assert read(sink, "SELECT occurrences, first_seen_ms, last_seen_ms, latest_occurrences "
+                      "FROM signals") == [(5, 1000, 2000, 1)]
+    assert read(sink, "SELECT * FROM signal_deliveries") == [("d1", s.signal_id)]
