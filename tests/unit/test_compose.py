@@ -1,6 +1,8 @@
 """The container files (Dockerfile, docker-compose.yml) agree with the code and the README.
 
-No Docker engine or Kafka is needed: the files are parsed and cross-checked.
+No Docker engine or Kafka is needed: the files are parsed and cross-checked. The compose
+file is the production layout: three KRaft nodes, ``--role detect`` workers scaled with
+``deploy.replicas``, and one ``--role project`` worker that owns the DuckDB file.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tocsin.streams.runner import check_exposure
-from tocsin.streams.settings import Settings
+from tocsin.streams.worker.runner import check_exposure
+from tocsin.streams.worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 README = ROOT / "README.md"
+
+KAFKA_IMAGE = "apache/kafka:3.9.1"
+WORKER_ROLES = {"detect", "project"}  # "all" would be a second DuckDB writer
 
 
 # ---------------------------------------------------------------------- helpers
@@ -39,11 +44,15 @@ def compose() -> dict[str, Any]:
     return data
 
 
+def services() -> dict[str, dict[str, Any]]:
+    svcs: dict[str, dict[str, Any]] = compose()["services"]
+    return svcs
+
+
 def service(name: str) -> dict[str, Any]:
-    services = compose()["services"]
-    assert name in services, f"docker-compose.yml has no service {name!r}"
-    svc: dict[str, Any] = services[name]
-    return svc
+    svcs = services()
+    assert name in svcs, f"docker-compose.yml has no service {name!r}"
+    return svcs[name]
 
 
 def env(svc: dict[str, Any]) -> dict[str, str]:
@@ -52,6 +61,10 @@ def env(svc: dict[str, Any]) -> dict[str, str]:
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
     return {str(k): "" if v is None else str(v) for k, v in raw.items()}
+
+
+def tocsin_env(svc: dict[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in env(svc).items() if k.startswith("TOCSIN_")}
 
 
 def listeners(value: str) -> dict[str, tuple[str, int]]:
@@ -64,19 +77,92 @@ def listeners(value: str) -> dict[str, tuple[str, int]]:
     return out
 
 
-def worker_tocsin_env() -> dict[str, str]:
-    return {k: v for k, v in env(service("worker")).items() if k.startswith("TOCSIN_")}
+def argv(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
 
 
-def volume_targets(svc: dict[str, Any]) -> list[str]:
-    targets = []
+def is_tocsin(svc: dict[str, Any]) -> bool:
+    """Built from this repository (the worker image)."""
+    return "build" in svc or str(svc.get("image", "")).startswith("tocsin")
+
+
+def kafka_nodes() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in services().items()
+            if str(s.get("image", "")).startswith("apache/kafka")}
+
+
+def workers() -> dict[str, dict[str, Any]]:
+    """Services that run ``tocsin run`` (the image's default command)."""
+    return {n: s for n, s in services().items()
+            if is_tocsin(s) and argv(s.get("command"))[:1] in ([], ["run"])}
+
+
+def role(svc: dict[str, Any]) -> str:
+    """The worker's role: ``--role`` on the command line wins over ``TOCSIN_ROLE``."""
+    words = argv(svc.get("command"))
+    for i, word in enumerate(words):
+        if word == "--role" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--role="):
+            return word.split("=", 1)[1]
+    return env(svc).get("TOCSIN_ROLE", str(Settings.model_fields["role"].default))
+
+
+def replicas(svc: dict[str, Any]) -> int:
+    deploy = svc.get("deploy") or {}
+    return int(deploy.get("replicas", svc.get("scale", 1)))
+
+
+def node_names(name: str, svc: dict[str, Any]) -> set[str]:
+    """The names a service is reached by on the compose network."""
+    return {name, str(svc.get("hostname", name))}
+
+
+def mounts(svc: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """(source, target) of each ``volumes`` entry; source None for an anonymous volume."""
+    out: list[tuple[str | None, str]] = []
     for v in svc.get("volumes") or []:
         if isinstance(v, dict):
-            targets.append(v["target"])
+            out.append((v.get("source"), v["target"]))
         else:
             parts = str(v).split(":")
-            targets.append(parts[1] if len(parts) > 1 else parts[0])
-    return targets
+            out.append((parts[0], parts[1]) if len(parts) > 1 else (None, parts[0]))
+    return out
+
+
+def named_volume(source: str | None) -> bool:
+    return bool(source) and not str(source).startswith((".", "/", "~", "$"))
+
+
+def published(svc: dict[str, Any]) -> list[tuple[str | None, int | None, int]]:
+    """(host ip, host port, container port) of each ``ports`` entry."""
+    out: list[tuple[str | None, int | None, int]] = []
+    for p in svc.get("ports") or []:
+        if isinstance(p, dict):
+            host = p.get("published")
+            out.append((p.get("host_ip"), int(host) if host else None, int(p["target"])))
+            continue
+        parts = str(p).split("/")[0].rsplit(":", 2)
+        if len(parts) == 3:
+            out.append((parts[0], int(parts[1]), int(parts[2])))
+        elif len(parts) == 2:
+            out.append((None, int(parts[0]), int(parts[1])))
+        else:
+            out.append((None, None, int(parts[0])))
+    return out
+
+
+def voters(value: str) -> dict[int, tuple[str, int]]:
+    """``id@host:port,...`` -> {id: (host, port)}."""
+    out: dict[int, tuple[str, int]] = {}
+    for item in value.split(","):
+        m = re.fullmatch(r"\s*(\d+)@([^:,]+):(\d+)\s*", item)
+        assert m, f"cannot parse quorum voter {item!r}"
+        assert int(m.group(1)) not in out, f"voter id {m.group(1)} listed twice"
+        out[int(m.group(1))] = (m.group(2), int(m.group(3)))
+    return out
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -101,97 +187,245 @@ def exec_form(args: str) -> list[str]:
     return [str(v) for v in value]
 
 
+def settings_from(svc: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings as the service's TOCSIN_* environment makes them (nothing else set)."""
+    for key in list(os.environ):
+        if key.startswith("TOCSIN_"):
+            monkeypatch.delenv(key)
+    for key, value in tocsin_env(svc).items():
+        monkeypatch.setenv(key, value)
+    return Settings()  # validates every value
+
+
+def _tocsin_vars() -> list[tuple[str, str]]:
+    return sorted((n, k) for n, s in services().items() if is_tocsin(s) for k in tocsin_env(s))
+
+
 # ---------------------------------------------------------------------- compose: kafka
 
 
-def test_services_kafka_and_worker_exist() -> None:
-    services = compose()["services"]
-    assert {"kafka", "worker"} <= set(services)
-
-
 def test_no_zookeeper_anywhere() -> None:
-    for name, svc in compose()["services"].items():
+    for name, svc in services().items():
         assert "zookeeper" not in name.lower()
         assert "zookeeper" not in str(svc.get("image", "")).lower()
         assert not [k for k in env(svc) if "ZOOKEEPER" in k.upper()], name
 
 
-def test_kafka_runs_kraft_single_node() -> None:
-    e = env(service("kafka"))
-    assert {r.strip() for r in e["KAFKA_PROCESS_ROLES"].split(",")} == {"broker", "controller"}
-    node_id = e["KAFKA_NODE_ID"]
-    controller = e["KAFKA_CONTROLLER_LISTENER_NAMES"]
-    ls = listeners(e["KAFKA_LISTENERS"])
-    assert controller in ls, "the controller listener must be one of KAFKA_LISTENERS"
-    # One voter: this node, at its own controller listener.
-    voter = re.fullmatch(r"(\d+)@([^:]+):(\d+)", e["KAFKA_CONTROLLER_QUORUM_VOTERS"])
-    assert voter, e["KAFKA_CONTROLLER_QUORUM_VOTERS"]
-    assert voter.group(1) == node_id
-    assert voter.group(2) in {"kafka", service("kafka").get("hostname", "kafka")}
-    assert int(voter.group(3)) == ls[controller][1]
-    # Every listener has a security protocol, and internal topics fit on one broker.
-    protocols = dict(p.split(":") for p in e["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
-    assert set(ls) <= set(protocols)
-    assert e["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+def test_kafka_is_three_kraft_nodes_each_broker_and_controller() -> None:
+    nodes = kafka_nodes()
+    assert len(nodes) == 3, sorted(nodes)
+    for name, svc in nodes.items():
+        assert svc["image"] == KAFKA_IMAGE, name
+        e = env(svc)
+        roles = {r.strip() for r in e["KAFKA_PROCESS_ROLES"].split(",")}
+        assert roles == {"broker", "controller"}, name
+        ls = listeners(e["KAFKA_LISTENERS"])
+        assert e["KAFKA_CONTROLLER_LISTENER_NAMES"] in ls, name
+        protocols = dict(p.split(":") for p in e["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        assert set(ls) <= set(protocols), name
+        # Every advertised listener is one the node binds, on the same port.
+        for lname, (_, port) in listeners(e["KAFKA_ADVERTISED_LISTENERS"]).items():
+            assert ls.get(lname, (None, None))[1] == port, (name, lname)
 
 
-def test_kafka_has_a_healthcheck() -> None:
-    assert service("kafka").get("healthcheck", {}).get("test")
+def test_kafka_quorum_voters_are_the_three_nodes() -> None:
+    nodes = kafka_nodes()
+    envs = {name: env(svc) for name, svc in nodes.items()}
+    lists = {e["KAFKA_CONTROLLER_QUORUM_VOTERS"].replace(" ", "") for e in envs.values()}
+    assert len(lists) == 1, f"nodes disagree on the quorum: {lists}"
+    quorum = voters(lists.pop())
+    ids = [int(e["KAFKA_NODE_ID"]) for e in envs.values()]
+    assert len(set(ids)) == len(ids), f"node ids are not unique: {ids}"
+    assert set(quorum) == set(ids), (quorum, ids)
+    for name, e in envs.items():
+        host, port = quorum[int(e["KAFKA_NODE_ID"])]
+        assert host in node_names(name, nodes[name]), (name, host)
+        controller = listeners(e["KAFKA_LISTENERS"])[e["KAFKA_CONTROLLER_LISTENER_NAMES"]]
+        assert port == controller[1], (name, port, controller)
 
 
-# ---------------------------------------------------------------------- compose: worker
+def test_kafka_nodes_share_one_fixed_cluster_id() -> None:
+    ids = {env(svc).get("CLUSTER_ID", "") for svc in kafka_nodes().values()}
+    assert len(ids) == 1, ids
+    (cluster,) = ids
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster), cluster
 
 
-def test_worker_waits_for_healthy_kafka() -> None:
-    depends = service("worker").get("depends_on")
-    assert depends and "kafka" in depends
-    if isinstance(depends, dict):
-        assert depends["kafka"].get("condition") == "service_healthy"
+def test_kafka_replicates_internal_topics_three_times_min_isr_two() -> None:
+    for name, svc in kafka_nodes().items():
+        e = env(svc)
+        for key in ("KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
+            assert e.get(key) == "3", (name, key, e.get(key))
+        for key in ("KAFKA_MIN_INSYNC_REPLICAS", "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+            assert e.get(key) == "2", (name, key, e.get(key))
 
 
-def test_worker_broker_is_kafkas_in_network_listener() -> None:
-    e = env(service("kafka"))
-    advertised = listeners(e["KAFKA_ADVERTISED_LISTENERS"])
-    bound = listeners(e["KAFKA_LISTENERS"])
-    host, port = worker_tocsin_env()["TOCSIN_BROKER"].rsplit(":", 1)
-    assert host in {"kafka", service("kafka").get("hostname", "kafka")}
-    matching = [name for name, hp in advertised.items() if hp == (host, int(port))]
-    assert matching, f"TOCSIN_BROKER {host}:{port} is not advertised: {advertised}"
-    # ... and Kafka actually listens on that port under the same listener name.
-    assert bound[matching[0]][1] == int(port)
+def test_replication_factor_is_3_everywhere_it_is_set() -> None:
+    seen = {(name, k): v for name, svc in services().items()
+            for k, v in env(svc).items() if k.upper().endswith("REPLICATION_FACTOR")}
+    assert seen
+    assert {v for v in seen.values()} == {"3"}, seen
+    for name, svc in workers().items():
+        assert tocsin_env(svc).get("TOCSIN_REPLICATION_FACTOR") == "3", name
 
 
-def test_worker_db_is_on_a_volume() -> None:
-    db = worker_tocsin_env()["TOCSIN_DB"]
-    targets = volume_targets(service("worker"))
-    assert any(db.startswith(t.rstrip("/") + "/") for t in targets), (db, targets)
+def test_kafka_node_has_its_own_volume_on_its_log_dir() -> None:
+    declared = set(compose().get("volumes") or {})
+    sources = []
+    for name, svc in kafka_nodes().items():
+        log_dir = env(svc)["KAFKA_LOG_DIRS"]
+        on_log_dir = [src for src, target in mounts(svc) if target == log_dir]
+        assert len(on_log_dir) == 1 and named_volume(on_log_dir[0]), (name, mounts(svc))
+        assert on_log_dir[0] in declared, (name, on_log_dir[0])
+        sources.append(on_log_dir[0])
+    assert len(set(sources)) == len(sources), f"brokers share a volume: {sources}"
 
 
-def test_worker_publishes_its_http_port() -> None:
-    port = worker_tocsin_env()["TOCSIN_HTTP_PORT"]
-    published = [str(p).rsplit(":", 1)[-1] for p in service("worker").get("ports", [])]
-    assert port in published
+def test_kafka_nodes_have_healthchecks_and_no_start_order() -> None:
+    nodes = kafka_nodes()
+    for name, svc in nodes.items():
+        check = svc.get("healthcheck") or {}
+        assert check.get("test") and not check.get("disable"), name
+        # A quorum needs 2 of 3 controllers: waiting for each other would never start.
+        assert not set(svc.get("depends_on") or []) & set(nodes), name
 
 
-@pytest.mark.parametrize("name", sorted(worker_tocsin_env()))
-def test_worker_env_var_is_a_setting(name: str) -> None:
+def test_kafka_host_listeners_are_published_on_loopback() -> None:
+    host_ports = []
+    for name, svc in kafka_nodes().items():
+        e = env(svc)
+        bound = listeners(e["KAFKA_LISTENERS"])
+        advertised = listeners(e["KAFKA_ADVERTISED_LISTENERS"])
+        external = {ln: port for ln, (host, port) in advertised.items()
+                    if host in {"localhost", "127.0.0.1"}}
+        assert len(external) == 1, (name, external)
+        ((lname, port),) = external.items()
+        ports = published(svc)
+        assert ports, name
+        for host_ip, host_port, target in ports:
+            assert (host_ip, host_port) == ("127.0.0.1", port), (name, host_ip, host_port)
+            assert target == bound[lname][1], (name, target, bound[lname])
+        host_ports.append(port)
+    assert sorted(host_ports) == [29092, 29093, 29094], host_ports
+
+
+# ---------------------------------------------------------------------- compose: workers
+
+
+def test_workers_are_one_project_and_at_least_two_detect() -> None:
+    ws = workers()
+    roles = {name: role(svc) for name, svc in ws.items()}
+    assert set(roles.values()) <= WORKER_ROLES, roles
+    project = [n for n, r in roles.items() if r == "project"]
+    assert len(project) == 1, roles
+    assert replicas(ws[project[0]]) == 1, "DuckDB takes one writer: one project worker"
+    detect = sum(replicas(ws[n]) for n, r in roles.items() if r == "detect")
+    assert detect >= 2, f"{detect} detect worker(s)"
+
+
+def test_workers_share_one_app_id_and_topics() -> None:
+    """Same app id and topic names = the same consumer groups and inputs."""
+    default = Settings.model_fields["app_id"].default
+    ids = {n: tocsin_env(s).get("TOCSIN_APP_ID", default) for n, s in workers().items()}
+    assert len(set(ids.values())) == 1, ids
+    topics = {n: {k: v for k, v in tocsin_env(s).items() if k.startswith("TOCSIN_TOPICS__")}
+              for n, s in workers().items()}
+    assert len({json.dumps(t, sort_keys=True) for t in topics.values()}) == 1, topics
+
+
+def test_project_worker_alone_holds_the_duckdb_volume() -> None:
+    ws = workers()
+    (name,) = [n for n, s in ws.items() if role(s) == "project"]
+    db = tocsin_env(ws[name])["TOCSIN_DB"]
+    holding = [(src, t) for src, t in mounts(ws[name]) if db.startswith(t.rstrip("/") + "/")]
+    assert len(holding) == 1, (db, mounts(ws[name]))
+    volume = holding[0][0]
+    assert named_volume(volume) and volume in (compose().get("volumes") or {}), volume
+    others = [n for n, s in services().items()
+              if n != name and volume in {src for src, _ in mounts(s)}]
+    assert not others, f"{others} also mount the DuckDB volume {volume!r}"
+
+
+def test_detect_workers_do_not_mount_the_duckdb_volume() -> None:
+    ws = workers()
+    (project,) = [s for s in ws.values() if role(s) == "project"]
+    db = tocsin_env(project)["TOCSIN_DB"]
+    volume = next(src for src, t in mounts(project) if db.startswith(t.rstrip("/") + "/"))
+    for name, svc in ws.items():
+        if role(svc) == "detect":
+            assert volume not in {src for src, _ in mounts(svc)}, name
+
+
+def test_workers_wait_for_every_healthy_broker() -> None:
+    nodes = set(kafka_nodes())
+    for name, svc in workers().items():
+        depends = svc.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on without conditions"
+        for node in nodes:
+            assert (depends.get(node) or {}).get("condition") == "service_healthy", (name, node)
+
+
+def test_broker_list_is_every_nodes_in_network_listener() -> None:
+    inner = set()
+    for name, svc in kafka_nodes().items():
+        e = env(svc)
+        lname = e["KAFKA_INTER_BROKER_LISTENER_NAME"]
+        host, port = listeners(e["KAFKA_ADVERTISED_LISTENERS"])[lname]
+        assert host in node_names(name, svc), (name, host)
+        inner.add(f"{host}:{port}")
+    users = {n: s for n, s in services().items() if "TOCSIN_BROKER" in tocsin_env(s)}
+    assert set(workers()) <= set(users)
+    for name, svc in users.items():
+        given = [b.strip() for b in tocsin_env(svc)["TOCSIN_BROKER"].split(",")]
+        assert len(given) == len(set(given)) and set(given) == inner, (name, given, inner)
+
+
+def test_workers_serve_http_and_check_readyz(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, svc in workers().items():
+        assert settings_from(svc, monkeypatch).http_port > 0, name
+        check = svc.get("healthcheck") or {}
+        assert not check.get("disable") and "/readyz" in " ".join(argv(check.get("test"))), name
+
+
+def test_project_worker_publishes_its_http_port() -> None:
+    (svc,) = [s for s in workers().values() if role(s) == "project"]
+    port = int(tocsin_env(svc)["TOCSIN_HTTP_PORT"])
+    assert port in [target for _, _, target in published(svc)]
+
+
+def test_ports_are_published_on_loopback_only() -> None:
+    for name, svc in services().items():
+        for host_ip, host_port, target in published(svc):
+            assert host_ip == "127.0.0.1", f"{name}: port {target} published on {host_ip!r}"
+            assert host_port, f"{name}: port {target} gets a random host port on all addresses"
+
+
+def test_replicated_services_can_scale() -> None:
+    """Replicas (and ``--scale``) clash on a fixed container name or host port."""
+    for name, svc in services().items():
+        if replicas(svc) > 1:
+            assert "container_name" not in svc, name
+            assert not published(svc), name
+
+
+@pytest.mark.parametrize(("service_name", "name"), _tocsin_vars())
+def test_worker_env_var_is_a_setting(service_name: str, name: str) -> None:
     """pydantic-settings silently ignores unknown TOCSIN_* variables, so check each name
     against the model's fields (``__`` = nesting)."""
     model: Any = Settings
     for part in name.removeprefix("TOCSIN_").lower().split("__"):
         fields = getattr(model, "model_fields", {})
-        assert part in fields, f"{name}: Settings has no field {part!r} (add it or drop the var)"
+        assert part in fields, (f"{service_name}: {name}: Settings has no field {part!r} "
+                                "(add it or drop the var)")
         model = fields[part].annotation
 
 
-def test_worker_env_builds_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("TOCSIN_"):
-            monkeypatch.delenv(key)
-    values = worker_tocsin_env()
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings()  # validates every value
+@pytest.mark.parametrize("name", sorted(workers()))
+def test_worker_env_builds_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = service(name)
+    values = tocsin_env(svc)
+    settings = settings_from(svc, monkeypatch)
     for key, value in values.items():
         got: Any = settings
         for part in key.removeprefix("TOCSIN_").lower().split("__"):
@@ -202,23 +436,22 @@ def test_worker_env_builds_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             assert str(got) == value, key
 
 
-def test_worker_bound_beyond_loopback_has_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker binds 0.0.0.0 in the compose file: it must start without --insecure."""
-    for key in list(os.environ):
-        if key.startswith("TOCSIN_"):
-            monkeypatch.delenv(key)
-    for key, value in worker_tocsin_env().items():
-        monkeypatch.setenv(key, value)
-    settings = Settings()
+@pytest.mark.parametrize("name", sorted(workers()))
+def test_worker_bound_beyond_loopback_has_tokens(name: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers bind 0.0.0.0 in the compose file: they must start without --insecure."""
+    settings = settings_from(service(name), monkeypatch)
     assert settings.http_bind == "0.0.0.0"
+    assert not settings.insecure
     assert check_exposure(settings) is None
     assert settings.api_tokens and settings.intake_tokens
 
 
-def test_demo_producer_is_opt_in() -> None:
-    services = compose()["services"]
-    for name, svc in services.items():
-        if name not in {"kafka", "worker"}:
+def test_only_brokers_and_workers_start_by_default() -> None:
+    always = set(kafka_nodes()) | set(workers())
+    assert "demo-producer" in services()
+    for name, svc in services().items():
+        if name not in always:
             assert svc.get("profiles"), f"{name} would start with a plain `docker compose up`"
 
 
