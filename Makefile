@@ -30,10 +30,10 @@ typecheck: $(VENV)/.installed
 	rm -rf .typecheck && mkdir -p .typecheck/tocsin
 	for d in processors schemas streams sinks; do ln -s ../../$$d .typecheck/tocsin/$$d; done
 	ln -s ../../tocsin/clients .typecheck/tocsin/clients
-	cp tocsin/__init__.py tocsin/cli.py .typecheck/tocsin/
+	cp tocsin/__init__.py tocsin/cli.py tocsin/testing.py .typecheck/tocsin/
 	cd .typecheck && MYPYPATH=. ../$(BIN)/mypy --config-file ../pyproject.toml \
 		-p tocsin.processors -p tocsin.schemas -p tocsin.streams -p tocsin.sinks \
-		-p tocsin.clients -m tocsin.cli
+		-p tocsin.clients -m tocsin.cli -m tocsin.testing
 
 test: lint typecheck
 	$(BIN)/python -m pytest

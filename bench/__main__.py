@@ -115,7 +115,7 @@ def worker_intake_phases(worker: TocsinWorker, bootstrap: str, workload: Workloa
     say(f"(e) {result.versions} report versions for {result.signals:,} signals on "
         f"{result.incident_id} in {result.burst_s or float('nan'):.1f}s "
         f"(complete: {result.complete}); waiting for the worker to settle")
-    worker.wait_quiet(quiet_s=1.0, timeout_s=60.0)
+    worker.wait_settled_s(timeout_s=60.0)
     say(f"(d) Tocsin intake on {worker.base_url}; {REQUESTS:,} requests or {SECONDS:.0f} s "
         f"over {CONCURRENCY} connections")
     load = measure_load(worker.base_url, tag)
@@ -133,7 +133,7 @@ def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path,
             f"{workload.events:,} events")
         tput = worker.measure(workload.events, timeout_s=max(120.0, workload.events / 2000))
         say(f"(b) {tput.events_per_s:,.0f} events/s; waiting for the worker to settle")
-        settle = worker.wait_quiet()
+        settle = worker.wait_settled_s()
         worker.wait_detecting(30.0)
         say(f"(b) settled after {settle if settle is not None else float('nan'):.1f}s; "
             f"{spikes} live spikes for detection latency")

@@ -35,9 +35,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tocsin.streams.kafka.broker import free_port
-from tocsin.streams.kafka.io import _wait_partitions, ensure_topics, send_batches, stop_quietly
+from tocsin.streams.kafka.io import ensure_topics, send_batches, stop_quietly, wait_partitions
 from tocsin.streams.worker.app import topic_specs
 from tocsin.streams.worker.settings import Settings
+from tocsin.testing import Names, Role
 
 from .chaos_workload import Record, SignalRequest
 from .tail import TopicTail
@@ -103,7 +104,7 @@ class Proc:
     """One logical worker (a name, a role, a port, a DuckDB file) across incarnations."""
 
     name: str
-    role: str
+    role: Role
     bootstrap: str
     workdir: Path
     env: dict[str, str]
@@ -124,9 +125,8 @@ class Proc:
     def start(self) -> None:
         self.incarnations += 1
         w = TocsinWorker(self.bootstrap, self.workdir, role=self.role, env=self.env,
-                         name=self.name)
-        w.port, w.app_id = self.port, APP_ID
-        w.log_path = self.workdir / f"{self.name}.{self.incarnations}.log"
+                         name=self.name, http_port=self.port, app_id=APP_ID,
+                         log_path=self.workdir / f"{self.name}.{self.incarnations}.log")
         assert w.db_path == self.db_path
         self.worker = w.start()
         self.started_at = time.monotonic()
@@ -358,7 +358,7 @@ class Watermarks:
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
         await self.consumer.start()
         for topic in self.topics:
-            parts = await _wait_partitions(self.consumer, topic, 20.0)
+            parts = await wait_partitions(self.consumer, topic, 20.0)
             self.tps += [TopicPartition(topic, p) for p in parts]
         self.consumer.assign(self.tps)
         await self.consumer.seek_to_beginning(*self.tps)
@@ -412,7 +412,7 @@ async def positions(session: aiohttp.ClientSession, projector: Proc
     return {(t, p): o for t, p, o in body["rows"]}
 
 
-PROJECTED = (TOPICS.incidents, TOPICS.windows, TOPICS.dlq, TOPICS.signals, TOPICS.spans)
+PROJECTED = tuple(Names(APP_ID, TOPICS).projected())  # what the DuckDB projection reads
 
 
 async def lag(bootstrap: str, marks: Watermarks, session: aiohttp.ClientSession,

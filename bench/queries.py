@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
+from tocsin import testing
+
 from .worker import Throughput, TocsinWorker
 from .workload import Workload
 
@@ -114,8 +116,9 @@ class QueryRun:
 def measure_one(bootstrap: str, workload: Workload, workdir: Path, heavy: bool, n: int
                 ) -> QueryRun:
     name = f"queries-{n}-{'heavy' if heavy else 'alone'}"
-    topics = {f"TOCSIN_TOPICS__{t.upper()}": f"bench.{name}.{t}"
-              for t in ("incidents", "windows", "dlq", "signals", "reports", "spans")}
+    # Every topic its own but the shared workload's events.
+    topics = {testing.topic_env_var(t): f"bench.{name}.{t}"
+              for t in testing.TOPIC_FIELDS if t != "events"}
     worker = TocsinWorker(bootstrap, workdir, env={**WORKER_ENV, **topics}, name=name).start()
     load = QueryLoad(worker.base_url).start() if heavy else None
     try:

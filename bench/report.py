@@ -26,7 +26,7 @@ class TocsinRun:
     """What (b) and the latency phase measured on one worker."""
 
     throughput: Throughput
-    settle_s: float | None  # from the N-th event counted until the worker went quiet
+    settle_s: float | None  # from the N-th event counted until the worker settled
     latency: LatencyResult
     peak_rss_mb: float | None
     metrics: dict[str, Any]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from tocsin.streams.kafka.io import _wait_partitions, stop_quietly
+from tocsin.streams.kafka.io import stop_quietly, wait_partitions
 
 OnRecord = Callable[[ConsumerRecord[bytes, bytes], float], None]
 
@@ -30,7 +30,7 @@ class TopicTail:
             bootstrap_servers=self.bootstrap, enable_auto_commit=False,
             auto_offset_reset="earliest", fetch_max_wait_ms=10)
         await self._consumer.start()
-        parts = await _wait_partitions(self._consumer, self.topic, 20.0)
+        parts = await wait_partitions(self._consumer, self.topic, 20.0)
         tps = [TopicPartition(self.topic, p) for p in parts]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)

@@ -1,34 +1,29 @@
 """(b) Tocsin's detection path: the real worker as a subprocess, watched over HTTP.
 
-``python -m tocsin run --role all`` with a fresh app id (a clean consumer group), a
-6 s session timeout and the intake's rate limit lifted (its HTTP intake is measured
-too). Throughput is read from ``/healthz`` (``metrics.events_in``, the events decoded
-and counted): from the first poll that sees events counted until the count reaches N.
-Peak RSS is the worker's ``VmHWM`` from ``/proc``.
+``python -m tocsin run --role all`` (:class:`tocsin.testing.Worker`) with a fresh app id
+(a clean consumer group), a 6 s session timeout, the worker's own checkpoint interval and
+the intake's rate limit lifted (its HTTP intake is measured too). Throughput is read from
+``/healthz`` (``metrics.events_in``, the events decoded and counted): from the first poll
+that sees events counted until the count reaches N. Settled means detection's commits and
+the projection's DuckDB positions at the end of every topic
+(:meth:`tocsin.testing.Worker.wait_settled`). Peak RSS is the worker's ``VmHWM`` from
+``/proc``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tocsin.streams.kafka.broker import free_port
+from tocsin import testing
 
 POLL_S = 0.05
 
 
-class WorkerError(RuntimeError):
+class WorkerError(testing.WorkerError):
     """The worker exited, never answered, or stalled."""
 
 
@@ -42,88 +37,46 @@ class Throughput:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-class TocsinWorker:
-    """Start the worker, poll its health, read its peak RSS, stop it (always)."""
+class TocsinWorker(testing.Worker):
+    """A bench worker: default topic names under a fresh ``bench-*`` app id, its DuckDB
+    file and log in ``workdir`` (``<name>.duckdb``, ``<name>.log``), in its own process
+    group; throughput, settle time and peak RSS measured from outside."""
 
-    def __init__(self, bootstrap: str, workdir: Path, role: str = "all",
-                 env: dict[str, str] | None = None, name: str = "worker") -> None:
-        self.bootstrap = bootstrap
-        self.workdir = workdir
-        self.role = role
-        self.extra_env = dict(env or {})
-        self.port = free_port()
-        self.app_id = f"bench-{uuid.uuid4().hex[:8]}"
-        self.log_path = workdir / f"{name}.log"
-        self.db_path = workdir / ("bench.duckdb" if name == "worker" else f"{name}.duckdb")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> TocsinWorker:
+    def __init__(self, bootstrap: str, workdir: Path, role: testing.Role = "all",
+                 env: dict[str, str] | None = None, name: str = "worker", *,
+                 http_port: int | None = None, app_id: str | None = None,
+                 log_path: Path | None = None) -> None:
         # The intake's per-token rate limit (default 50/s, burst 100; without tokens every
         # sender shares the "anonymous" bucket) is lifted: the bench measures the intake.
-        env = dict(os.environ, TOCSIN_SESSION_TIMEOUT_MS="6000", TOCSIN_APP_ID=self.app_id,
-                   TOCSIN_INTAKE_RATE_PER_S="1000000", TOCSIN_INTAKE_BURST="1000000",
-                   **self.extra_env)
-        cmd = [sys.executable, "-m", "tocsin", "run", "--broker", self.bootstrap,
-               "--db", str(self.db_path), "--http-port", str(self.port),
-               "--role", self.role]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
-        return self
+        super().__init__(
+            bootstrap, workdir / ("bench.duckdb" if name == "worker" else f"{name}.duckdb"),
+            names=testing.Names.defaults(app_id or f"bench-{uuid.uuid4().hex[:8]}"),
+            role=role, env={"TOCSIN_INTAKE_RATE_PER_S": "1000000",
+                            "TOCSIN_INTAKE_BURST": "1000000", **(env or {})},
+            http_port=http_port, log_path=log_path or workdir / f"{name}.log",
+            checkpoint_interval_ms=None, new_session=True)
+        self.workdir = workdir
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def app_id(self) -> str:
+        return self.names.app_id
 
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+    @property
+    def port(self) -> int:
+        return self.http_port
 
-    def _check_alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise WorkerError(f"the worker exited with {self.proc.returncode}:\n"
-                              f"{self.log_tail()}")
-
-    def health(self) -> dict[str, Any] | None:
-        """The /healthz body, or None while the worker does not answer."""
-        self._check_alive()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
-                                        timeout=2) as resp:
-                body: dict[str, Any] = json.loads(resp.read())
-                return body
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            return None
+    @property
+    def db_path(self) -> Path:
+        return self.db
 
     def events_in(self, counter: str = "events_in") -> int | None:
         body = self.health()
         return None if body is None else int(body["metrics"][counter])
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.health() is not None:
-                return
-            time.sleep(0.1)
-        raise WorkerError(f"no /healthz answer in {timeout_s:.0f}s:\n{self.log_tail()}")
-
     def wait_detecting(self, timeout_s: float) -> None:
         """Until the detection consumer holds its partitions (idle worker)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            body = self.health()
-            if body is not None and body.get("detecting"):
-                return
-            time.sleep(0.1)
-        raise WorkerError(f"detection not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
+        self.wait_for(lambda: bool((self.health() or {}).get("detecting")), timeout_s,
+                      "detection holding its partitions")
 
     def measure(self, events: int, timeout_s: float, counter: str = "events_in",
                 start_counter: str | None = None) -> Throughput:
@@ -150,10 +103,22 @@ class TocsinWorker:
                           f"({counter}) in "
                           f"{timeout_s:.0f}s:\n{self.log_tail()}")
 
+    def wait_settled_s(self, timeout_s: float = 90.0) -> float | None:
+        """Seconds until everything on the log is through (:meth:`wait_settled`:
+        detection's commits, then the projection's DuckDB positions, at the end of every
+        topic); None if not within ``timeout_s``."""
+        started = time.perf_counter()
+        try:
+            self.wait_settled(timeout_s)
+        except testing.WaitTimeout:
+            return None
+        return time.perf_counter() - started
+
     def wait_quiet(self, quiet_s: float = 2.0, timeout_s: float = 90.0) -> float | None:
         """Seconds until the worker's work counters (events, checkpoints, rows projected)
-        stopped moving for ``quiet_s``: the tail of the backlog (last checkpoint, window
-        records, DuckDB rows) is done. None if it never settled within ``timeout_s``."""
+        stopped moving for ``quiet_s``; None if they never settled within ``timeout_s``.
+        Only for (g): its heavy queries hold every query slot by design, so the DuckDB
+        positions :meth:`wait_settled_s` reads through ``/v1/query`` are out of reach."""
         started = time.perf_counter()
         last: tuple[int, ...] | None = None
         since = started
@@ -172,29 +137,13 @@ class TocsinWorker:
 
     def peak_rss_mb(self) -> float | None:
         """VmHWM of the worker process, in MiB (None when /proc has no answer)."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, testing.WorkerError):
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
         return None
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code (None if killed)."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is not None:
-            return proc.returncode
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-            return None
-
-    def __enter__(self) -> TocsinWorker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code (negative if killed,
+        None if never started)."""
+        return super().stop(timeout_s)

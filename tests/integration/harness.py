@@ -7,17 +7,9 @@ groups, state tables and DuckDB files never mix between tests.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
-import os
-import signal
-import subprocess
-import sys
+import contextlib
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,45 +17,51 @@ import duckdb
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from tocsin import testing
 from tocsin.schemas.codec import decode_incident
-from tocsin.streams.kafka.broker import free_port
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics, read_to_end
 
-_ids = itertools.count(1)
 HOUR_MS = 3_600_000
 T0_MS = 1_793_610_000_000  # 2026-11-02T09:00:00Z
 
 
-@dataclass
-class Names:
-    """Topic names and app id of one test."""
+class Names(testing.Names):
+    """:class:`tocsin.testing.Names` (every topic of the test's own), with the
+    attributes the tests have always used."""
 
-    app_id: str
-    events: str
-    incidents: str
-    windows: str
-    dlq: str
+    @property
+    def events(self) -> str:
+        return self.topics.events
 
-    @classmethod
-    def fresh(cls, label: str) -> Names:
-        n = f"{label}{next(_ids)}-{os.getpid()}"
-        return cls(f"t-{n}", f"ev-{n}", f"inc-{n}", f"win-{n}", f"dlq-{n}")
+    @events.setter
+    def events(self, topic: str) -> None:
+        self.topics = self.topics.model_copy(update={"events": topic})
+
+    @property
+    def incidents(self) -> str:
+        return self.topics.incidents
+
+    @incidents.setter
+    def incidents(self, topic: str) -> None:
+        self.topics = self.topics.model_copy(update={"incidents": topic})
+
+    @property
+    def windows(self) -> str:
+        return self.topics.windows
+
+    @windows.setter
+    def windows(self, topic: str) -> None:
+        self.topics = self.topics.model_copy(update={"windows": topic})
+
+    @property
+    def dlq(self) -> str:
+        return self.topics.dlq
 
     def side_topics(self) -> dict[str, str]:
-        """Signals, reports and spans topics of this test's own (the defaults are shared
-        by every test on the broker): the ``TOCSIN_TOPICS__*`` variables naming them."""
-        return {"TOCSIN_TOPICS__SIGNALS": f"sig-{self.app_id}",
-                "TOCSIN_TOPICS__REPORTS": f"rep-{self.app_id}",
-                "TOCSIN_TOPICS__SPANS": f"spans-{self.app_id}"}
-
-    def env(self) -> dict[str, str]:
-        return {
-            "TOCSIN_APP_ID": self.app_id,
-            "TOCSIN_TOPICS__EVENTS": self.events,
-            "TOCSIN_TOPICS__INCIDENTS": self.incidents,
-            "TOCSIN_TOPICS__WINDOWS": self.windows,
-            "TOCSIN_TOPICS__DLQ": self.dlq,
-        }
+        """The ``TOCSIN_TOPICS__*`` variables of this test's signals, reports and spans
+        topics (already the test's own: :meth:`env` names every topic)."""
+        return {testing.topic_env_var(f): self.topic(f)
+                for f in ("signals", "reports", "spans")}
 
 
 def event(t_ms: int, service: str, step: str, *, error: str | None = None,
@@ -144,129 +142,61 @@ def incident_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return [decode_incident(r.value) for r in read_topic(bootstrap, topic)]
 
 
-@dataclass
-class WorkerProc:
-    """A ``tocsin run`` subprocess on the shared broker."""
+class WorkerProc(testing.Worker):
+    """A :class:`tocsin.testing.Worker` on the shared broker, logging at info, with the
+    names and helpers the tests have always used."""
 
-    bootstrap: str
-    names: Names
-    db: Path
-    role: str = "all"
-    extra_env: dict[str, str] = field(default_factory=dict)
-    http_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+    def __init__(self, bootstrap: str, names: testing.Names, db: Path, role: testing.Role = "all",
+                 extra_env: dict[str, str] | None = None, http_port: int | None = None
+                 ) -> None:
+        super().__init__(bootstrap, db, names=names, role=role, env=extra_env,
+                         http_port=http_port, log_level="info")
 
-    def start(self) -> WorkerProc:
-        env = {**os.environ, **self.names.env(), "TOCSIN_SESSION_TIMEOUT_MS": "6000",
-               "TOCSIN_CHECKPOINT_INTERVAL_MS": "200", **self.extra_env}
-        self.log_path = self.db.with_suffix(f".{self.role}.{self.http_port}.log")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "tocsin", "run", "--broker", self.bootstrap,
-                 "--db", str(self.db), "--http-port", str(self.http_port),
-                 "--role", self.role, "--log-level", "info"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        return self
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.http_port}/healthz", timeout=5) as resp:
-                return dict(json.loads(resp.read()))
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            return None
+    @property
+    def extra_env(self) -> dict[str, str]:
+        return self.env
 
     def auth(self) -> dict[str, str]:
         """An Authorization header with the worker's first API token, if it has any."""
-        tokens = json.loads(self.extra_env.get("TOCSIN_API_TOKENS", "{}"))
-        return {"Authorization": f"Bearer {next(iter(tokens.values()))}"} if tokens else {}
+        return self.auth_headers()
 
     def poll(self, sql: str, ok: Any, timeout_s: float = 30) -> list[dict[str, Any]]:
-        """Rows of ``sql`` once ``ok(rows)`` holds (polled every 0.2 s)."""
-        deadline = time.monotonic() + timeout_s
-        rows: list[dict[str, Any]] = []
-        while True:
-            self._check_alive()
-            try:
-                rows = self.query(sql)
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                rows = []  # not serving yet
-            if (rows and ok(rows)) or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.2)
+        """Rows of ``sql`` once ``ok(rows)`` holds; the last rows seen at the deadline."""
+        seen: list[list[dict[str, Any]]] = [[]]
 
-    def query(self, sql: str) -> list[dict[str, Any]]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/v1/query",
-                                     data=json.dumps({"sql": sql}).encode(), method="POST",
-                                     headers=self.auth())
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            body = json.loads(resp.read())
-        return [dict(zip(body["columns"], r, strict=True)) for r in body["rows"]]
+        def holds() -> bool:
+            seen[0] = self.query(sql)
+            return bool(seen[0] and ok(seen[0]))
+
+        with contextlib.suppress(testing.WaitTimeout):
+            self.wait_for(holds, timeout_s, f"rows of {sql!r}")
+        return seen[0]
 
     def wait_events(self, n: int, timeout_s: float = 90) -> None:
         """Until the worker has counted ``n`` events (decoded, not dead-lettered)."""
         self._wait(lambda h: h["metrics"]["events_in"] >= n, timeout_s, f"{n} events")
 
     def wait_projected(self, valid_events: int, timeout_s: float = 90) -> None:
-        """Until DuckDB holds every counted request, then until it stops changing."""
+        """Until DuckDB counts ``valid_events`` requests, then until detection has been
+        through the whole events topic and DuckDB holds everything it published
+        (:meth:`wait_settled`)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                rows = self.query("SELECT coalesce(sum(requests), 0)::BIGINT AS n "
-                                  "FROM step_windows")
-                if rows[0]["n"] >= valid_events:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        else:
-            raise TimeoutError(f"DuckDB never held {valid_events} requests; log: "
-                               f"{self.tail()}")
-        previous = None
-        while time.monotonic() < deadline:
-            current = self.query("SELECT (SELECT count(*) FROM incident_events) AS e, "
-                                 "(SELECT count(*) FROM dead_letters) AS d, "
-                                 "(SELECT coalesce(sum(errors), 0) FROM family_windows) AS f")
-            if current == previous:
-                return
-            previous = current
-            time.sleep(1.0)
+        sql = "SELECT coalesce(sum(requests), 0)::BIGINT AS n FROM step_windows"
+        self.wait_for(lambda: self.query(sql)[0]["n"] >= valid_events, timeout_s,
+                      f"{valid_events} requests in DuckDB")
+        self.wait_settled(max(1.0, deadline - time.monotonic()))
 
     def _wait(self, ok: Any, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self._check_alive()
-            h = self.health()
-            if h is not None and ok(h):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"worker never reached {what}; log: {self.tail()}")
+        """Until ``ok(/healthz body)`` holds."""
+        self.wait_for(lambda: (h := self.health()) is not None and ok(h), timeout_s, what)
 
     def _check_alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
+        self.check_alive()
 
     def tail(self, n: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path else ""
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        """The last ``n`` characters of the worker's log."""
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() \
+            else ""
 
 
 TABLES = {

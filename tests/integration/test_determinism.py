@@ -169,7 +169,6 @@ def test_week_old_timestamps_are_windowed_by_event_time(broker: str, tmp_path: P
     worker = WorkerProc(broker, names, tmp_path / "old.duckdb").start()
     try:
         worker.wait_projected(len(log))
-        time.sleep(0.5)
         rows = worker.query("SELECT onset_ms, status FROM incidents")
     finally:
         assert worker.stop() == 0
@@ -189,7 +188,7 @@ def test_sigterm_flushes_the_last_checkpoint_so_a_restart_replays_nothing(
     worker = WorkerProc(broker, names, db).start()
     try:
         worker._wait(lambda h: h["detecting"], 60, "detecting")
-        time.sleep(1.0)
+        time.sleep(1.0)  # a negative: no fact says "nothing was replayed"; give it the time
         assert worker.health()["metrics"]["events_in"] == 0  # type: ignore[index]
         worker.wait_projected(len(log))
     finally:

@@ -5,12 +5,9 @@ a running worker makes it exit non-zero with one clear line."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,23 +39,10 @@ def spikes(start_ms: int, services: tuple[str, ...]) -> list[dict[str, object]]:
 
 def readyz(worker: WorkerProc) -> tuple[int, dict[str, object], str | None]:
     """/readyz's status, body and Retry-After; 0 while nothing answers yet."""
-    url = f"http://127.0.0.1:{worker.http_port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read()), None
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), exc.headers.get("Retry-After")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    reply = worker.readiness()
+    if reply is None:
         return 0, {}, None
-
-
-def wait_until(what: str, ok: object, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ok():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise TimeoutError(what)
+    return reply.status, reply.json(), reply.headers.get("Retry-After")
 
 
 @pytest.fixture
@@ -116,18 +100,18 @@ def test_a_broker_away_and_back_intact_is_waited_for(own_broker: EmbeddedBroker,
     worker = WorkerProc(own_broker.bootstrap, names, tmp_path / "pause.duckdb",
                         extra_env={"TOCSIN_BROKER_OUTAGE_EXIT_MS": "60000"}).start()
     try:
-        wait_until("ready", lambda: readyz(worker)[0] == 200)
+        worker.wait_ready()
         assert own_broker.proc is not None
         own_broker.proc.send_signal(signal.SIGSTOP)  # away, state intact
         try:
-            wait_until("readiness says the broker is away",
-                       lambda: readyz(worker)[0] == 503, timeout_s=30)
+            worker.wait_for(lambda: readyz(worker)[0] == 503, 30,
+                            "readiness says the broker is away")
             _, body, retry = readyz(worker)
             assert body["parts"]["broker"] is False and retry is not None  # type: ignore[index]
             time.sleep(10)  # the outage under test lasts 10 s
         finally:
             own_broker.proc.send_signal(signal.SIGCONT)
-        wait_until("ready again", lambda: readyz(worker)[0] == 200, timeout_s=90)
+        worker.wait_ready(90)
         log = spike_log()
         produce_events(own_broker.bootstrap, names.events, log)
         worker.wait_projected(len(log), timeout_s=120)
@@ -142,7 +126,7 @@ def test_a_broker_back_empty_under_a_running_worker_makes_it_exit_with_one_line(
     names = Names.fresh("empty")
     worker = WorkerProc(own_broker.bootstrap, names, tmp_path / "empty.duckdb").start()
     try:
-        wait_until("ready", lambda: readyz(worker)[0] == 200)
+        worker.wait_ready()
         restart_empty(own_broker)
         assert worker.proc is not None
         started = time.monotonic()

@@ -46,15 +46,7 @@ def worker_for(broker: str, tmp_path: Path, label: str) -> tuple[WorkerProc, str
 
 
 def wait_for(worker: WorkerProc, sql: str, timeout_s: float = 30) -> list[dict[str, Any]]:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        rows = worker.query(sql)
-        if rows:
-            return rows
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing for {sql}: {worker.tail()}")
+    return worker.wait_rows(sql, timeout_s)
 
 
 def test_kafka_exporter_records_open_the_payment_incident(broker: str, tmp_path: Path
@@ -276,13 +268,9 @@ def test_spans_translated_twice_are_counted_once(broker: str, tmp_path: Path) ->
     worker = WorkerProc(broker, worker.names, worker.db, extra_env=worker.extra_env).start()
     try:
         worker._wait(lambda h: h["detecting"], 60, "detecting")
-        import time
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and dropped(worker) < 30:
-            time.sleep(0.2)
+        worker.wait_for(lambda: dropped(worker) >= 30, 30, "30 duplicates dropped")
         assert dropped(worker) == 30
-        time.sleep(1.0)  # a checkpoint and a projection batch later
+        worker.wait_settled()  # detection committed, DuckDB at every topic's end
         again = worker.query("SELECT sum(requests)::INT AS n, sum(errors)::INT AS e "
                              "FROM step_windows")
         health = worker.health()

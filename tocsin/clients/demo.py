@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,8 +28,9 @@ from rich.status import Status
 from tocsin.clients.otel_workload import proto, workload
 from tocsin.clients.produce import ProduceReport, publish
 from tocsin.processors.render import markdown
-from tocsin.streams.kafka.broker import EmbeddedBroker, free_port
+from tocsin.streams.kafka.broker import EmbeddedBroker
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics
+from tocsin.testing import Worker, WorkerError, WorkerRefused
 
 DEMO_T0_MS = 1_793_610_000_000  # 2026-11-02T09:00:00Z
 SERVICES: dict[str, list[str]] = {
@@ -125,15 +120,11 @@ def demo_signals() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def _post(port: int, path: str, body: dict[str, Any]) -> list[str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                 data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return list(json.loads(resp.read())["signal_ids"])
-    except urllib.error.HTTPError as exc:
-        raise DemoError(f"the intake refused {path}: {exc.read()[:300]!r}") from exc
+def _post(worker: Worker, path: str, body: dict[str, Any]) -> list[str]:
+    reply = worker.request("POST", path, body, timeout_s=10)
+    if not reply.ok:
+        raise DemoError(f"the intake refused {path}: {reply.body[:300]!r}")
+    return list(reply.json()["signal_ids"])
 
 
 def _encoded(events: Iterator[dict[str, Any]]) -> Iterator[tuple[bytes | None, bytes]]:
@@ -141,61 +132,8 @@ def _encoded(events: Iterator[dict[str, Any]]) -> Iterator[tuple[bytes | None, b
         yield e["service"].encode(), orjson.dumps(e)
 
 
-def _query(port: int, sql: str) -> list[dict[str, Any]]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/query",
-                                 data=json.dumps({"sql": sql}).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        body = json.loads(resp.read())
-    return [dict(zip(body["columns"], r, strict=True)) for r in body["rows"]]
-
-
 class DemoError(RuntimeError):
     """The demo could not finish; the message says where, with the worker's last words."""
-
-
-def _check(proc: subprocess.Popen[bytes], log: Path) -> None:
-    if proc.poll() is not None:
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        raise DemoError(f"the worker exited with {proc.returncode}:\n{tail}")
-
-
-def _health(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-            return dict(json.loads(resp.read()))
-    except urllib.error.HTTPError:
-        raise
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-
-
-def _wait_detecting(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float
-                    ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _check(proc, log)
-        health = _health(port)
-        if health and health["detecting"]:
-            return
-        time.sleep(0.1)
-    raise DemoError(f"the worker was not consuming after {timeout_s:.0f}s (log: {log})")
-
-
-def _wait(port: int, sql: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float
-          ) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _check(proc, log)
-        try:
-            rows = _query(port, sql)
-            if rows:
-                return rows
-        except urllib.error.HTTPError as exc:
-            raise DemoError(f"the worker refused {sql!r}: {exc.read()[:500]!r}") from exc
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.05)
-    raise DemoError(f"nothing after {timeout_s:.0f}s for: {sql} (log: {log})")
 
 
 def _iso(ms: int) -> str:
@@ -204,19 +142,20 @@ def _iso(ms: int) -> str:
 
 @dataclass
 class Session:
-    """A running demo: the broker, one worker on its HTTP port, and where they log."""
+    """A running demo: the broker and one worker (its HTTP port, DuckDB file and log)."""
 
     bootstrap: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-    db: Path
+    worker: Worker
 
     def wait(self, sql: str, timeout_s: float = 30) -> list[dict[str, Any]]:
-        return _wait(self.port, sql, self.proc, self.log, timeout_s)
+        """The rows of ``sql`` once there are any."""
+        try:
+            return self.worker.wait_rows(sql, timeout_s, interval_s=0.05)
+        except WorkerRefused as exc:
+            raise DemoError(f"the worker refused {sql!r}: {exc}") from exc
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        return _query(self.port, sql)
+        return self.worker.query(sql, timeout_s=10)
 
     def lifecycle(self, incident_id: str) -> list[dict[str, Any]]:
         return self.query("SELECT seq, kind, at_ms FROM incident_events WHERE incident_id = "
@@ -240,39 +179,32 @@ def run_demo(db: str | None = None, console: Console | None = None,
     db_path = db_path or workdir / "tocsin.duckdb"
     if db_path.exists():
         db_path.unlink()
-    http_port = free_port()
-    proc: subprocess.Popen[bytes] | None = None
+    worker: Worker | None = None
     try:
         with console.status("starting the embedded broker (Tansu)") as status, \
                 EmbeddedBroker(log_path=workdir / "broker.log") as broker:
-            # A span partition that is caught up holds the merge back for 10 s, not 2:
-            # the demo's pinned id and hash must survive a slow machine (ADR 0011).
-            env = dict(os.environ, TOCSIN_SESSION_TIMEOUT_MS="6000",
-                       TOCSIN_CHECKPOINT_INTERVAL_MS="200", TOCSIN_SPANS_IDLE_MS="10000")
             status.update("creating topics")
             asyncio.run(ensure_topics(broker.bootstrap, [
                 TopicSpec("tocsin.events", 6, 72 * 3600 * 1000),
                 TopicSpec("otlp_spans", 6, 72 * 3600 * 1000)]))
             status.update("starting a worker")
-            log_path = workdir / "worker.log"
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-P", "-m", "tocsin", "run", "--broker", broker.bootstrap,
-                     "--db", str(db_path), "--http-port", str(http_port)],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-            _wait_detecting(http_port, proc, log_path, 45)
+            # A span partition that is caught up holds the merge back for 10 s, not 2:
+            # the demo's pinned id and hash must survive a slow machine (ADR 0011).
+            worker = Worker(broker.bootstrap, db_path, log_path=workdir / "worker.log",
+                            env={"TOCSIN_SPANS_IDLE_MS": "10000"}).start()
+            worker.wait_ready(45)
             console.log(f"broker on {broker.bootstrap}, worker up, DuckDB at {db_path}")
-            session = Session(broker.bootstrap, http_port, proc, log_path, db_path)
+            session = Session(broker.bootstrap, worker)
             scenario = _traces_scenario if traces else _events_scenario
             result = scenario(session, console, status)
             status.update("stopping the worker")
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
-            proc = None
+            worker.stop(20)
+            worker = None
+    except WorkerError as exc:
+        raise DemoError(str(exc)) from exc
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if worker is not None:
+            worker.kill()
         if db is None:
             shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -302,7 +234,7 @@ def _summary(incident: dict[str, Any], events: list[dict[str, Any]],
 def _events_scenario(session: Session, console: Console, status: Status) -> dict[str, Any]:
     """Wide events with a PMT_502 burst on checkout, and the evidence signals over HTTP."""
     status.update("sending a deploy, a dependency signal, an OOMKill and an alert")
-    signal_ids = [_post(session.port, path, body) for path, body in demo_signals()]
+    signal_ids = [_post(session.worker, path, body) for path, body in demo_signals()]
     console.log(f"accepted {len(signal_ids)} signals over HTTP")
     status.update("publishing 40 min of healthy traffic across 6 services")
     report = ProduceReport()
