@@ -30,9 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
+
 from tocsin.processors.classify import ClassifierConfig, IncidentFacts, classify
 from tocsin.processors.report import IncidentState, Opening, build, canonical_json
+from tocsin.processors.signals.model import Signal
 from tocsin.processors.traces import BlastRadius, ClosedTrace, TraceSummary, summarize
+from tocsin.processors.traces.summary import decode_summary, encode_summary
 
 STATE_RANK = {"firing": 0, "acknowledged": 1, "resolved": 2}
 EVICT_EVERY_MS = 3_600_000  # retention is checked once per hour of event time
@@ -179,8 +183,14 @@ class Triage:
         self._track(signal.signal_id, previous, folded)
         self.horizon_ms = max(self.horizon_ms, signal.event_time_ms)
         window = self.config.correlation_window_ms
+        # Correlation reads the fold's latest occurrence: when that changes, the incidents
+        # the previous one correlated with are touched too (the signal may have left their
+        # evidence), so each one's last version is its report as of this input.
+        before = previous.signal if previous is not None \
+            and previous.signal is not folded.signal else None
         self.dirty.update(i for i, inc in self.incidents.items()
-                          if correlates(inc, folded.signal, window))
+                          if correlates(inc, folded.signal, window)
+                          or (before is not None and correlates(inc, before, window)))
         self._cap()
 
     # The cap on held signals (see the module docstring).
@@ -354,3 +364,90 @@ class Triage:
                 self.last_hash[incident_id] = report["report_hash"]
                 out.append(report)
         return out
+
+    # ------------------------------------------------------------------ state
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON-able state (after :meth:`flush`); :meth:`restore` of it gives a fold
+        that answers every later input as this one would."""
+        def summary(s: TraceSummary, end_ms: int) -> Any:
+            # The wire form, but with every user: the wire cuts them at USERS_PER_TRACE
+            # (a trace applied with apply_trace may hold more); decode_summary reads them.
+            doc = orjson.loads(encode_summary(s, end_ms))
+            doc.pop("users_cut", None)
+            doc["users"] = list(s.users)
+            return doc
+
+        return {
+            "v": SNAPSHOT_VERSION,
+            "incidents": {k: _incident_list(v) for k, v in sorted(self.incidents.items())},
+            "signals": [[f.signal.to_dict(), f.occurrences, f.first_seen_ms, f.last_seen_ms]
+                        for _, f in sorted(self.signals.items())],
+            "last_hash": dict(sorted(self.last_hash.items())),
+            "downstreams": dict(sorted(self.downstreams.items())),
+            "dirty": sorted(self.dirty),
+            "horizon_ms": self.horizon_ms,
+            "traces": {family: [summary(s, end) for (end, _), s in sorted(kept.items())]
+                       for family, kept in sorted(self.traces.items())},
+            "blasts": {k: b.snapshot() for k, b in sorted(self.blasts.items())},
+            "opened": {k: [at, _incident_list(s)] for k, (at, s) in sorted(self.opened.items())},
+            "opening_blasts": {k: b.snapshot() for k, b in sorted(self.opening_blasts.items())},
+            "counted": {k: sorted(v) for k, v in sorted(self._counted.items())},
+            "evicted_at_ms": self._evicted_at_ms,
+            "signals_dropped": self.signals_dropped,
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any], config: TriageConfig | None = None) -> Triage:
+        if snap.get("v") != SNAPSHOT_VERSION:
+            raise ValueError("triage checkpoint of another snapshot version")
+        triage = cls(config)
+        triage.incidents = {k: _incident_of(v) for k, v in snap["incidents"].items()}
+        for raw, occurrences, first, last in snap["signals"]:
+            # signal_id is computed (init=False), never passed: to_dict() has it, Signal()
+            # refuses it; the recomputed one must be the one the snapshot held.
+            signal = Signal(**{k: v for k, v in raw.items() if k != "signal_id"})
+            if signal.signal_id != raw["signal_id"]:
+                raise ValueError(f"triage checkpoint: signal {raw['signal_id']} reads back "
+                                 f"as {signal.signal_id}")
+            triage.signals[signal.signal_id] = Folded(signal, int(occurrences), int(first),
+                                                      int(last))
+        triage.last_hash = dict(snap["last_hash"])
+        triage.downstreams = dict(snap["downstreams"])
+        triage.dirty = set(snap["dirty"])
+        triage.horizon_ms = int(snap["horizon_ms"])
+        for family, kept in snap["traces"].items():
+            for raw in kept:
+                s, end_ms = decode_summary(orjson.dumps(raw))
+                triage.traces.setdefault(family, {})[(end_ms, s.trace_id)] = s
+        triage.blasts = {k: BlastRadius.restore(v) for k, v in snap["blasts"].items()}
+        triage.opened = {k: (int(at), _incident_of(s)) for k, (at, s) in snap["opened"].items()}
+        triage.opening_blasts = {k: BlastRadius.restore(v)
+                                 for k, v in snap["opening_blasts"].items()}
+        triage._counted = {k: set(v) for k, v in snap["counted"].items()}
+        triage._evicted_at_ms = int(snap["evicted_at_ms"])
+        triage.signals_dropped = int(snap["signals_dropped"])
+        triage._by_age = sorted((f.last_seen_ms, k) for k, f in triage.signals.items())
+        triage._resolved_by_age = sorted((f.last_seen_ms, k)
+                                         for k, f in triage.signals.items()
+                                         if f.signal.state == "resolved")
+        return triage
+
+
+SNAPSHOT_VERSION = 1
+
+
+def _incident_list(s: IncidentState) -> list[Any]:
+    f = s.facts
+    return [[f.incident_id, f.env, f.service, f.step, f.error_code, f.onset_ms, f.downstream,
+             f.version], s.family, s.status, s.seq, s.window_count, s.peak_count,
+            s.error_count, s.baseline, s.lift, s.last_error_ms, s.resolved_ms,
+            list(s.sample_traces)]
+
+
+def _incident_of(v: list[Any]) -> IncidentState:
+    facts, family, status, seq, window_count, peak_count, error_count, baseline, lift, \
+        last_error_ms, resolved_ms, sample_traces = v
+    return IncidentState(IncidentFacts(*facts), family, status, seq, window_count,
+                         peak_count, error_count, baseline, lift, last_error_ms, resolved_ms,
+                         tuple(sample_traces))

@@ -249,6 +249,14 @@ def cited(reports: list[Any]) -> set[str]:
 @given(st.integers(1, 8), scenarios())
 def test_a_drop_changes_only_reports_that_cited_a_dropped_signal(
         cap: int, items: list[tuple[str, Any]]) -> None:
+    """The claim rests on the uncapped fold publishing, after each flush, every incident's
+    report as of then: a capped fold re-evaluates an incident the uncapped one does not
+    (a dropped signal that occurs again starts a new fold, whose latest occurrence may
+    correlate where the uncapped fold's does not), and that must build nothing new. It
+    once did: a signal whose latest occurrence moved out of an incident's window did not
+    touch the incident, so the uncapped fold's last version still cited it, and the
+    capped fold's re-evaluation published the current report as one more version (fixed
+    in ``Triage.apply_signal``; the first assertion in the loop checks it directly)."""
     with_cap, capped_versions, dropped = play(cap, items)
     without, versions, none = play(10**9, items)
     assert none == set() and with_cap.signals_dropped >= len(dropped)
@@ -256,6 +264,8 @@ def test_a_drop_changes_only_reports_that_cited_a_dropped_signal(
         mine = capped_versions.get(incident_id, [])
         theirs = versions.get(incident_id, [])
         final, final_capped = without.report(incident_id), with_cap.report(incident_id)
+        # Without the cap nothing is stale: the last version is the report now.
+        assert theirs[-1]["report_hash"] == final["report_hash"]
         # Every signal the cap did not drop is cited as it is without the cap.
         assert [row for row in final_capped["evidence"] if row["id"] not in dropped] == \
             [row for row in final["evidence"] if row["id"] not in dropped]
@@ -263,3 +273,26 @@ def test_a_drop_changes_only_reports_that_cited_a_dropped_signal(
             continue  # this incident cited a dropped signal: its versions may differ
         assert [r["report_hash"] for r in mine] == [r["report_hash"] for r in theirs]
         assert final_capped == final
+
+
+def test_a_signal_leaving_an_incidents_evidence_touches_the_incident() -> None:
+    """Correlation reads a fold's latest occurrence. A later occurrence outside the
+    incident's window takes the signal out of its evidence: that is a new version, in
+    either arrival order the same last one (the root cause of a failure of the property
+    above: the incident was not touched, its last version kept citing the signal)."""
+    events = incident_events(0, "checkout")  # resolves at onset + 20 min
+    inside = sig("sig_moves", "firing", ONSET + 3 * MIN)
+    outside = sig("sig_moves", "firing", ONSET + 122 * MIN)
+    incident_id = events[0]["incident_id"]
+    last = []
+    for order in ([inside, outside], [outside, inside]):
+        triage, versions, _ = play(10**9, [*(("incident", e) for e in events),
+                                           *(("signal", s) for s in order)])
+        assert versions[incident_id][-1] == triage.report(incident_id)
+        assert "sig_moves" not in cited(versions[incident_id][-1:])
+        last.append(versions[incident_id][-1]["report_hash"])
+    assert last[0] == last[1]
+    # Inside first, the signal was cited, then the version without it was published.
+    triage, versions, _ = play(10**9, [*(("incident", e) for e in events),
+                                       ("signal", inside)])
+    assert "sig_moves" in cited(versions[incident_id][-1:])
