@@ -76,7 +76,7 @@ Role = Literal["all", "detect", "project"]
 TOPIC_FIELDS: tuple[str, ...] = tuple(Topics.model_fields)
 """Every topic setting of the worker (``events``, ``incidents``, ...), from its model."""
 
-PROJECTED_TOPICS: tuple[str, ...] = ("incidents", "windows", "dlq", "signals", "spans")
+PROJECTED_TOPICS: tuple[str, ...] = ("incidents", "windows", "dlq", "signals", "reports")
 """The topic settings the DuckDB projection reads (``streams/stages/project.py``): what
 :meth:`Worker.wait_caught_up` waits on by default. Must follow the projection."""
 

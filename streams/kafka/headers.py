@@ -8,6 +8,31 @@ from __future__ import annotations
 
 DELIVERY_HEADER = "tocsin.delivery"  # one webhook delivery, or `registered:<signal id>`
 SPAN_SOURCE = "tocsin.span_source"  # topic:partition:offset:index of the span record
+PROVENANCE_HEADER = "tocsin.provenance"  # where a report's cited records lie (JSON)
+MARK = "tocsin.mark"
+"""A record with this header and an empty value is a progress mark, `<source>=<ms>`: the
+source (an upstream partition) has sent everything up to that event time (ADR 0015).
+Readers that do not know marks skip records without a value."""
+
+
+def header(headers: object, name: str) -> bytes | None:
+    """The value of the first header called ``name``, if any."""
+    for key, value in headers or ():  # type: ignore[attr-defined]
+        if key == name:
+            return bytes(value or b"")
+    return None
+
+
+def mark_of(headers: object) -> tuple[str, int] | None:
+    """(source, event time) of a mark record, None for any other record."""
+    raw = header(headers, MARK)
+    if raw is None:
+        return None
+    source, _, at = raw.decode(errors="replace").rpartition("=")
+    try:
+        return source, int(at)
+    except ValueError:
+        return None
 
 
 def span_source(headers: object) -> tuple[str, tuple[int, int]] | None:

@@ -76,10 +76,11 @@ async def wait_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: flo
 
 
 async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 10.0,
-                      ends: dict[int, int] | None = None
+                      ends: dict[int, int] | None = None, starts: dict[int, int] | None = None
                       ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of a topic, from the beginning to the high watermark seen at fetch time;
-    each partition's end (that high watermark) is put in ``ends`` when given."""
+    """Every record of a topic, from the beginning (or from ``starts``, partition -> offset,
+    where given) to the high watermark seen at fetch time; each partition's end (that high
+    watermark) is put in ``ends`` when given."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
@@ -90,6 +91,9 @@ async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 10.0,
         tps = [TopicPartition(topic, p) for p in await wait_partitions(consumer, topic, 10.0)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            if starts and starts.get(tp.partition):
+                consumer.seek(tp, starts[tp.partition])
         pending = set(tps)
         loop = asyncio.get_running_loop()
         last_progress = loop.time()

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -49,20 +49,12 @@ from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, span_source
 from tocsin.streams.kafka.io import read_to_end, stop_quietly
 from tocsin.streams.kafka.registry import SchemaRegistry, confluent_frame
+from tocsin.streams.stages.checkpoints import CheckpointStore
 from tocsin.streams.stages.triage import encode_signal
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 
 log = logging.getLogger("tocsin.detect")
-
-
-class CheckpointStore(Protocol):
-    """Durable per-partition state: (detector snapshot, next input offset), atomically."""
-
-    async def load(self, partition: int) -> tuple[dict[str, Any], int] | None: ...
-
-    async def save(self, partition: int, snapshot: dict[str, Any], next_offset: int
-                   ) -> None: ...
 
 
 @dataclass

@@ -39,11 +39,13 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
 from tocsin.processors.otlp.merge import Entry, PartitionMerge
+from tocsin.processors.traces.assembler import span_to_list
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
-from tocsin.streams.kafka.headers import SPAN_SOURCE
+from tocsin.streams.kafka.headers import MARK, SPAN_SOURCE
 from tocsin.streams.kafka.io import (
     CachedKeyPartitioner,
     new_producer,
+    send_batches,
     send_keyed,
     stop_quietly,
 )
@@ -97,6 +99,7 @@ class SpanIntake:
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._fresh: set[TopicPartition] = set()  # assigned, read position not known yet
         self._pending: Acks | None = None  # the last release, until it is settled
+        self._marks: dict[str, int] = {}  # source partition -> largest span end released
 
     def stop(self) -> None:
         self._stopping.set()
@@ -269,6 +272,43 @@ class SpanIntake:
         if events:
             futures += await send_keyed(self.producer, s.topics.events, events,
                                         self.partitioner)
+        futures += await self._forward_by_trace(released)
+        return futures
+
+    async def _forward_by_trace(self, released: list[Entry[Read]]) -> list[Any]:
+        """Every released span again, regrouped by trace id for trace assembly (ADR 0015):
+        one record per (trace, source record), keyed by trace id, then a mark per source
+        that moved to every partition of the by-trace topic — the largest span end that
+        source has sent, so the assembly knows how far each source has surely come."""
+        assert self.producer is not None
+        topic = self.settings.topics.spans_by_trace
+        out: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        moved: dict[str, int] = {}
+        for entry in released:
+            rec, read = entry.item
+            if isinstance(read, OtlpError) or not read.spans:
+                continue
+            source = f"{rec.topic}:{rec.partition}"
+            by_trace: dict[str, list[Any]] = {}
+            for span in read.spans:
+                by_trace.setdefault(span.trace_id, []).append(span_to_list(span))
+            position = f"{source}:{rec.offset}:0".encode()
+            out += [(trace_id.encode(), orjson.dumps({"v": 1, "spans": spans}),
+                     [(SPAN_SOURCE, position)]) for trace_id, spans in by_trace.items()]
+            latest = max(span.end_ms for span in read.spans)
+            if latest > self._marks.get(source, -1):
+                self._marks[source] = moved[source] = latest
+        if not out and not moved:
+            return []
+        futures = await send_keyed(self.producer, topic, out, self.partitioner) if out \
+            else []
+        self.metrics.stages["spans_forwarded"] += len(out)
+        if moved:
+            partitions = sorted(await self.producer.partitions_for(topic))
+            marks = [(p, None, b"", [(MARK, f"{source}={mark}".encode())])
+                     for source, mark in sorted(moved.items()) for p in partitions]
+            futures += await send_batches(self.producer, topic, marks)
+            self.metrics.stages["marks_sent"] += len(marks)
         return futures
 
 

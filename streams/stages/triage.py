@@ -1,38 +1,55 @@
-"""Triage wiring: incidents and signals in, report versions out (ADR 0009).
+"""Triage, a partitioned stage: lifecycle events, signals and failing-trace summaries in,
+report versions out (ADR 0009, ADR 0015).
 
-Runs inside the projection (one writer per DuckDB file): each batch of lifecycle events and
-signals is folded by the pure :class:`~tocsin.processors.triage.Triage`; every report whose
-hash changed is published on the reports topic (key = incident id, value = the report's
-canonical bytes), acknowledged, and then written to DuckDB with the batch's positions.
+Keyed by service, as detection is: the consumer group ``<app>-triage`` shares the
+partitions of the summaries topic (key = service) among the workers, and partition p's
+fold — the pure :class:`~tocsin.processors.triage.Triage` — owns the incidents of the
+services that hash to p. Lifecycle events and signals are low volume and correlate across
+services (an alert naming only an error code, a downstream), so every fold reads every
+partition of both topics: global inputs, read by one assigned consumer and applied to each
+fold from its own position.
 
-Restart: the fold is rebuilt from the two topics up to the positions DuckDB holds (nothing
-is emitted while rebuilding), and the reports topic is read once so that a version
-published just before a crash is not published again.
+Every report whose hash changed is published on the reports topic (key = incident id,
+value = the report's canonical bytes, headers ``tocsin.report_hash`` and
+``tocsin.provenance`` — where each cited record lies, outside the bytes and the hash).
+Then, every checkpoint interval, the fold and the position of every input are saved as one
+changelog-backed table record (the checkpoint-with-position pattern of ADR 0004): a
+restarted worker resumes from it and reads only what came after, never the whole log.
+Versions published after the last checkpoint are read back from the reports topic on
+restore, so a replay does not publish them twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
 import orjson
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.partitioner import murmur2
 from fastavro.validation import validate
 
-from tocsin.processors.otlp import OtlpError, decode_batch
 from tocsin.processors.report import canonical_json
 from tocsin.processors.signals.model import FIELDS as SIGNAL_FIELDS
 from tocsin.processors.signals.model import IntakeError, Signal
-from tocsin.processors.traces import TraceAssembler
+from tocsin.processors.traces.blast import TraceSummary
+from tocsin.processors.traces.summary import SummaryError, decode_summary
 from tocsin.processors.triage import Triage
 from tocsin.schemas.codec import SIGNAL, SchemaError, avro_schema, decode_incident
+from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER
+from tocsin.streams.kafka.io import new_producer, read_to_end, stop_quietly, wait_partitions
+from tocsin.streams.stages.checkpoints import CheckpointStore
+from tocsin.streams.worker.metrics import Metrics
+from tocsin.streams.worker.settings import Settings
 
 log = logging.getLogger("tocsin.triage")
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
-SPAN_IDLE_GRACE_MS = 5 * 60_000
 
 
 def encode_signal(signal: Signal, encoding: str = "avro") -> bytes:
@@ -128,83 +145,47 @@ counts again (ADR 0014)."""
 
 def _delivery(rec: Record) -> str | None:
     for key, value in rec.headers or ():
-        if key == "tocsin.delivery":
+        if key == DELIVERY_HEADER:
             return bytes(value or b"").decode(errors="replace")
     return None
 
 
 class TriageLoop:
-    """The fold plus what a report needs beside it: provenance and published versions."""
+    """One partition's fold plus what a report needs beside it: where each cited record
+    was read (provenance) and the deliveries already applied."""
 
-    def __init__(self, incidents_topic: str, signals_topic: str,
-                 spans_topic: str | None = None) -> None:
-        self.incidents_topic = incidents_topic
-        self.signals_topic = signals_topic
-        self.spans_topic = spans_topic
-        self.triage = Triage()
-        # Spans of one trace arrive on any partition; the projection reads them all, so
-        # traces assemble here (ADR 0012), closed by event-time inactivity.
-        self.assembler = TraceAssembler(external_watermark=True)
-        self.span_marks: dict[int, int] = {}  # span partition -> largest span end read
+    def __init__(self, triage: Triage | None = None) -> None:
+        self.triage = triage or Triage()
         self.provenance: dict[str, list[Any]] = {}
-        self.published: set[tuple[str, str]] = set()
-        self.rejected = 0
-        self.rejects: list[tuple[Record, str]] = []  # since the last take_rejects()
         # (delivery id, signal id) of signals posted with an Idempotency-Key, oldest first
         self.deliveries: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.redelivered = 0
 
-    def restore(self, records: Iterable[Record], reports: Iterable[Record]) -> None:
-        """Fold what DuckDB already reflects, emitting nothing; note published versions.
+    def apply_incident(self, event: dict[str, Any], where: list[Any]) -> None:
+        self.provenance[f"incident:{event['incident_id']}:{event['seq']}"] = where
+        self.triage.apply_incident_event(event, event.get("downstream"))
 
-        The last hash of each incident is what this fold computes at DuckDB's positions,
-        never the newest on the reports topic: a version published just before a crash,
-        and not yet in DuckDB, is computed again from the replayed batch and written (it is
-        not published twice: ``published`` knows it)."""
-        for rec in records:
-            self._apply(rec)
-        self.rejects.clear()  # dead-lettered when they were first read
-        self._advance_traces()
-        self.triage.flush()
-        for rec in reports:
-            try:
-                report = orjson.loads(rec.value or b"{}")
-                self.published.add((report["incident"]["id"], report["report_hash"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue
+    def apply_signal(self, signal: Signal, delivery: str | None, where: list[Any]) -> None:
+        if delivery is not None:
+            seen = (delivery, signal.signal_id)
+            if seen in self.deliveries:
+                self.redelivered += 1  # a retried request: applied once already
+                return
+            self.deliveries[seen] = None
+            if len(self.deliveries) > MAX_DELIVERIES:
+                self.deliveries.popitem(last=False)
+        self.provenance[f"signal:{signal.signal_id}"] = where
+        self.triage.apply_signal(signal)
 
-    def feed(self, records: Iterable[Record]) -> list[dict[str, Any]]:
-        """Fold a batch, then evaluate each incident it touched once: at most one version
-        an incident a batch, by incident id."""
-        for rec in records:
-            self._apply(rec)
-        self._advance_traces()
+    def apply_summary(self, summary: TraceSummary, end_ms: int) -> None:
+        self.triage.apply_summary(summary, end_ms)
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Evaluate each incident touched since the last flush once; the versions whose
+        hash changed, by incident id."""
         reports = self.triage.flush()
         self._prune()
         return reports
-
-    def _apply_spans(self, rec: Record) -> None:
-        try:
-            spans = decode_batch(rec.value).spans
-        except OtlpError:
-            return  # the span intake dead-letters it with the reason
-        for span in spans:
-            for closed in self.assembler.add(span):
-                self.triage.apply_trace(closed)
-            if span.end_ms > self.span_marks.get(rec.partition, -1):
-                self.span_marks[rec.partition] = span.end_ms
-
-    def _advance_traces(self) -> None:
-        """Close traces up to the least of the span partitions' marks: event time every
-        partition has surely reached, so how partitions interleave does not decide which
-        spans a trace gets. A partition quiet for longer than the grace no longer holds
-        it back (as a silent service in ADR 0002)."""
-        if not self.span_marks:
-            return
-        newest = max(self.span_marks.values())
-        live = [m for m in self.span_marks.values() if m >= newest - SPAN_IDLE_GRACE_MS]
-        for closed in self.assembler.flush(min(live)):
-            self.triage.apply_trace(closed)
 
     def _prune(self) -> None:
         """Forget where forgotten signals and incidents were read (bounded like them)."""
@@ -215,40 +196,6 @@ class TriageLoop:
         self.provenance = {k: v for k, v in self.provenance.items()
                            if k.split(":")[1] in alive}
 
-    def _apply(self, rec: Record) -> None:
-        if rec.topic == self.spans_topic:
-            self._apply_spans(rec)
-            return
-        try:
-            if rec.topic == self.incidents_topic:
-                event = decode_incident(rec.value or b"")
-                self.provenance[f"incident:{event['incident_id']}:{event['seq']}"] = \
-                    _where(rec)
-                self.triage.apply_incident_event(event, event.get("downstream"))
-                return
-            signal = decode_signal(rec.value or b"")
-            delivery = _delivery(rec)
-            if delivery is not None:
-                seen = (delivery, signal.signal_id)
-                if seen in self.deliveries:
-                    self.redelivered += 1  # a retried request: applied once already
-                    return
-                self.deliveries[seen] = None
-                if len(self.deliveries) > MAX_DELIVERIES:
-                    self.deliveries.popitem(last=False)
-            self.provenance[f"signal:{signal.signal_id}"] = _where(rec)
-            self.triage.apply_signal(signal)
-        except (SchemaError, KeyError, TypeError, ValueError) as exc:
-            self.rejected += 1
-            self.rejects.append((rec, f"{type(exc).__name__}: {exc}"))
-            log.warning("triage skipped %s:%s:%s: %s", rec.topic, rec.partition,
-                        rec.offset, exc)
-
-    def take_rejects(self) -> list[tuple[Record, str]]:
-        """Records the fold could not read since the last call, with the reason."""
-        taken, self.rejects = self.rejects, []
-        return taken
-
     def provenance_of(self, report: dict[str, Any]) -> dict[str, list[Any]]:
         """Where each cited record was read: beside the report, never inside its hash."""
         incident = report["incident"]
@@ -257,6 +204,262 @@ class TriageLoop:
                  if row["kind"] != "incident"]
         return {k: self.provenance[k] for k in keys if k in self.provenance}
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"triage": self.triage.snapshot(), "provenance": self.provenance,
+                "deliveries": [list(k) for k in self.deliveries],
+                "redelivered": self.redelivered}
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> TriageLoop:
+        loop = cls(Triage.restore(snap["triage"]))
+        loop.provenance = dict(snap["provenance"])
+        loop.deliveries = OrderedDict((tuple(k), None) for k in snap["deliveries"])
+        loop.redelivered = int(snap["redelivered"])
+        return loop
+
+
+Decoded: TypeAlias = tuple[str, Any, Any]  # ("incident", event, None) | ("signal", s, delivery)
+
+
+@dataclass
+class TriageRun:
+    """One summaries partition's fold and the next position of every input it reads."""
+
+    loop: TriageLoop
+    summaries_next: int
+    positions: dict[str, int]  # "topic:partition" -> next offset, incidents and signals
+    reports_from: dict[int, int]  # reports partition -> first offset not yet checkpointed
+    published: set[tuple[str, str]] = field(default_factory=set)
+    pending: list[Any] = field(default_factory=list)
+    changed: bool = True
+
+
+class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Owns the summaries consumer (group ``<app>-triage``), the consumer of the global
+    inputs, one fold per owned partition, their checkpoints and the reports they publish."""
+
+    def __init__(self, settings: Settings, bootstrap: str, store: CheckpointStore,
+                 metrics: Metrics, registry_lookup: Any = None) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.store = store
+        self.metrics = metrics
+        self.lookup = registry_lookup
+        self.runs: dict[int, TriageRun] = {}
+        self.owned: AIOKafkaConsumer | None = None
+        self.inputs: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._last_checkpoint = time.monotonic()
+        self._global: list[TopicPartition] = []
+        self._summary_partitions = 1
+        self._reseek = False
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def owner_of(self, service: str) -> int:
+        """The summaries partition of a service: where aiokafka's default partitioner puts
+        its key, as on the events topic (co-partitioned)."""
+        return int(murmur2(service.encode()) & 0x7FFFFFFF) % self._summary_partitions
+
+    async def run(self) -> None:
+        s = self.settings
+        group = dict(session_timeout_ms=s.session_timeout_ms,
+                     heartbeat_interval_ms=max(s.session_timeout_ms // 6, 300))
+        self.producer = new_producer(self.bootstrap)
+        self.owned = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-triage",
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50,
+            max_poll_records=s.max_poll_records, fetch_max_bytes=s.fetch_max_bytes, **group)
+        self.inputs = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=50,
+            max_poll_records=s.max_poll_records, fetch_max_bytes=s.fetch_max_bytes)
+        await self.producer.start()
+        await self.owned.start()
+        await self.inputs.start()
+        try:
+            self._summary_partitions = len(
+                await wait_partitions(self.owned, s.topics.summaries, 20.0))
+            self._global = [TopicPartition(t, p) for t in (s.topics.incidents, s.topics.signals)
+                            for p in await wait_partitions(self.inputs, t, 20.0)]
+            self.inputs.assign(self._global)
+            self.owned.subscribe([s.topics.summaries], listener=self)
+            while not self._stopping.is_set():
+                owned = await self.owned.getmany(timeout_ms=50)
+                if self._reseek:
+                    await self._seek_inputs()
+                inputs = await self.inputs.getmany(timeout_ms=0 if owned else 50) \
+                    if self.runs else {}
+                self._apply_inputs(inputs)
+                for tp, records in owned.items():
+                    run = self.runs.get(tp.partition)
+                    if run is not None:
+                        self._apply_summaries(run, records)
+                await self._publish()
+                if time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_ms / 1000:
+                    await self.checkpoint()
+            await self.checkpoint()
+        finally:
+            await stop_quietly(self.owned, self.inputs, self.producer)
+
+    # ------------------------------------------------------------------ rebalance
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        parts = sorted(tp.partition for tp in revoked if tp.partition in self.runs)
+        if parts:
+            await self._publish()
+            await self.checkpoint(parts)
+        for p in parts:
+            del self.runs[p]
+        self.ready.clear()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        assert self.owned is not None
+        for tp in sorted(assigned, key=lambda t: t.partition):
+            saved = await self.store.load(tp.partition)
+            if saved is None:
+                run = TriageRun(TriageLoop(), 0, {}, {})
+                run.published = await self._published_since({}, tp.partition)
+            else:
+                state, offset = saved
+                run = TriageRun(TriageLoop.restore(state["loop"]), offset,
+                                dict(state["positions"]),
+                                {int(k): int(v) for k, v in state["reports_from"].items()})
+                run.published = await self._published_since(run.reports_from, tp.partition)
+                run.changed = False
+            self.runs[tp.partition] = run
+            self.owned.seek(tp, run.summaries_next)
+            log.info("triage partition %s resumes at offset %s (%d incidents, %d signals)",
+                     tp.partition, run.summaries_next, len(run.loop.triage.incidents),
+                     len(run.loop.triage.signals))
+        self._reseek = True
+        self.ready.set()
+
+    async def _seek_inputs(self) -> None:
+        """Read each global input from the least position of the folds that need it."""
+        assert self.inputs is not None
+        self._reseek = False
+        for tp in self._global:
+            key = f"{tp.topic}:{tp.partition}"
+            start = min((run.positions.get(key, 0) for run in self.runs.values()), default=0)
+            self.inputs.seek(tp, start)
+
+    async def _published_since(self, starts: dict[int, int], partition: int
+                               ) -> set[tuple[str, str]]:
+        """Versions on the reports topic from the checkpointed positions on (all of it
+        without a checkpoint): published before a crash, they are not published again."""
+        records = await read_to_end(self.bootstrap, self.settings.topics.reports,
+                                    starts=starts)
+        out = set()
+        for rec in records:
+            try:
+                report = orjson.loads(rec.value or b"{}")
+                out.add((report["incident"]["id"], report["report_hash"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+        return out
+
+    # ------------------------------------------------------------------ inputs
+
+    def _apply_inputs(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        topics = self.settings.topics
+        for tp, records in sorted(batch.items(), key=lambda kv: (
+                kv[0].topic != topics.incidents, kv[0].partition)):
+            key = f"{tp.topic}:{tp.partition}"
+            for rec in records:
+                decoded = self._decode(rec)
+                for p, run in self.runs.items():
+                    if rec.offset < run.positions.get(key, 0):
+                        continue
+                    run.positions[key] = rec.offset + 1
+                    run.changed = True
+                    if decoded is None:
+                        continue
+                    kind, value, delivery = decoded
+                    where = _where(rec)
+                    if kind == "incident":
+                        if self.owner_of(value["service"]) == p:
+                            run.loop.apply_incident(value, where)
+                    else:
+                        run.loop.apply_signal(value, delivery, where)
+
+    def _decode(self, rec: Record) -> Decoded | None:
+        try:
+            if rec.topic == self.settings.topics.incidents:
+                return "incident", decode_incident(rec.value or b"", self.lookup), None
+            return "signal", decode_signal(rec.value or b""), _delivery(rec)
+        except (SchemaError, KeyError, TypeError, ValueError) as exc:
+            self.metrics.stages["triage_inputs_unreadable"] += 1
+            log.debug("triage skips %s:%s:%s: %s", rec.topic, rec.partition, rec.offset, exc)
+            return None
+
+    def _apply_summaries(self, run: TriageRun, records: list[Record]) -> None:
+        for rec in records:
+            if rec.offset < run.summaries_next:
+                continue
+            run.summaries_next = rec.offset + 1
+            run.changed = True
+            try:
+                summary, end_ms = decode_summary(rec.value or b"")
+            except SummaryError as exc:
+                self.metrics.stages["summaries_unreadable"] += 1
+                log.warning("summary %s:%s unreadable: %s", rec.partition, rec.offset, exc)
+                continue
+            run.loop.apply_summary(summary, end_ms)
+            self.metrics.stages["summaries_applied"] += 1
+
+    # ------------------------------------------------------------------ outputs
+
+    async def _publish(self) -> None:
+        assert self.producer is not None
+        topic = self.settings.topics.reports
+        for run in self.runs.values():
+            reports = run.loop.flush()
+            self.metrics.signals_dropped = max(self.metrics.signals_dropped,
+                                               run.loop.triage.signals_dropped)
+            for report in reports:
+                key = (report["incident"]["id"], report["report_hash"])
+                if key in run.published:
+                    continue
+                run.published.add(key)
+                provenance = orjson.dumps(run.loop.provenance_of(report),
+                                          option=orjson.OPT_SORT_KEYS)
+                run.pending.append(await self.producer.send(
+                    topic, canonical_json(report), key=key[0].encode(),
+                    headers=[("tocsin.report_hash", key[1].encode()),
+                             (PROVENANCE_HEADER, provenance)]))
+                self.metrics.reports_published += 1
+
+    async def checkpoint(self, parts: list[int] | None = None) -> None:
+        """Reports acknowledged, then fold + every input position in one record."""
+        self._last_checkpoint = time.monotonic()
+        for p in sorted(self.runs) if parts is None else parts:
+            run = self.runs[p]
+            if not run.changed and not run.pending:
+                continue
+            pending, run.pending = run.pending, []
+            for meta in await asyncio.gather(*pending):
+                run.reports_from[meta.partition] = max(run.reports_from.get(meta.partition, 0),
+                                                       meta.offset + 1)
+            await self.store.save(p, {"loop": run.loop.snapshot(), "positions": run.positions,
+                                      "reports_from": {str(k): v for k, v in
+                                                       run.reports_from.items()}},
+                                  run.summaries_next)
+            # What a restore reads back from the reports topic starts here now.
+            run.published.clear()
+            run.changed = False
+            self.metrics.stages["triage_checkpoints"] += 1
+        if self.owned is not None:
+            offsets = {TopicPartition(self.settings.topics.summaries, p): run.summaries_next
+                       for p, run in self.runs.items() if run.summaries_next > 0}
+            if offsets:
+                try:
+                    await self.owned.commit(offsets)
+                except Exception as exc:  # noqa: BLE001 - informative only: state holds truth
+                    log.warning("offset commit failed (state checkpoint holds): %s", exc)
 
 def report_rows(report: dict[str, Any], provenance: dict[str, list[Any]]
                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -10,13 +10,11 @@ import asyncio
 import contextlib
 import logging
 import sys
-import zlib
 from collections.abc import Awaitable
 from typing import Any
 
 import faust
 import mode
-import orjson
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -24,9 +22,12 @@ from tocsin.processors.detector import SNAPSHOT_VERSION
 from tocsin.sinks.duckdb_sink import DuckDBSink
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics, new_producer, stop_quietly
 from tocsin.streams.query import QueryService
+from tocsin.streams.stages.checkpoints import TableCheckpoints
 from tocsin.streams.stages.detect import Detection
 from tocsin.streams.stages.project import Projection
 from tocsin.streams.stages.spans import SpanIntake
+from tocsin.streams.stages.traces import TraceStage
+from tocsin.streams.stages.triage import TriageStage
 from tocsin.streams.web.auth import Access
 from tocsin.streams.web.intake import Intake
 from tocsin.streams.web.views import register_views
@@ -42,34 +43,17 @@ def state_table_name(settings: Settings) -> str:
     return f"detector-state-v{SNAPSHOT_VERSION}-{settings.detector.fingerprint()}"
 
 
-class TableCheckpoints:
-    """Checkpoints in a changelog-backed Faust GlobalTable: one key per input partition,
-    holding the detector snapshot and the next input offset in one value, so state and
-    position are written atomically. Every worker holds every partition's checkpoint, so
-    whoever is assigned a partition next can resume it."""
-
-    def __init__(self, app: faust.App, table: Any) -> None:
-        self.app = app
-        self.table = table
-
-    async def load(self, partition: int) -> tuple[dict[str, Any], int] | None:
-        raw = self.table.get(f"events:{partition}")
-        if raw is None:
-            return None
-        value = orjson.loads(zlib.decompress(raw))
-        return value["snapshot"], int(value["next_offset"])
-
-    async def save(self, partition: int, snapshot: dict[str, Any], next_offset: int) -> None:
-        body = orjson.dumps({"snapshot": snapshot, "next_offset": next_offset})
-        self.table[f"events:{partition}"] = zlib.compress(body, 1)
-        await self.app.producer.flush()
+STAGES_STATE = "stages-state-v1"
+"""The trace assembly's and triage's checkpoints (keys ``traces:<p>``, ``triage:<p>``);
+the version changes with their layout."""
 
 
 class Worker(mode.Service):
     """Runs the detection loop and the DuckDB projection inside the Faust worker."""
 
     def __init__(self, app: faust.App, settings: Settings, bootstrap: str, table: Any,
-                 metrics: Metrics, sink: DuckDBSink | None, **kwargs: Any) -> None:
+                 metrics: Metrics, sink: DuckDBSink | None, stages_table: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.settings = settings
@@ -80,6 +64,9 @@ class Worker(mode.Service):
         self.detection: Detection | None = None
         self.projection: Projection | None = None
         self.table = table
+        self.stages_table = stages_table
+        self.traces: TraceStage | None = None
+        self.triage: TriageStage | None = None
         self._runs: list[asyncio.Task[None]] = []
         self._producers: list[AIOKafkaProducer] = []
         self.intake: Intake | None = None
@@ -98,6 +85,8 @@ class Worker(mode.Service):
         if s.role in ("all", "detect"):
             parts["detection"] = bool(self.detection and self.detection.ready.is_set())
             parts["spans"] = bool(self.spans and self.spans.running.is_set())
+            parts["traces"] = bool(self.traces and self.traces.ready.is_set())
+            parts["triage"] = bool(self.triage and self.triage.ready.is_set())
         if s.role in ("all", "project") and self.sink is not None:
             parts["projection"] = bool(self.projection and self.projection.running.is_set())
         if all(parts.values()):
@@ -125,6 +114,12 @@ class Worker(mode.Service):
             self.spans = SpanIntake(s, self.bootstrap, self.metrics)
             self._runs.append(asyncio.ensure_future(self._guard(self.spans.run())))
             await self.app.tables.wait_until_recovery_completed()
+            self.traces = TraceStage(s, self.bootstrap, TableCheckpoints(
+                self.app, self.stages_table, "traces"), self.metrics)
+            self._runs.append(asyncio.ensure_future(self._guard(self.traces.run())))
+            self.triage = TriageStage(s, self.bootstrap, TableCheckpoints(
+                self.app, self.stages_table, "triage"), self.metrics)
+            self._runs.append(asyncio.ensure_future(self._guard(self.triage.run())))
             self.detection = Detection(
                 s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
             await self._guard(self.detection.run())
@@ -184,8 +179,9 @@ class Worker(mode.Service):
             self.detection.stop()
         if self.projection is not None:
             self.projection.stop()
-        if self.spans is not None:
-            self.spans.stop()
+        for stage in (self.spans, self.traces, self.triage):
+            if stage is not None:
+                stage.stop()
         if self._runs:
             await asyncio.wait(self._runs, timeout=15)
         await stop_quietly(*self._producers)
@@ -226,6 +222,10 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(t.signals, s.partitions, s.retention_ms),
         TopicSpec(t.reports, s.partitions, s.incident_retention_ms),
         TopicSpec(t.spans, s.partitions, s.retention_ms),
+        # Internal: regrouped spans only live until their traces close; summaries as long
+        # as the triage keeps them for families (72 h, the events' retention).
+        TopicSpec(t.spans_by_trace, s.partitions, 6 * 3600 * 1000),
+        TopicSpec(t.summaries, s.partitions, s.retention_ms),
     ]
 
 
@@ -259,9 +259,12 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Worker]:
     table = app.GlobalTable(state_table_name(s), default=None, partitions=s.partitions,
                             use_partitioner=True, recovery_buffer_size=1,
                             value_type=bytes)
+    stages_table = app.GlobalTable(STAGES_STATE, default=None, partitions=s.partitions,
+                                   use_partitioner=True, recovery_buffer_size=1,
+                                   value_type=bytes)
     metrics = Metrics()
     sink = DuckDBSink(s.db) if s.role in ("all", "project") else None
-    worker = Worker(app, s, bootstrap, table, metrics, sink)
+    worker = Worker(app, s, bootstrap, table, metrics, sink, stages_table)
     app._extra_services.append(worker)  # type: ignore[arg-type]  # noqa: SLF001 - an instance, not a class
     if s.http_port > 0:
         # Request heads within the header timeout (an idle keep-alive connection is closed

@@ -29,6 +29,9 @@ class Metrics(Collector):
     broker_errors: int = 0
     signals_dropped: int = 0  # by the triage fold over its cap (the projection sets it)
     counters: dict[int, dict[str, int]] = field(default_factory=dict)
+    # The partitioned stages' counts by name (ADR 0015): spans_forwarded, marks_sent,
+    # traces_closed, summaries_published, triage_checkpoints, ...
+    stages: Counter[str] = field(default_factory=Counter)
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily("tocsin_events", "wide events decoded and counted",
@@ -69,6 +72,12 @@ class Metrics(Collector):
         yield CounterMetricFamily("tocsin_broker_errors",
                                   "failed broker health checks (unreachable, topics missing)",
                                   value=self.broker_errors)
+        stages = CounterMetricFamily("tocsin_stage_records",
+                                     "records and steps of the partitioned stages",
+                                     labels=["what"])
+        for what, n in sorted(self.stages.items()):
+            stages.add_metric([what], n)
+        yield stages
         life = CounterMetricFamily("tocsin_lifecycle_events", "lifecycle changes", labels=["kind"])
         for kind, n in sorted(self.lifecycle.items()):
             life.add_metric([kind], n)
@@ -98,4 +107,5 @@ class Metrics(Collector):
             "spans_rejected": self.spans_rejected,
             "lifecycle": dict(self.lifecycle),
             "log_resets": dict(self.log_resets), "broker_errors": self.broker_errors,
+            "stages": dict(self.stages),
         }

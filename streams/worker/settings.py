@@ -24,6 +24,9 @@ class Topics(BaseModel):
     signals: str = "tocsin.signals"
     reports: str = "tocsin.reports"
     spans: str = "otlp_spans"  # the Collector Kafka exporter's default traces topic
+    # Internal, written and read by Tocsin's own stages (ADR 0015):
+    spans_by_trace: str = "tocsin.spans.by-trace"  # spans regrouped, key = trace id
+    summaries: str = "tocsin.trace-summaries"  # failing traces, key = service
 
 
 class Settings(BaseSettings):

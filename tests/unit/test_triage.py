@@ -131,22 +131,36 @@ def test_a_signal_correlates_by_trace_id_even_outside_the_window() -> None:
 
 
 def test_provenance_is_bounded_like_the_fold() -> None:
-    from aiokafka import ConsumerRecord
-
     from tocsin.processors.signals.model import Signal
-    from tocsin.streams.stages.triage import TriageLoop, encode_signal
+    from tocsin.streams.stages.triage import TriageLoop
 
-    loop = TriageLoop("inc", "sig")
-    records = []
+    loop = TriageLoop()
     for n in range(3000):
         signal = Signal(
             dedup_key=f"k{n}", type="alert", state="firing", source="native",
             severity="info", title="t", event_time_ms=ONSET + n * 3_600_000)
-        records.append(ConsumerRecord("sig", 0, n, 0, 0, None, encode_signal(signal), None,
-                                      0, 0, ()))
-    loop.feed(records)
+        loop.apply_signal(signal, None, ["sig", 0, n])
+        loop.flush()
     assert len(loop.triage.signals) < 100  # 72 h of hourly signals survive
     assert len(loop.provenance) <= 2 * len(loop.triage.signals) + 1_000
+
+
+def test_a_fold_checkpoint_survives_json_and_keeps_deliveries() -> None:
+    import orjson
+
+    from tocsin.processors.signals.model import Signal
+    from tocsin.streams.stages.triage import TriageLoop
+
+    loop = TriageLoop()
+    signal = Signal(dedup_key="k", type="alert", state="firing", source="native",
+                    severity="info", title="t", event_time_ms=ONSET)
+    loop.apply_signal(signal, "dlv_1", ["sig", 0, 0])
+    loop.flush()
+    restored = TriageLoop.restore(orjson.loads(orjson.dumps(loop.snapshot())))
+    restored.apply_signal(signal, "dlv_1", ["sig", 0, 1])  # a retried delivery
+    assert restored.redelivered == 1
+    assert restored.triage.signals[signal.signal_id].occurrences == 1
+    assert restored.provenance == {f"signal:{signal.signal_id}": ["sig", 0, 0]}
 
 
 def _closed_traces() -> list[Any]:
