@@ -6,7 +6,8 @@
 # Configuration is the TOCSIN_* environment (pydantic-settings, see streams/worker/settings.py;
 # nested settings use "__", e.g. TOCSIN_DETECTOR__MIN_COUNT=10). Without TOCSIN_BROKER the
 # worker starts the embedded, memory-only broker: fine for a try-out, never for production.
-# docker-compose.yml runs this image next to a single-node Apache Kafka.
+# docker-compose.yml runs this image as two detect workers and one projection next to a
+# three-node Apache Kafka (KRaft).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
