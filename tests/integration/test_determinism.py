@@ -187,7 +187,7 @@ def test_sigterm_flushes_the_last_checkpoint_so_a_restart_replays_nothing(
     assert worker.stop() == 0  # SIGTERM: the hour-long interval never fired; shutdown must
     worker = WorkerProc(broker, names, db).start()
     try:
-        worker._wait(lambda h: h["detecting"], 60, "detecting")
+        worker.wait_ready(90)
         time.sleep(1.0)  # a negative: no fact says "nothing was replayed"; give it the time
         assert worker.health()["metrics"]["events_in"] == 0  # type: ignore[index]
         worker.wait_projected(len(log))

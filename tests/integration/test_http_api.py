@@ -42,7 +42,7 @@ def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         "TOCSIN_INTAKE_MAX_BODY_BYTES": "4096",
         "TOCSIN_HTTP_BODY_TIMEOUT_MS": "1500", "TOCSIN_HTTP_HEADER_TIMEOUT_MS": "1500",
         **names.side_topics()}).start()
-    w._wait(lambda h: h["detecting"], 60, "detecting")
+    w.wait_ready(90)
     yield w
     assert w.stop() == 0
 

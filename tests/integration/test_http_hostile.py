@@ -30,7 +30,7 @@ def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         "TOCSIN_HTTP_BODY_TIMEOUT_MS": "1000", "TOCSIN_HTTP_HEADER_TIMEOUT_MS": "1000",
         "TOCSIN_INTAKE_RATE_PER_S": "1000", "TOCSIN_INTAKE_BURST": "1000",
         **names.side_topics()}).start()
-    w._wait(lambda h: h["detecting"], 60, "detecting")
+    w.wait_ready(90)
     yield w
     assert w.stop() == 0
 

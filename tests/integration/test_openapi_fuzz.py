@@ -105,7 +105,7 @@ def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         "TOCSIN_API_TOKENS": json.dumps(API),
         "TOCSIN_INTAKE_RATE_PER_S": "10000", "TOCSIN_INTAKE_BURST": "10000",
         **names.side_topics()}).start()
-    w._wait(lambda h: h["detecting"], 60, "detecting")
+    w.wait_ready(90)
     # One incident with its triage report, so incidents, reports and queries have rows.
     produce_events(broker, names.events, spike_log())
     rows = w.poll("SELECT DISTINCT incident_id FROM triage_reports", bool, 60)

@@ -72,7 +72,7 @@ def test_avro_events_produced_by_the_cli_open_the_same_incident(broker: str, tmp
     worker = WorkerProc(broker, names, tmp_path / "avro.duckdb",
                         extra_env={"TOCSIN_INCIDENT_ENCODING": "json"}).start()
     try:
-        worker._wait(lambda h: h["detecting"], 60, "detecting")
+        worker.wait_ready(90)
         out = produce(broker, str(path), "--topic", names.events, "--encoding", "avro")
         assert out.returncode == 0, out.stderr
         worker.wait_projected(len(log))

@@ -54,7 +54,7 @@ def test_bad_http_requests_get_4xx_with_a_message(broker: str, tmp_path: Path) -
     names = Names.fresh("http")
     worker = WorkerProc(broker, names, tmp_path / "h.duckdb").start()
     try:
-        worker._wait(lambda h: h["detecting"], 60, "detecting")
+        worker.wait_ready(90)
         url = f"http://127.0.0.1:{worker.http_port}/v1/query"
         for body, expected in [(b"{nope", "body must be JSON"),
                                (b'{"query": "SELECT 1"}', "body must be"),

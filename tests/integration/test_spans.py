@@ -41,7 +41,7 @@ def worker_for(broker: str, tmp_path: Path, label: str) -> tuple[WorkerProc, str
         "TOCSIN_TOPICS__SPANS": spans_topic,
         "TOCSIN_TOPICS__SIGNALS": f"sig-{names.app_id}",
         "TOCSIN_TOPICS__REPORTS": f"rep-{names.app_id}"}).start()
-    worker._wait(lambda h: h["detecting"], 60, "detecting")
+    worker.wait_ready(90)
     return worker, spans_topic
 
 
@@ -267,7 +267,7 @@ def test_spans_translated_twice_are_counted_once(broker: str, tmp_path: Path) ->
     asyncio.run(republish())
     worker = WorkerProc(broker, worker.names, worker.db, extra_env=worker.extra_env).start()
     try:
-        worker._wait(lambda h: h["detecting"], 60, "detecting")
+        worker.wait_ready(90)
         worker.wait_for(lambda: dropped(worker) >= 30, 30, "30 duplicates dropped")
         assert dropped(worker) == 30
         worker.wait_settled()  # detection committed, DuckDB at every topic's end

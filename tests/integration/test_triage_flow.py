@@ -77,7 +77,7 @@ def flow(broker: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     worker = WorkerProc(broker, names, db, extra_env={
         "TOCSIN_TOPICS__SIGNALS": f"sig-{names.app_id}",
         "TOCSIN_TOPICS__REPORTS": f"rep-{names.app_id}"}).start()
-    worker._wait(lambda h: h["detecting"], 60, "detecting")
+    worker.wait_ready(90)
     log = spike_log()
     accepted = [post(worker, "/v1/signals", s) for s in DEMO_SIGNALS]
     produce_events(broker, names.events, log)
