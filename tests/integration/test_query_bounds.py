@@ -87,6 +87,12 @@ def test_no_statement_changes_the_writers_file(broker: str, tmp_path: Path) -> N
     worker = WorkerProc(broker, names, db).start()
     try:
         worker.wait_projected(len(log))
+        # Triage runs in its own stage: the fact that it is done is a report for every
+        # incident's last lifecycle event, projected.
+        worker.wait_rows("SELECT 1 FROM incidents i WHERE EXISTS (SELECT 1 FROM "
+                         "triage_reports r WHERE r.incident_id = i.incident_id "
+                         "AND r.incident_seq = i.seq)", 60)
+        worker.wait_caught_up()
         tables = [r["table_name"] for r in worker.query(
             "SELECT table_name FROM duckdb_tables() ORDER BY 1")]
         assert {"incidents", "positions", "incident_events", "step_windows"} <= set(tables)
