@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from tocsin.processors.detector import (
     FamilyWindow,
@@ -47,9 +45,10 @@ from tocsin.schemas.codec import (
 )
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, span_source
-from tocsin.streams.kafka.io import read_to_end, stop_quietly
+from tocsin.streams.kafka.io import read_to_end
 from tocsin.streams.kafka.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.stages.checkpoints import CheckpointStore
+from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
 from tocsin.streams.stages.triage import encode_signal
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
@@ -58,11 +57,8 @@ log = logging.getLogger("tocsin.detect")
 
 
 @dataclass
-class PartitionRun:
-    detector: PartitionDetector
-    next_offset: int
-    checkpointed_offset: int
-    pending: list[Awaitable[Any]] = field(default_factory=list)
+class PartitionRun(StageRun):
+    detector: PartitionDetector = field(kw_only=True)
 
 
 WINDOW_ROWS_PER_RECORD = 5_000
@@ -84,16 +80,16 @@ def window_records(partition: int, fams: list[FamilyWindow], steps: list[StepWin
     return out
 
 
-class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
+class Detection(PartitionedStage[PartitionRun]):
     """Owns the events consumer, the detectors of its partitions and their checkpoints."""
+
+    group = "detect"
+    log = log
 
     def __init__(self, settings: Settings, bootstrap: str, store: CheckpointStore,
                  metrics: Metrics, on_event: Callable[[IncidentEvent], None] | None = None
                  ) -> None:
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self.store = store
-        self.metrics = metrics
+        super().__init__(settings, bootstrap, store, metrics)
         self.on_event = on_event
         self.registry = SchemaRegistry(settings.schema_registry_url) \
             if settings.schema_registry_url else None
@@ -103,80 +99,57 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
         self.decode = self.decode_native if settings.event_mapping is None else \
             mapped_decoder(load_mapping(settings.event_mapping), self.decode_native)
         self._incident_schema_id: int | None = None
-        self.runs: dict[int, PartitionRun] = {}
         self.emitted: set[str] = set()
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
         self.dead_letters: DeadLetterSender | None = None
-        self._stopping = asyncio.Event()
-        self._last_checkpoint = time.monotonic()
-        self.ready = asyncio.Event()
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ stage hooks
 
-    async def run(self) -> None:
+    @property
+    def topic(self) -> str:
+        return self.settings.topics.events
+
+    async def before_start(self) -> None:
         s = self.settings
         if self.registry is not None and s.incident_encoding == "avro":
             self._incident_schema_id = await asyncio.to_thread(
                 self.registry.register, f"{s.topics.incidents}-value",
                 avro_schema(INCIDENT_EVENT))
-        self.producer = AIOKafkaProducer(
+
+    def new_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
             max_request_size=max(s.max_record_bytes * 2, 1 << 20), enable_idempotence=False)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-detect",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(s.session_timeout_ms // 6, 300),
-            max_poll_records=s.max_poll_records, fetch_max_bytes=s.fetch_max_bytes,
-            max_partition_fetch_bytes=s.fetch_max_bytes, fetch_max_wait_ms=50,
-        )
-        await self.producer.start()
-        self.dead_letters = DeadLetterSender(self.producer, s.topics.dlq)
-        await self.consumer.start()
-        self.consumer.subscribe([s.topics.events], listener=self)
-        try:
-            while not self._stopping.is_set():
-                batch = await self.consumer.getmany(timeout_ms=100)
-                self._check_resets(batch)
-                for tp, records in batch.items():
-                    run = self.runs.get(tp.partition)
-                    if run is not None:
-                        self._process(run, records)
-                if time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_ms / 1000:
-                    await self.checkpoint()
-            await self.checkpoint()
-        finally:
-            await stop_quietly(self.consumer, self.producer)
+        self.dead_letters = DeadLetterSender(producer, s.topics.dlq)
+        return producer
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    # ------------------------------------------------------------------ rebalance
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        parts = sorted(tp.partition for tp in revoked if tp.partition in self.runs)
-        if parts:
-            await self.checkpoint(parts)
-        for p in parts:
-            del self.runs[p]
-        self.ready.clear()
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        assert self.consumer is not None
-        s = self.settings
+    async def before_assign(self) -> None:
         await self._load_emitted()
-        for tp in sorted(assigned, key=lambda t: t.partition):
-            saved = await self.store.load(tp.partition)
-            if saved is None:
-                run = PartitionRun(PartitionDetector(s.detector), 0, 0)
-            else:
-                snap, offset = saved
-                run = PartitionRun(PartitionDetector.restore(s.detector, snap), offset, offset)
-            self.runs[tp.partition] = run
-            self.consumer.seek(tp, run.next_offset)
-            log.info("partition %s resumes at offset %s", tp.partition, run.next_offset)
-        self.ready.set()
+
+    def restore_run(self, saved: tuple[dict[str, Any], int] | None) -> PartitionRun:
+        detector = self.settings.detector
+        if saved is None:
+            return PartitionRun(0, 0, detector=PartitionDetector(detector))
+        snap, offset = saved
+        return PartitionRun(offset, offset,
+                            detector=PartitionDetector.restore(detector, snap))
+
+    def before_checkpoint(self, partition: int, run: PartitionRun) -> None:
+        """The changed window counts go out with the checkpoint."""
+        assert self.producer is not None
+        run.detector.evict_idle()
+        fams, steps = run.detector.drain_windows()
+        for key, value in window_records(partition, fams, steps,
+                                         self.settings.detector.bucket_ms):
+            run.pending.append(asyncio.ensure_future(
+                self.producer.send(self.settings.topics.windows, value, key=key)))
+
+    def state_of(self, run: PartitionRun) -> dict[str, Any]:
+        return run.detector.snapshot()
+
+    def checkpointed(self, partition: int, run: PartitionRun) -> None:
+        self.metrics.checkpoints += 1
+        self.metrics.counters[partition] = run.detector.counters.as_dict()
 
     async def _load_emitted(self) -> None:
         """Identities already on the incidents topic: a replay must not send them again."""
@@ -189,33 +162,10 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
             except (SchemaError, KeyError):
                 continue
 
-    def _check_resets(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-                      ) -> None:
-        """A checkpoint's offset beyond its partition's end means the log restarted (broker
-        restarted empty, topic recreated): the detector reads the new log from its start
-        as a new epoch, keeping its state (windows, open incidents) — ADR 0014."""
-        assert self.consumer is not None
-        topic = self.settings.topics.events
-        for partition, run in self.runs.items():
-            tp = TopicPartition(topic, partition)
-            records = batch.get(tp)
-            high = self.consumer.highwater(tp)
-            if records and records[0].offset < run.next_offset:
-                start = records[0].offset  # the client already went back to the start
-            elif high is not None and high < run.next_offset:
-                start = 0
-                self.consumer.seek(tp, 0)
-            else:
-                continue
-            self.metrics.log_resets[f"{topic}:{partition}"] += 1
-            log.error("RESET LOG: %s partition %s ends at %s, below the checkpointed offset "
-                      "%s: reading the new log from offset %s as a new epoch", topic,
-                      partition, high, run.next_offset, start)
-            run.next_offset = run.checkpointed_offset = start
-
     # ------------------------------------------------------------------ hot path
 
-    def _process(self, run: PartitionRun, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    def process(self, run: PartitionRun, records: list[ConsumerRecord[bytes, bytes]]
+                ) -> None:
         detector = run.detector
         decode = self.decode
         decode_native = self.decode_native
@@ -303,38 +253,3 @@ class Detection(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics.dead_letters += 1
         run.pending.append(asyncio.ensure_future(self.dead_letters.send(of_record(
             rec, reason, field_name, self.settings.dlq_max_value_bytes))))
-
-    # ------------------------------------------------------------------ checkpoint
-
-    async def checkpoint(self, parts: list[int] | None = None) -> None:
-        """Publish window counts, wait for every send, then save state + offset."""
-        assert self.producer is not None
-        self._last_checkpoint = time.monotonic()
-        bucket_ms = self.settings.detector.bucket_ms
-        for p in sorted(self.runs) if parts is None else parts:
-            run = self.runs[p]
-            if run.next_offset == run.checkpointed_offset and not run.pending:
-                continue
-            run.detector.evict_idle()
-            fams, steps = run.detector.drain_windows()
-            for key, value in window_records(p, fams, steps, bucket_ms):
-                run.pending.append(asyncio.ensure_future(
-                    self.producer.send(self.settings.topics.windows, value, key=key)))
-            pending, run.pending = run.pending, []
-            if pending:
-                sent = await asyncio.gather(*pending)
-                await asyncio.gather(*sent)
-            await self.store.save(p, run.detector.snapshot(), run.next_offset)
-            run.checkpointed_offset = run.next_offset
-            self.metrics.checkpoints += 1
-            self.metrics.counters[p] = run.detector.counters.as_dict()
-        if self.consumer is not None:
-            offsets = {
-                TopicPartition(self.settings.topics.events, p): run.checkpointed_offset
-                for p, run in self.runs.items() if run.checkpointed_offset > 0
-            }
-            if offsets:
-                try:
-                    await self.consumer.commit(offsets)
-                except Exception as exc:  # noqa: BLE001 - informative only: state holds truth
-                    log.warning("offset commit failed (state checkpoint holds): %s", exc)

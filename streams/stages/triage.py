@@ -229,14 +229,29 @@ class TriageRun:
     summaries_next: int
     positions: dict[str, int]  # "topic:partition" -> next offset, incidents and signals
     reports_from: dict[int, int]  # reports partition -> first offset not yet checkpointed
-    published: set[tuple[str, str]] = field(default_factory=set)
+    # Each incident's latest version on the reports topic (its hash): what a consumer
+    # reading the topic holds now. A version is published only when the fold's differs.
+    on_topic: dict[str, str] = field(default_factory=dict)
+    # While a restored fold re-reads what its previous owner may already have reported:
+    # the input ends ("topic:partition" -> offset, "summaries" -> offset) to reach first.
+    catch_up: dict[str, int] | None = None
     pending: list[Any] = field(default_factory=list)
     changed: bool = True
+
+    def caught_up(self) -> bool:
+        ends = self.catch_up or {}
+        return all((self.summaries_next if key == "summaries" else
+                    self.positions.get(key, 0)) >= end for key, end in ends.items())
 
 
 class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
     """Owns the summaries consumer (group ``<app>-triage``), the consumer of the global
-    inputs, one fold per owned partition, their checkpoints and the reports they publish."""
+    inputs, one fold per owned partition, their checkpoints and the reports they publish.
+
+    Rebalance callbacks run in the group coordinator's task, beside the main loop: an
+    assignment only prepares runs (installed by the main loop between two fetches, so no
+    batch fetched before a run's seek reaches it), and a revocation takes the same lock
+    as the main loop's apply-publish-checkpoint step."""
 
     def __init__(self, settings: Settings, bootstrap: str, store: CheckpointStore,
                  metrics: Metrics, registry_lookup: Any = None) -> None:
@@ -254,7 +269,9 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_checkpoint = time.monotonic()
         self._global: list[TopicPartition] = []
         self._summary_partitions = 1
-        self._reseek = False
+        self._assigned: dict[int, TriageRun] = {}  # prepared, not installed yet
+        self._outbox: list[tuple[TriageRun, str, str, bytes, bytes]] = []
+        self._lock = asyncio.Lock()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -288,33 +305,42 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
             self.inputs.assign(self._global)
             self.owned.subscribe([s.topics.summaries], listener=self)
             while not self._stopping.is_set():
+                if self._assigned:
+                    await self._install()
                 owned = await self.owned.getmany(timeout_ms=50)
-                if self._reseek:
-                    await self._seek_inputs()
                 inputs = await self.inputs.getmany(timeout_ms=0 if owned else 50) \
                     if self.runs else {}
-                self._apply_inputs(inputs)
-                for tp, records in owned.items():
-                    run = self.runs.get(tp.partition)
-                    if run is not None:
-                        self._apply_summaries(run, records)
-                await self._publish()
-                if time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_ms / 1000:
-                    await self.checkpoint()
-            await self.checkpoint()
+                async with self._lock:
+                    self._apply_inputs(inputs)
+                    for tp, records in owned.items():
+                        run = self.runs.get(tp.partition)
+                        if run is not None:
+                            self._apply_summaries(run, records)
+                    await self._publish()
+                    due = time.monotonic() - self._last_checkpoint \
+                        >= s.checkpoint_interval_ms / 1000
+                    offsets = await self._checkpoint(sorted(self.runs)) if due else {}
+                await self._commit(offsets)
+            async with self._lock:
+                offsets = await self._checkpoint(sorted(self.runs))
+            await self._commit(offsets)
         finally:
             await stop_quietly(self.owned, self.inputs, self.producer)
 
     # ------------------------------------------------------------------ rebalance
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        parts = sorted(tp.partition for tp in revoked if tp.partition in self.runs)
-        if parts:
-            await self._publish()
-            await self.checkpoint(parts)
-        for p in parts:
-            del self.runs[p]
-        self.ready.clear()
+        async with self._lock:
+            for tp in revoked:
+                self._assigned.pop(tp.partition, None)
+            parts = sorted(tp.partition for tp in revoked if tp.partition in self.runs)
+            if parts:
+                await self._publish()
+                offsets = await self._checkpoint(parts)
+                await self._commit(offsets)
+            for p in parts:
+                del self.runs[p]
+            self.ready.clear()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         assert self.owned is not None
@@ -322,45 +348,60 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
             saved = await self.store.load(tp.partition)
             if saved is None:
                 run = TriageRun(TriageLoop(), 0, {}, {})
-                run.published = await self._published_since({}, tp.partition)
             else:
                 state, offset = saved
-                run = TriageRun(TriageLoop.restore(state["loop"]), offset,
-                                dict(state["positions"]),
-                                {int(k): int(v) for k, v in state["reports_from"].items()})
-                run.published = await self._published_since(run.reports_from, tp.partition)
+                loop = TriageLoop.restore(state["loop"])
+                run = TriageRun(loop, offset, dict(state["positions"]),
+                                {int(k): int(v) for k, v in state["reports_from"].items()},
+                                dict(state.get("on_topic", loop.triage.last_hash)))
                 run.changed = False
-            self.runs[tp.partition] = run
+            await self._read_back(run, tp.partition)
+            self._assigned[tp.partition] = run
             self.owned.seek(tp, run.summaries_next)
-            log.info("triage partition %s resumes at offset %s (%d incidents, %d signals)",
-                     tp.partition, run.summaries_next, len(run.loop.triage.incidents),
-                     len(run.loop.triage.signals))
-        self._reseek = True
-        self.ready.set()
 
-    async def _seek_inputs(self) -> None:
-        """Read each global input from the least position of the folds that need it."""
-        assert self.inputs is not None
-        self._reseek = False
-        for tp in self._global:
-            key = f"{tp.topic}:{tp.partition}"
-            start = min((run.positions.get(key, 0) for run in self.runs.values()), default=0)
-            self.inputs.seek(tp, start)
+    async def _install(self) -> None:
+        """Prepared runs start here, in the main loop: every input is sought to the least
+        position a run needs, and each new run is to catch up with the ends of its inputs
+        as they are now before it publishes (what it re-reads, its previous owner may have
+        reported already; the topic's latest versions are in ``on_topic``)."""
+        assert self.owned is not None and self.inputs is not None
+        async with self._lock:
+            fresh, self._assigned = self._assigned, {}
+            if not fresh:
+                return
+            topic = self.settings.topics.summaries
+            ends = {f"{tp.topic}:{tp.partition}": end
+                    for tp, end in (await self.inputs.end_offsets(self._global)).items()}
+            summary_ends = await self.owned.end_offsets(
+                [TopicPartition(topic, p) for p in fresh])
+            for p, run in sorted(fresh.items()):
+                run.catch_up = {**ends, "summaries": summary_ends[TopicPartition(topic, p)]}
+                self.runs[p] = run
+                self.owned.seek(TopicPartition(topic, p), run.summaries_next)
+                log.info("triage partition %s resumes at offset %s (%d incidents, %d "
+                         "signals)", p, run.summaries_next, len(run.loop.triage.incidents),
+                         len(run.loop.triage.signals))
+            for tp in self._global:
+                key = f"{tp.topic}:{tp.partition}"
+                self.inputs.seek(tp, min(run.positions.get(key, 0)
+                                         for run in self.runs.values()))
+            self._end_catch_up()
+            self.ready.set()
 
-    async def _published_since(self, starts: dict[int, int], partition: int
-                               ) -> set[tuple[str, str]]:
-        """Versions on the reports topic from the checkpointed positions on (all of it
-        without a checkpoint): published before a crash, they are not published again."""
+    async def _read_back(self, run: TriageRun, partition: int) -> None:
+        """The versions on the reports topic since the checkpoint (all of it without one),
+        published by this partition's previous owners: the latest of each of its incidents
+        goes into ``on_topic``."""
         records = await read_to_end(self.bootstrap, self.settings.topics.reports,
-                                    starts=starts)
-        out = set()
-        for rec in records:
+                                    starts=run.reports_from)
+        for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
             try:
                 report = orjson.loads(rec.value or b"{}")
-                out.add((report["incident"]["id"], report["report_hash"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+                incident, report_hash = report["incident"], report["report_hash"]
+                if self.owner_of(incident["service"]) == partition:
+                    run.on_topic[incident["id"]] = report_hash
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 continue
-        return out
 
     # ------------------------------------------------------------------ inputs
 
@@ -414,29 +455,62 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
     # ------------------------------------------------------------------ outputs
 
     async def _publish(self) -> None:
-        assert self.producer is not None
-        topic = self.settings.topics.reports
+        """Each run's changed versions; a run still catching up folds them silently, and
+        once it has caught up publishes the latest version of every incident whose topic
+        version differs (a restart coalesces the versions it re-read)."""
         for run in self.runs.values():
             reports = run.loop.flush()
             self.metrics.signals_dropped = max(self.metrics.signals_dropped,
                                                run.loop.triage.signals_dropped)
-            for report in reports:
-                key = (report["incident"]["id"], report["report_hash"])
-                if key in run.published:
-                    continue
-                run.published.add(key)
-                provenance = orjson.dumps(run.loop.provenance_of(report),
-                                          option=orjson.OPT_SORT_KEYS)
-                run.pending.append(await self.producer.send(
-                    topic, canonical_json(report), key=key[0].encode(),
-                    headers=[("tocsin.report_hash", key[1].encode()),
-                             (PROVENANCE_HEADER, provenance)]))
-                self.metrics.reports_published += 1
+            if run.catch_up is None:
+                for report in reports:
+                    self._send(run, report)
+        self._end_catch_up()
+        await self._send_outbox()
 
-    async def checkpoint(self, parts: list[int] | None = None) -> None:
-        """Reports acknowledged, then fold + every input position in one record."""
+    def _end_catch_up(self) -> None:
+        for run in self.runs.values():
+            if run.catch_up is None or not run.caught_up():
+                continue
+            run.loop.flush()
+            run.catch_up = None
+            triage = run.loop.triage
+            for incident_id, report_hash in sorted(triage.last_hash.items()):
+                if run.on_topic.get(incident_id) != report_hash:
+                    self._send(run, triage.report(incident_id))
+
+    def _send(self, run: TriageRun, report: dict[str, Any]) -> None:
+        """Queue a version unless it is the incident's latest on the topic already."""
+        incident_id, report_hash = report["incident"]["id"], report["report_hash"]
+        if run.on_topic.get(incident_id) == report_hash:
+            return
+        run.on_topic[incident_id] = report_hash
+        provenance = orjson.dumps(run.loop.provenance_of(report), option=orjson.OPT_SORT_KEYS)
+        self._outbox.append((run, incident_id, report_hash, canonical_json(report),
+                             provenance))
+
+    async def _send_outbox(self) -> None:
+        """The queued versions, in the order they were made."""
+        assert self.producer is not None
+        outbox, self._outbox = self._outbox, []
+        for run, incident_id, report_hash, body, provenance in outbox:
+            run.pending.append(await self.producer.send(
+                self.settings.topics.reports, body, key=incident_id.encode(),
+                headers=[("tocsin.report_hash", report_hash.encode()),
+                         (PROVENANCE_HEADER, provenance)]))
+            self.metrics.reports_published += 1
+
+    async def checkpoint(self) -> None:
+        """Every run's checkpoint now (the stage's own loop does this on its interval)."""
+        async with self._lock:
+            offsets = await self._checkpoint(sorted(self.runs))
+        await self._commit(offsets)
+
+    async def _checkpoint(self, parts: list[int]) -> dict[TopicPartition, int]:
+        """Reports acknowledged, then fold + every input position in one record; the
+        summaries offsets to commit (informative: the checkpoint holds the truth)."""
         self._last_checkpoint = time.monotonic()
-        for p in sorted(self.runs) if parts is None else parts:
+        for p in parts:
             run = self.runs[p]
             if not run.changed and not run.pending:
                 continue
@@ -444,22 +518,28 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
             for meta in await asyncio.gather(*pending):
                 run.reports_from[meta.partition] = max(run.reports_from.get(meta.partition, 0),
                                                        meta.offset + 1)
+            if run.catch_up is None:  # incidents the fold forgot leave the topic's map
+                run.on_topic = {k: v for k, v in run.on_topic.items()
+                                if k in run.loop.triage.incidents}
             await self.store.save(p, {"loop": run.loop.snapshot(), "positions": run.positions,
                                       "reports_from": {str(k): v for k, v in
-                                                       run.reports_from.items()}},
+                                                       run.reports_from.items()},
+                                      "on_topic": run.on_topic},
                                   run.summaries_next)
-            # What a restore reads back from the reports topic starts here now.
-            run.published.clear()
             run.changed = False
             self.metrics.stages["triage_checkpoints"] += 1
-        if self.owned is not None:
-            offsets = {TopicPartition(self.settings.topics.summaries, p): run.summaries_next
-                       for p, run in self.runs.items() if run.summaries_next > 0}
-            if offsets:
-                try:
-                    await self.owned.commit(offsets)
-                except Exception as exc:  # noqa: BLE001 - informative only: state holds truth
-                    log.warning("offset commit failed (state checkpoint holds): %s", exc)
+        topic = self.settings.topics.summaries
+        return {TopicPartition(topic, p): self.runs[p].summaries_next for p in parts
+                if self.runs[p].summaries_next > 0}
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.owned is None or not offsets:
+            return
+        try:
+            await self.owned.commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - informative only: state holds truth
+            log.warning("offset commit failed (state checkpoint holds): %s", exc)
+
 
 def report_rows(report: dict[str, Any], provenance: dict[str, list[Any]]
                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
