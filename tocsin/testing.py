@@ -539,6 +539,37 @@ class Worker:
         if self.role != "detect":
             self.wait_caught_up(max(1.0, deadline - time.monotonic()))
 
+    def wait_triaged(self, timeout_s: float = 60.0, peers: Iterable[Worker] = ()
+                     ) -> dict[tuple[str, int], int]:
+        """Until the triage stage — on this worker and ``peers`` together, the workers
+        sharing its group — has applied every incident, signal and trace summary on the
+        log and every report version it made is acknowledged; the ends. Incidents come
+        from detection: wait for it first (:meth:`wait_committed`)."""
+        workers = [self, *peers]
+
+        async def positions(_: AIOKafkaConsumer, __: list[TopicPartition]
+                            ) -> dict[tuple[str, int], int] | None:
+            at: dict[tuple[str, int], int] = {}
+            for worker in workers:
+                health = await asyncio.to_thread(worker.health)
+                triage = (health or {}).get("triage")
+                if triage is None:
+                    return None
+                if triage["catching_up"] or triage["outbox"]:
+                    return None
+                for key, offset in triage["summaries"].items():
+                    topic, partition = key.rsplit(":", 1)
+                    at[(topic, int(partition))] = offset
+                for key, offset in triage["inputs"].items():
+                    topic, partition = key.rsplit(":", 1)
+                    k = (topic, int(partition))
+                    at[k] = min(at.get(k, offset), offset)
+            return at
+
+        topics = [self.names.topic(t) for t in ("incidents", "signals", "summaries")]
+        return self._wait_ends(topics, "triage through " + ", ".join(topics), timeout_s,
+                               positions, None)
+
     def _wait_ends(self, topics: list[str], what: str, timeout_s: float,
                    done: Callable[[AIOKafkaConsumer, list[TopicPartition]], Any],
                    group: str | None) -> dict[tuple[str, int], int]:

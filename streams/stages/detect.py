@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from tocsin.processors.detector import (
     FamilyWindow,
@@ -100,6 +100,10 @@ class Detection(PartitionedStage[PartitionRun]):
             mapped_decoder(load_mapping(settings.event_mapping), self.decode_native)
         self._incident_schema_id: int | None = None
         self.emitted: set[str] = set()
+        # The incidents topic's ends at the last checkpoint: identities emitted before it
+        # are never re-derived (replay starts after it), so a restore reads from there on.
+        self._incident_ends: dict[int, int] = {}
+        self._restored_from: dict[int, int] | None = None
         self.dead_letters: DeadLetterSender | None = None
 
     # ------------------------------------------------------------------ stage hooks
@@ -124,13 +128,27 @@ class Detection(PartitionedStage[PartitionRun]):
         return producer
 
     async def before_assign(self) -> None:
-        await self._load_emitted()
+        self._restored_from = None  # gathered by restore_run from the checkpoints
+
+    async def after_restore(self) -> None:
+        """The lifecycle identities emitted since the oldest restored checkpoint, read
+        back before any run starts, so a replay sends none of them twice."""
+        await self._load_emitted(self._restored_from or {})
 
     def restore_run(self, saved: tuple[dict[str, Any], int] | None) -> PartitionRun:
         detector = self.settings.detector
         if saved is None:
+            self._restored_from = {}  # no checkpoint: every identity on the topic
             return PartitionRun(0, 0, detector=PartitionDetector(detector))
         snap, offset = saved
+        ends = {int(k): int(v) for k, v in snap.get("incident_ends", {}).items()}
+        if not ends:
+            self._restored_from = {}
+        elif self._restored_from is None:
+            self._restored_from = ends
+        elif self._restored_from:
+            self._restored_from = {k: min(v, ends.get(k, 0))
+                                   for k, v in self._restored_from.items()}
         return PartitionRun(offset, offset,
                             detector=PartitionDetector.restore(detector, snap))
 
@@ -144,16 +162,33 @@ class Detection(PartitionedStage[PartitionRun]):
             run.pending.append(asyncio.ensure_future(
                 self.producer.send(self.settings.topics.windows, value, key=key)))
 
+    async def before_saves(self) -> None:
+        assert self.consumer is not None
+        topic = self.settings.topics.incidents
+        parts = self.consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            return
+        try:
+            ends = await self.consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        except Exception as exc:  # noqa: BLE001 - the previous ends stay a safe start
+            log.warning("incidents topic ends unknown at checkpoint: %s", exc)
+            return
+        self._incident_ends = {tp.partition: end for tp, end in ends.items()}
+
     def state_of(self, run: PartitionRun) -> dict[str, Any]:
-        return run.detector.snapshot()
+        snap = run.detector.snapshot()
+        snap["incident_ends"] = {str(k): v for k, v in sorted(self._incident_ends.items())}
+        return snap
 
     def checkpointed(self, partition: int, run: PartitionRun) -> None:
         self.metrics.checkpoints += 1
         self.metrics.counters[partition] = run.detector.counters.as_dict()
 
-    async def _load_emitted(self) -> None:
-        """Identities already on the incidents topic: a replay must not send them again."""
-        records = await read_to_end(self.bootstrap, self.settings.topics.incidents)
+    async def _load_emitted(self, starts: dict[int, int]) -> None:
+        """Identities on the incidents topic from ``starts`` (partition -> offset; the
+        whole topic for partitions not named): a replay must not send them again."""
+        records = await read_to_end(self.bootstrap, self.settings.topics.incidents,
+                                    starts=starts)
         for rec in records:
             try:
                 value = decode_incident(rec.value or b"",

@@ -86,6 +86,9 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
     async def before_assign(self) -> None:
         """Work before assigned partitions are restored."""
 
+    async def after_restore(self) -> None:
+        """Work after assigned partitions are restored, before any of them runs."""
+
     def restore_run(self, saved: tuple[dict[str, Any], int] | None) -> RunT:
         raise NotImplementedError
 
@@ -94,6 +97,10 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
 
     def before_checkpoint(self, partition: int, run: RunT) -> None:
         """Sends that belong to this checkpoint (appended to ``run.pending``)."""
+
+    async def before_saves(self) -> None:
+        """Once per checkpoint, after the sends of every saved partition are acknowledged
+        and before their states are saved."""
 
     def state_of(self, run: RunT) -> dict[str, Any]:
         raise NotImplementedError
@@ -155,11 +162,13 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
         await self.before_assign()
+        fresh: dict[int, RunT] = {}
         for tp in sorted(assigned, key=lambda t: t.partition):
-            run = self.restore_run(await self.store.load(tp.partition))
-            self._assigned[tp.partition] = run
-            self.consumer.seek(tp, run.next_offset)
-        if not self._assigned:
+            fresh[tp.partition] = self.restore_run(await self.store.load(tp.partition))
+            self.consumer.seek(tp, fresh[tp.partition].next_offset)
+        await self.after_restore()
+        self._assigned.update(fresh)  # the main loop installs them between two fetches
+        if not fresh:
             self.ready.set()
 
     def _install(self) -> None:
@@ -204,15 +213,19 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
         """For each partition with news: its sends acknowledged, then state + next offset
         in one record. The offsets to commit."""
         self._last_checkpoint = time.monotonic()
-        for p in parts:
+        saved = [p for p in parts if self.runs[p].next_offset != self.runs[p].checkpointed_offset
+                 or self.runs[p].pending]
+        for p in saved:
             run = self.runs[p]
-            if run.next_offset == run.checkpointed_offset and not run.pending:
-                continue
             self.before_checkpoint(p, run)
             pending, run.pending = run.pending, []
             if pending:
                 sent = await asyncio.gather(*pending)
                 await asyncio.gather(*sent)
+        if saved:
+            await self.before_saves()
+        for p in saved:
+            run = self.runs[p]
             await self.store.save(p, self.state_of(run), run.next_offset)
             run.checkpointed_offset = run.next_offset
             self.checkpointed(p, run)

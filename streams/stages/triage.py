@@ -276,6 +276,21 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
     def stop(self) -> None:
         self._stopping.set()
 
+    def positions(self) -> dict[str, Any]:
+        """Where the folds stand: each owned summaries partition's next offset, and for
+        each global input the least next offset of the folds (what is certainly
+        applied everywhere here), plus whether any fold is still catching up."""
+        runs = list(self.runs.values())
+        topic = self.settings.topics.summaries
+        inputs = {f"{tp.topic}:{tp.partition}" for tp in self._global}
+        return {"summaries": {f"{topic}:{p}": run.summaries_next
+                              for p, run in sorted(self.runs.items())},
+                "inputs": {key: min(run.positions.get(key, 0) for run in runs)
+                           for key in sorted(inputs)} if runs else {},
+                "catching_up": sorted(p for p, run in self.runs.items()
+                                      if run.catch_up is not None),
+                "outbox": len(self._outbox) + sum(len(r.pending) for r in runs)}
+
     def owner_of(self, service: str) -> int:
         """The summaries partition of a service: where aiokafka's default partitioner puts
         its key, as on the events topic (co-partitioned)."""
