@@ -1,5 +1,5 @@
 """``python -m bench [--json] [--events N] [--no-quix] [--no-intake] [--no-queries]
-[--no-spans]``.
+[--no-spans] [--no-scale]``.
 
 One embedded broker per run; the workload is produced once, then read by (a) the bare
 consumer, (b) the Tocsin worker (followed, while it is caught up, by the live-spike
@@ -7,9 +7,12 @@ latency phase, (e) the report burst and (d) its HTTP intake under load), (c) the
 quixstreams peer and (g) four more workers, alone and under six heavy queries, one after
 the other so they never share the CPU. The bare HTTP intake
 endpoint of (d) runs right after the worker stopped, before (c). (f), the OTLP span
-workload, is produced and measured last: the worker of (b) would otherwise translate it
-into its own workload's topic. Progress goes to stderr; the figures to stdout. Every
-subprocess and the broker are stopped whatever happens.
+workload, is produced and measured after them: the worker of (b) would otherwise translate
+it into its own workload's topic. (h), the scale-out figures (restart after a 1x and a 10x
+log, spans/s with 1 and 2 workers), comes last, every run on topics of its own; the
+projected records per 1,000 events are counted on the worker of (b). Progress goes to
+stderr; the figures to stdout. Every subprocess and the broker are stopped whatever
+happens.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .latency import measure_latency
 from .queries import CLIENTS, QueriesPhase, measure_queries
 from .quix import QuixResult, run_quix
 from .report import BUSY_LOAD, IntakeRun, Run, TocsinRun, render, to_dict
+from .scale import ScaleRun, measure_scale, projected_records, topic_ends
 from .spans import (
     SpansRun,
     assembler_memory,
@@ -71,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip (g), detection and projection under six heavy queries")
     p.add_argument("--no-spans", action="store_true",
                    help="skip (f), OTLP spans/s (bare, Tocsin, worker) and assembler RSS")
+    p.add_argument("--no-scale", action="store_true",
+                   help="skip (h), restart after a 1x and a 10x log and spans/s with 1 and 2 "
+                   "workers")
     p.add_argument("--burst", type=int, default=2000,
                    help="alerts POSTed on one incident in (e) (default 2000)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, DuckDB)")
@@ -127,13 +134,22 @@ def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path,
                  intake: IntakeRun, burst_n: int) -> tuple[TocsinRun, IntakeRun]:
     """(b), the latency phase, then (e) and (d) on one worker; it is stopped (SIGTERM) at
     the end. ``intake.skipped`` says why (d)/(e) do not run."""
-    worker = TocsinWorker(bootstrap, workdir).start()
+    worker = TocsinWorker(bootstrap, workdir)
+    # The projected topics before the worker (a fresh broker: none of them exists yet).
+    starts = topic_ends(bootstrap, worker.names.projected())
+    worker.start()
     try:
         say(f"(b) worker pid {worker.pid} ({worker.app_id}); waiting for it to count "
             f"{workload.events:,} events")
         tput = worker.measure(workload.events, timeout_s=max(120.0, workload.events / 2000))
         say(f"(b) {tput.events_per_s:,.0f} events/s; waiting for the worker to settle")
         settle = worker.wait_settled_s()
+        projected = None
+        if settle is not None:
+            try:
+                projected = projected_records(bootstrap, worker.names, starts)
+            except Exception as exc:  # noqa: BLE001 - keep the other figures
+                say(f"(b) projected records not counted: {type(exc).__name__}: {exc}")
         worker.wait_detecting(30.0)
         say(f"(b) settled after {settle if settle is not None else float('nan'):.1f}s; "
             f"{spikes} live spikes for detection latency")
@@ -151,7 +167,8 @@ def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path,
     finally:
         code = worker.stop()
     say(f"(b) worker stopped (exit code {code})")
-    return TocsinRun(tput, settle, latency, rss, body.get("metrics", {}), code), intake
+    return TocsinRun(tput, settle, latency, rss, body.get("metrics", {}), code,
+                     projected), intake
 
 
 def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
@@ -206,6 +223,19 @@ def spans_phase(bootstrap: str, workdir: Path) -> SpansRun:
     return SpansRun(w, bare, parse, pure, worker, error, metrics, memory)
 
 
+def scale_phase(bootstrap: str, workdir: Path, spans: SpansRun) -> ScaleRun:
+    """(h): restart after a 1x and a 10x log, then the span workload with 1 and 2
+    workers. The bare decode loop's figure is (f)'s; without it, the span workload is
+    produced on otlp_spans here and the loop measured."""
+    bare = spans.bare.spans_per_s if spans.bare else None
+    if bare is None:
+        say("(h) (f) gave no bare decode figure: producing the span workload, bare decode")
+        w = spans.workload or asyncio.run(produce_spans(bootstrap))
+        bare = measure_loop(bootstrap, w.spans, "decode").spans_per_s
+    say(f"(h) scale-out: bare decode {bare:,.0f} spans/s; restart after a 1x and a 10x log")
+    return measure_scale(bootstrap, workdir, say, bare)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load = os.getloadavg()[0]
     if load > BUSY_LOAD:
@@ -235,7 +265,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - keep the other figures
                 say(f"(f) failed: {type(exc).__name__}: {exc}")
                 spans = SpansRun(skipped=f"failed: {type(exc).__name__}: {exc}")
-    result = to_dict(Run(workload, bare, tocsin, quix, intake, spans, queries))
+        scale = ScaleRun(skipped="--no-scale")
+        if not args.no_scale:
+            try:
+                scale = scale_phase(broker.bootstrap, workdir, spans)
+            except Exception as exc:  # noqa: BLE001 - keep the other figures
+                say(f"(h) failed: {type(exc).__name__}: {exc}")
+                scale = ScaleRun(skipped=f"failed: {type(exc).__name__}: {exc}")
+    result = to_dict(Run(workload, bare, tocsin, quix, intake, spans, queries, scale))
     result["load_avg_1m_at_start"] = round(load, 2)
     return result
 

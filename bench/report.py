@@ -11,6 +11,15 @@ from .intake import CONCURRENCY, LoadResult
 from .latency import LatencyResult
 from .queries import CLIENTS, HEAVY, QueriesPhase, QueryRun
 from .quix import QuixResult
+from .scale import (
+    RESTART_TAIL,
+    TARGET_RESTART_RATIO,
+    TARGET_SPAN_RATIO,
+    TARGET_TWO_WORKERS,
+    RestartRun,
+    ScaleRun,
+    SpanWorkersRun,
+)
 from .spans import SPANS_PER_TRACE, TRACES_PER_RECORD, SpansRun
 from .worker import Throughput
 from .workload import PARTITIONS, SERVICES, Workload
@@ -31,6 +40,9 @@ class TocsinRun:
     peak_rss_mb: float | None
     metrics: dict[str, Any]
     exit_code: int | None
+    # Records on the projected topics once the worker settled, minus before it started
+    # (None when it did not settle or they could not be read).
+    projected_records: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class Run:
     spans: SpansRun = field(default_factory=lambda: SpansRun(skipped="--no-spans"))
     queries: QueriesPhase = field(
         default_factory=lambda: QueriesPhase(skipped="--no-queries"))
+    scale: ScaleRun = field(default_factory=lambda: ScaleRun(skipped="--no-scale"))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -82,6 +95,13 @@ def _targets(r: dict[str, Any]) -> dict[str, bool | None]:
         "p99_detect": p99 is not None and p99 <= TARGET_P99_MS and r["detect_missed"] == 0,
         "spans_ratio_vs_bare": None if r["spans_ratio_vs_bare"] is None
         else r["spans_ratio_vs_bare"] >= TARGET_RATIO_VS_BARE,
+        "restart_10x_within_1_5x": None if not r["restart_ratio_10x_vs_1x"]
+        else max(r["restart_ratio_10x_vs_1x"], 1 / r["restart_ratio_10x_vs_1x"])
+        <= TARGET_RESTART_RATIO,
+        "spans_2_workers_1_5x": None if r["spans_workers_ratio"] is None
+        else r["spans_workers_ratio"] >= TARGET_TWO_WORKERS,
+        "span_ratio_vs_bare_decode": None if r["span_ratio_vs_bare_decode"] is None
+        else r["span_ratio_vs_bare_decode"] >= TARGET_SPAN_RATIO,
     }
 
 
@@ -183,6 +203,60 @@ def _queries_dict(g: QueriesPhase) -> dict[str, Any]:
     }
 
 
+def _per_1k(records: int | None, inputs: int | None) -> float | None:
+    return round(records / (inputs / 1000), 3) if records is not None and inputs else None
+
+
+def _restart_dict(suffix: str, r: RestartRun | None) -> dict[str, Any]:
+    return {
+        f"restart_s_{suffix}": _round(r.caught_up_s, 2) if r else None,
+        f"restart_ready_s_{suffix}": _round(r.ready_s, 2) if r else None,
+        f"restart_events_{suffix}": r.events if r else None,
+        f"restart_event_hours_{suffix}": r.event_hours if r else None,
+        f"restart_first_settle_s_{suffix}": _round(r.first_settle_s, 2) if r else None,
+        f"restart_changelog_records_{suffix}": r.changelog_records if r else None,
+        f"restart_window_records_{suffix}": r.window_records if r else None,
+        f"restart_incident_records_{suffix}": r.incidents if r else None,
+    }
+
+
+def _workers_dict(suffix: str, w: SpanWorkersRun | None) -> dict[str, Any]:
+    return {
+        f"spans_per_s_{suffix}": _round(w.spans_per_s) if w else None,
+        f"spans_{suffix}_seconds": _round(w.seconds, 2) if w else None,
+        f"spans_{suffix}_each": w.spans_in_each if w else None,
+        f"spans_{suffix}_join_s": _round(w.join_s, 1) if w else None,
+        f"spans_{suffix}_lifecycle": [m.get("lifecycle") for m in w.metrics] if w else None,
+        f"spans_{suffix}_stages": [m.get("stages") for m in w.metrics] if w else None,
+    }
+
+
+def _scale_dict(h: ScaleRun, t: TocsinRun, events: int) -> dict[str, Any]:
+    one = h.spans_1.spans_per_s if h.spans_1 else None
+    two = h.spans_2.spans_per_s if h.spans_2 else None
+    r1, r10 = h.restart_1x, h.restart_10x
+    return {
+        "scale_skipped": h.skipped,
+        "scale_errors": dict(h.errors) or None,
+        "scale_load_avg_1m_at_start": _round(h.load_1m, 2),
+        "restart_tail_events": None if h.skipped else RESTART_TAIL,
+        **_restart_dict("1x", r1),
+        **_restart_dict("10x", r10),
+        "restart_ratio_10x_vs_1x": _ratio(r10.caught_up_s if r10 else None,
+                                          r1.caught_up_s if r1 else None),
+        "projected_records_main": t.projected_records,
+        "projected_per_1k_events": _per_1k(t.projected_records, events),
+        "projected_records_spans": h.spans_1.projected if h.spans_1 else None,
+        "projected_per_1k_spans": _per_1k(h.spans_1.projected if h.spans_1 else None,
+                                          h.spans_1.spans if h.spans_1 else None),
+        **_workers_dict("1_worker", h.spans_1),
+        **_workers_dict("2_workers", h.spans_2),
+        "spans_workers_ratio": _ratio(two, one),
+        "span_bare_decode_per_s": _round(h.bare_decode_spans_per_s),
+        "span_ratio_vs_bare_decode": _ratio(one, h.bare_decode_spans_per_s),
+    }
+
+
 def to_dict(run: Run) -> dict[str, Any]:
     w, quix, t = run.workload, run.quix, run.tocsin
     quix_rate = quix.events_per_s if quix and not quix.skipped else None
@@ -218,6 +292,7 @@ def to_dict(run: Run) -> dict[str, Any]:
         **_intake_dict(run.intake),
         **_spans_dict(run.spans),
         **_queries_dict(run.queries),
+        **_scale_dict(run.scale, t, w.events),
     }
     result["targets_met"] = _targets(result)
     return result
@@ -358,6 +433,61 @@ def _queries_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _scale_lines(r: dict[str, Any]) -> list[str]:
+    t = r["targets_met"]
+    per_1k = _num(r["projected_per_1k_events"], "", ".2f")
+    main = _num(r["projected_records_main"], " records")
+    per_event = (f"    projected records / 1,000 events  {per_1k:>9}   ({main} on incidents, "
+                 "windows, dlq, signals, reports once (b) settled, minus before it started)")
+    if r["scale_skipped"]:
+        return [per_event, f"(h) scale-out: skipped ({r['scale_skipped']})"]
+
+    def restart(suffix: str) -> str:
+        events, hours = r[f"restart_events_{suffix}"], r[f"restart_event_hours_{suffix}"]
+        if events is None:
+            return f"    restart after a {suffix} log: n/a"
+        label = f"restart after a {suffix} log ({events:,} events, {hours:.0f} h)"
+        return (f"    {label:<48}{_num(r[f'restart_s_{suffix}'], ' s', '.2f'):>9}   (ready "
+                f"{_num(r[f'restart_ready_s_{suffix}'], ' s', '.2f')}; first run settled in "
+                f"{_num(r[f'restart_first_settle_s_{suffix}'], ' s', '.1f')}; "
+                f"{r[f'restart_changelog_records_{suffix}']:,} changelog records, "
+                f"{r[f'restart_window_records_{suffix}']:,} window records, "
+                f"{r[f'restart_incident_records_{suffix}']:,} incident records)")
+
+    def workers(suffix: str, name: str) -> str:
+        each = r[f"spans_{suffix}_each"]
+        return (f"    {name:<36}{_num(r[f'spans_per_s_{suffix}'], ' spans/s'):>16}"
+                + (f"   (spans_in by worker {each}; ready and groups Stable after "
+                   f"{_num(r[f'spans_{suffix}_join_s'], ' s', '.1f')})" if each else ""))
+
+    errors = r["scale_errors"]
+    return [
+        "(h) scale-out (issue 10), own app ids and topics: restart = SIGKILL once settled, "
+        f"{r['restart_tail_events']:,} events produced while down, spawn -> /readyz 200 -> "
+        "every stage group committed at the end and DuckDB positions at the end",
+        restart("1x"), restart("10x"),
+        f"    restart 10x / 1x      {_num(r['restart_ratio_10x_vs_1x'], '', '.2f'):>9}   "
+        f"target within {TARGET_RESTART_RATIO}x      {_mark(t['restart_10x_within_1_5x'])}",
+        per_event,
+        f"    projected records / 1,000 spans   "
+        f"{_num(r['projected_per_1k_spans'], '', '.2f'):>9}   "
+        f"({_num(r['projected_records_spans'], ' records')}: the 1-worker span run below, "
+        "every stage group committed at the end)",
+        workers("1_worker", "spans/s, 1 worker (--role detect)"),
+        workers("2_workers", "spans/s, 2 workers in one group"),
+        f"    2 workers / 1         {_num(r['spans_workers_ratio'], '', '.2f'):>9}   "
+        f"target >= {TARGET_TWO_WORKERS}         {_mark(t['spans_2_workers_1_5x'])}   "
+        "(span workload of (f) produced once every worker is in every group; clock: "
+        "first spans_read -> sum of spans_in = total)",
+        f"    1 worker / bare decode {_num(r['span_ratio_vs_bare_decode'], '', '.3f'):>8}   "
+        f"target >= {TARGET_SPAN_RATIO}         {_mark(t['span_ratio_vs_bare_decode'])}   "
+        f"(bare decode loop {_num(r['span_bare_decode_per_s'], ' spans/s')})",
+        *([f"    failed: {errors}"] if errors else []),
+        f"    1-minute load average when (h) started: "
+        f"{_num(r['scale_load_avg_1m_at_start'], '', '.2f')}",
+    ]
+
+
 def _check_lines(r: dict[str, Any]) -> list[str]:
     lines = [
         f"replay spikes opened during (b): {r['replay_spikes_opened']} of "
@@ -380,4 +510,4 @@ def render(r: dict[str, Any]) -> str:
             f"partitions, 5% errors, {r['replay_spikes_expected']} replay spikes")
     return "\n".join([head, "", *_throughput_lines(r), "", *_target_lines(r), "",
                       *_intake_lines(r), "", *_queries_lines(r), "", *_spans_lines(r), "",
-                      *_check_lines(r)])
+                      *_scale_lines(r), "", *_check_lines(r)])

@@ -40,17 +40,18 @@ class Throughput:
 class TocsinWorker(testing.Worker):
     """A bench worker: default topic names under a fresh ``bench-*`` app id, its DuckDB
     file and log in ``workdir`` (``<name>.duckdb``, ``<name>.log``), in its own process
-    group; throughput, settle time and peak RSS measured from outside."""
+    group; throughput, settle time and peak RSS measured from outside. ``names`` (app id
+    and every topic) replaces the default topic names under ``app_id``."""
 
     def __init__(self, bootstrap: str, workdir: Path, role: testing.Role = "all",
                  env: dict[str, str] | None = None, name: str = "worker", *,
                  http_port: int | None = None, app_id: str | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, names: testing.Names | None = None) -> None:
         # The intake's per-token rate limit (default 50/s, burst 100; without tokens every
         # sender shares the "anonymous" bucket) is lifted: the bench measures the intake.
         super().__init__(
             bootstrap, workdir / ("bench.duckdb" if name == "worker" else f"{name}.duckdb"),
-            names=testing.Names.defaults(app_id or f"bench-{uuid.uuid4().hex[:8]}"),
+            names=names or testing.Names.defaults(app_id or f"bench-{uuid.uuid4().hex[:8]}"),
             role=role, env={"TOCSIN_INTAKE_RATE_PER_S": "1000000",
                             "TOCSIN_INTAKE_BURST": "1000000", **(env or {})},
             http_port=http_port, log_path=log_path or workdir / f"{name}.log",
