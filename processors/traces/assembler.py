@@ -17,6 +17,7 @@ from dataclasses import astuple, dataclass, field, fields
 from typing import Any
 
 from tocsin.processors.otlp import Peer, Span
+from tocsin.processors.otlp.spans import KINDS, STATUSES
 
 SNAPSHOT_VERSION = 1
 SPAN_FIELDS = [f.name for f in fields(Span)]  # a checkpoint names them: a change is refused
@@ -246,6 +247,48 @@ def span_to_list(span: Span) -> list[Any]:
     if span.peer is not None:
         values[_PEER] = [span.peer.service, span.peer.endpoint, span.peer.kind]
     return values
+
+
+_STR = ("trace_id", "span_id", "service", "name")
+_OPTIONAL_STR = ("parent_span_id", "env", "service_version", "scope", "http_method",
+                 "http_route", "exception_type", "exception_message", "user_id",
+                 "error_code")
+
+
+def span_from_wire(values: Any) -> Span:
+    """A span as the by-trace topic carries it, held to the types the assembler relies on
+    (anything else written there raises ValueError, never a later TypeError)."""
+    if not isinstance(values, list) or len(values) != len(SPAN_FIELDS):
+        raise ValueError(f"a span is a list of {len(SPAN_FIELDS)} fields")
+    data = dict(zip(SPAN_FIELDS, values, strict=True))
+    for name in _STR:
+        if not isinstance(data[name], str):
+            raise ValueError(f"span field {name} must be a string")
+    for name in _OPTIONAL_STR:
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise ValueError(f"span field {name} must be a string or null")
+    for name in ("start_ms", "end_ms"):
+        if not isinstance(data[name], int) or isinstance(data[name], bool):
+            raise ValueError(f"span field {name} must be an integer")
+    for name in ("http_status", "grpc_status"):
+        if data[name] is not None and (not isinstance(data[name], int)
+                                       or isinstance(data[name], bool)):
+            raise ValueError(f"span field {name} must be an integer or null")
+    duration = data["duration_ms"]
+    if duration is not None and (not isinstance(duration, int | float)
+                                 or isinstance(duration, bool)):
+        raise ValueError("span field duration_ms must be a number or null")
+    if data["kind"] not in KINDS.values() or data["status"] not in STATUSES.values():
+        raise ValueError("span field kind or status is not one of OTLP's")
+    if not isinstance(data["error"], bool) or data["parent_is_remote"] not in (
+            None, True, False):
+        raise ValueError("span fields error and parent_is_remote must be booleans")
+    peer = data["peer"]
+    if peer is not None and not (isinstance(peer, list) and 1 <= len(peer) <= 3
+                                 and isinstance(peer[0], str) and all(
+                                     v is None or isinstance(v, str) for v in peer)):
+        raise ValueError("span field peer must be a list of strings or null")
+    return span_from_list(values)
 
 
 def span_from_list(values: list[Any]) -> Span:

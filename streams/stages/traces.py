@@ -32,8 +32,9 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from tocsin.processors.traces import TraceAssembler
-from tocsin.processors.traces.assembler import ClosedTrace, span_from_list
+from tocsin.processors.traces.assembler import ClosedTrace, span_from_wire
 from tocsin.processors.traces.summary import summary_records
+from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import mark_of, span_source
 from tocsin.streams.kafka.io import new_producer
 from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
@@ -63,13 +64,29 @@ class TraceStage(PartitionedStage[TraceRun]):
 
     group = "traces"
     log = log
+    dead_letters: DeadLetterSender | None = None
 
     @property
     def topic(self) -> str:
         return self.settings.topics.spans_by_trace
 
     def new_producer(self) -> AIOKafkaProducer:
-        return new_producer(self.bootstrap, max_batch_size=256 * 1024)
+        producer = new_producer(self.bootstrap, max_batch_size=256 * 1024)
+        self.dead_letters = DeadLetterSender(producer, self.settings.topics.dlq)
+        return producer
+
+    def _dead_letter(self, run: TraceRun, rec: ConsumerRecord[bytes, bytes], reason: str
+                     ) -> None:
+        """Only the span intake writes the by-trace topic: anything else is dead-lettered
+        (a replayed range sends its letters again; the projection keys them by source
+        position, ADR 0004)."""
+        assert self.dead_letters is not None
+        self.metrics.stages["by_trace_unreadable"] += 1
+        self.metrics.dead_letters += 1
+        log.warning("by-trace record %s:%s unreadable: %s", rec.partition, rec.offset,
+                    reason)
+        run.pending.append(asyncio.ensure_future(self.dead_letters.send(of_record(
+            rec, reason, None, self.settings.dlq_max_value_bytes))))
 
     def restore_run(self, saved: tuple[dict[str, Any], int] | None) -> TraceRun:
         if saved is None:
@@ -100,13 +117,15 @@ class TraceStage(PartitionedStage[TraceRun]):
                 if at_ms > run.marks.get(source, -1):
                     run.marks[source] = at_ms
                 continue
+            if len(rec.value or b"") > self.settings.max_record_bytes:
+                self._dead_letter(run, rec, f"oversize: {len(rec.value or b'')} bytes > "
+                                            f"{self.settings.max_record_bytes}")
+                continue
             try:
-                spans = [span_from_list(s) for s in orjson.loads(rec.value or b"")["spans"]]
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                # Only the span intake writes this topic; anything else is not ours.
-                self.metrics.stages["by_trace_unreadable"] += 1
-                log.warning("by-trace record %s:%s unreadable: %s", rec.partition,
-                            rec.offset, exc)
+                spans = [span_from_wire(s) for s in orjson.loads(rec.value or b"")["spans"]]
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError,
+                    IndexError) as exc:
+                self._dead_letter(run, rec, f"not a by-trace span record: {exc}")
                 continue
             origin = span_source(rec.headers)
             for span in spans:

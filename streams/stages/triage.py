@@ -41,6 +41,7 @@ from tocsin.processors.traces.blast import TraceSummary
 from tocsin.processors.traces.summary import SummaryError, decode_summary
 from tocsin.processors.triage import Triage
 from tocsin.schemas.codec import SIGNAL, SchemaError, avro_schema, decode_incident
+from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER
 from tocsin.streams.kafka.io import new_producer, read_to_end, stop_quietly, wait_partitions
 from tocsin.streams.stages.checkpoints import CheckpointStore
@@ -235,7 +236,8 @@ class TriageRun:
     # While a restored fold re-reads what its previous owner may already have reported:
     # the input ends ("topic:partition" -> offset, "summaries" -> offset) to reach first.
     catch_up: dict[str, int] | None = None
-    pending: list[Any] = field(default_factory=list)
+    pending: list[Any] = field(default_factory=list)  # report sends since the checkpoint
+    letters: list[Any] = field(default_factory=list)  # dead-letter sends since then
     changed: bool = True
 
     def caught_up(self) -> bool:
@@ -264,6 +266,7 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owned: AIOKafkaConsumer | None = None
         self.inputs: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.dead_letters: DeadLetterSender | None = None
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._last_checkpoint = time.monotonic()
@@ -301,6 +304,7 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         group = dict(session_timeout_ms=s.session_timeout_ms,
                      heartbeat_interval_ms=max(s.session_timeout_ms // 6, 300))
         self.producer = new_producer(self.bootstrap)
+        self.dead_letters = DeadLetterSender(self.producer, s.topics.dlq)
         self.owned = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-triage",
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50,
@@ -453,19 +457,31 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
             return None
 
     def _apply_summaries(self, run: TriageRun, records: list[Record]) -> None:
+        limit = self.settings.max_record_bytes
         for rec in records:
             if rec.offset < run.summaries_next:
                 continue
             run.summaries_next = rec.offset + 1
             run.changed = True
             try:
+                if len(rec.value or b"") > limit:
+                    raise SummaryError(f"oversize: {len(rec.value or b'')} bytes > {limit}")
                 summary, end_ms = decode_summary(rec.value or b"")
             except SummaryError as exc:
-                self.metrics.stages["summaries_unreadable"] += 1
-                log.warning("summary %s:%s unreadable: %s", rec.partition, rec.offset, exc)
+                self._dead_letter(run, rec, f"not a trace summary: {exc}")
                 continue
             run.loop.apply_summary(summary, end_ms)
             self.metrics.stages["summaries_applied"] += 1
+
+    def _dead_letter(self, run: TriageRun, rec: Record, reason: str) -> None:
+        """Only trace assembly writes the summaries topic: anything else is dead-lettered
+        (again after a replay; the projection keys letters by source position)."""
+        assert self.dead_letters is not None
+        self.metrics.stages["summaries_unreadable"] += 1
+        self.metrics.dead_letters += 1
+        log.warning("summary %s:%s unreadable: %s", rec.partition, rec.offset, reason)
+        run.letters.append(asyncio.ensure_future(self.dead_letters.send(of_record(
+            rec, reason, None, self.settings.dlq_max_value_bytes))))
 
     # ------------------------------------------------------------------ outputs
 
@@ -527,8 +543,10 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_checkpoint = time.monotonic()
         for p in parts:
             run = self.runs[p]
-            if not run.changed and not run.pending:
+            if not run.changed and not run.pending and not run.letters:
                 continue
+            letters, run.letters = run.letters, []
+            await asyncio.gather(*letters)
             pending, run.pending = run.pending, []
             for meta in await asyncio.gather(*pending):
                 run.reports_from[meta.partition] = max(run.reports_from.get(meta.partition, 0),

@@ -58,6 +58,11 @@ def test_poison_records_on_every_topic_are_dead_lettered_and_the_stream_goes_on(
         topics["spans"]: [(None, two_mb, []), (None, sixteen_mb, [])],
         topics["signals"]: [(b"s", two_mb, []), (b"s", b"\x00garbage", garbage_headers)],
         names.incidents: [(b"i", b"not an incident", [])],
+        # Topics only Tocsin's own stages write: trace assembly and triage read them.
+        names.topic("spans_by_trace"): [(b"t", two_mb, []), (b"t", b"{\"spans\": [[1, 2]]}", []),
+                                        (b"t", b"", [("tocsin.mark", b"\xff no mark")])],
+        names.topic("summaries"): [(b"checkout", two_mb, []), (b"checkout", b"\x00", []),
+                                   (b"checkout", b'{"v": 99}', garbage_headers)],
         names.windows: [(b"0", b"{", []),
                         (b"0", orjson.dumps({"bucket_ms": 30_000, "steps": [],
                                              "families": [["a", "b", "c", "d", "e", "x", 1]]}),
@@ -105,11 +110,12 @@ def test_poison_records_on_every_topic_are_dead_lettered_and_the_stream_goes_on(
         assert headers["tocsin.dlq.truncated"] == b"true"
         assert int(headers["tocsin.dlq.original_bytes"]) == len(whole)
     tagged = [r for r in ours if dict(r.headers).get("bin") == b"\x00\xff" * 10]
-    assert len(tagged) == 2, "small headers travel with the letter"
+    assert len(tagged) == 3, "small headers travel with the letter"
     assert all("huge" not in dict(r.headers) for r in tagged), "oversize headers do not"
     assert all(dict(r.headers)["tocsin.dlq.headers_dropped"] == b"1" for r in tagged)
     sources = {r["source_topic"] for r in letters}
     assert sources == {names.events, topics["spans"], topics["signals"], names.incidents,
-                       names.windows, names.dlq}
+                       names.windows, names.dlq, names.topic("spans_by_trace"),
+                       names.topic("summaries")}
     big = [r for r in letters if r["size_bytes"] >= 2 * MB]
-    assert len(big) == 5 and all(r["truncated"] and r["kept_bytes"] == KEPT for r in big)
+    assert len(big) == 7 and all(r["truncated"] and r["kept_bytes"] == KEPT for r in big)
