@@ -13,6 +13,8 @@ Which empty partition may still hold an earlier record is the caller's knowledge
 the fetch high watermarks and the wall clock): ``holds_back(partition)`` answers it. A
 partition that is caught up and quiet should stop holding the others back after a short
 idle time; only then can timing decide an order, and only for records produced live.
+:func:`holds_back` is that rule, with the clock passed in; :func:`merge_time` is a
+record's place in the order.
 """
 
 from __future__ import annotations
@@ -22,8 +24,44 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from tocsin.processors.otlp.decode import Decoded, OtlpError
+
 Item = TypeVar("Item")
 EARLIEST = -(1 << 62)  # the time of a record without spans (a dead letter): first out
+MAX_AHEAD_MS = 3_600_000  # a record's merge time is at most this far past its timestamp
+STALL_S = 10.0  # a partition behind its high watermark that sends nothing for this long
+
+
+def merge_time(read: Decoded | OtlpError, timestamp_ms: int) -> int | None:
+    """A span record's merge time: the latest end among its spans (exporters send spans as
+    they end), but never more than :data:`MAX_AHEAD_MS` after the record's own Kafka
+    ``timestamp_ms`` (not capped when it is 0 or less: no timestamp), so one span from a
+    clock far ahead cannot keep its partition behind every other one; None for a record
+    without spans (unreadable, or empty)."""
+    if isinstance(read, OtlpError) or not read.spans:
+        return None
+    latest = max(span.end_ms for span in read.spans)
+    if timestamp_ms > 0:
+        latest = min(latest, timestamp_ms + MAX_AHEAD_MS)
+    return latest
+
+
+def holds_back(now_s: float, heard_s: float, next_offset: int, highwater: int | None,
+               idle_ms: int, stall_s: float = STALL_S) -> bool:
+    """Whether an assigned partition with nothing buffered may still hold a record earlier
+    than the other partitions' heads (ADR 0011). ``now_s`` and ``heard_s`` (when the
+    partition last gave records, was assigned or resumed) are readings of one monotonic
+    clock, in seconds; ``next_offset`` is the next offset to fetch and ``highwater`` the
+    partition's high watermark as last fetched (None: not known yet).
+
+    Behind its high watermark (or not known): it holds back until it has been quiet for
+    ``stall_s`` (a stalled fetch must not stop the merge for ever). Caught up: it holds
+    back while it has been quiet for less than ``idle_ms``, so a record produced just now
+    on it still goes out in order."""
+    quiet_s = now_s - heard_s
+    if highwater is None or next_offset < highwater:
+        return quiet_s < stall_s
+    return quiet_s * 1000 < idle_ms
 
 
 @dataclass(frozen=True, slots=True)

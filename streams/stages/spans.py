@@ -38,7 +38,8 @@ from aiokafka import (
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
-from tocsin.processors.otlp.merge import Entry, PartitionMerge
+from tocsin.processors.otlp.merge import MAX_AHEAD_MS as MAX_AHEAD_MS  # re-exported
+from tocsin.processors.otlp.merge import Entry, PartitionMerge, holds_back, merge_time
 from tocsin.processors.traces.assembler import span_to_list
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import MARK, SPAN_SOURCE
@@ -79,7 +80,6 @@ Read = tuple[ConsumerRecord[bytes, bytes], Decoded | OtlpError]
 
 PAUSE_AT = 5_000  # records buffered on one partition while another holds the merge back
 RESUME_AT = 1_000
-STALL_S = 10.0  # a partition behind its high watermark that sends nothing for this long
 
 
 class SpanIntake:
@@ -211,18 +211,16 @@ class SpanIntake:
         self.merge.assign(tp.partition for tp in current)
 
     def _holds_back(self, partition: int) -> bool:
-        """Whether an empty partition may still hold a record earlier than the heads: it
-        is behind its high watermark (unless it stalled), or it is caught up but has been
-        quiet for less than ``spans_idle_ms`` (ADR 0011)."""
+        """Whether an empty partition may still hold a record earlier than the heads
+        (:func:`~tocsin.processors.otlp.merge.holds_back`, read with the clock now); a
+        partition no longer assigned never does."""
         assert self.consumer is not None
         tp = TopicPartition(self.settings.topics.spans, partition)
         if tp not in self._assigned:
             return False
-        quiet_s = time.monotonic() - self._heard.get(partition, 0.0)
-        highwater = self.consumer.highwater(tp)
-        if highwater is None or self._next.get(partition, 0) < highwater:
-            return quiet_s < STALL_S
-        return quiet_s * 1000 < self.settings.spans_idle_ms
+        return holds_back(time.monotonic(), self._heard.get(partition, 0.0),
+                          self._next.get(partition, 0), self.consumer.highwater(tp),
+                          self.settings.spans_idle_ms)
 
     def _backpressure(self) -> None:
         """Pause a partition that ran far ahead while another holds the merge back."""
@@ -312,20 +310,10 @@ class SpanIntake:
         return futures
 
 
-MAX_AHEAD_MS = 3_600_000
-
-
 def _time_of(rec: ConsumerRecord[bytes, bytes], read: Decoded | OtlpError) -> int | None:
-    """A record's merge time: the latest end among its spans (exporters send spans as
-    they end), but never more than an hour after the record's own timestamp, so one span
-    from a clock far ahead cannot keep its partition behind every other one; None for a
-    record without spans."""
-    if isinstance(read, OtlpError) or not read.spans:
-        return None
-    latest = max(span.end_ms for span in read.spans)
-    if rec.timestamp > 0:
-        latest = min(latest, rec.timestamp + MAX_AHEAD_MS)
-    return latest
+    """A record's merge time (:func:`~tocsin.processors.otlp.merge.merge_time`), capped
+    by the record's own timestamp."""
+    return merge_time(read, rec.timestamp)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
