@@ -464,7 +464,7 @@ def _scale_lines(r: dict[str, Any]) -> list[str]:
     return [
         "(h) scale-out (issue 10), own app ids and topics: restart = SIGKILL once settled, "
         f"{r['restart_tail_events']:,} events produced while down, spawn -> /readyz 200 -> "
-        "every stage group committed at the end and DuckDB positions at the end",
+        "every stage group committed at the end, triage through, DuckDB positions at the end",
         restart("1x"), restart("10x"),
         f"    restart 10x / 1x      {_num(r['restart_ratio_10x_vs_1x'], '', '.2f'):>9}   "
         f"target within {TARGET_RESTART_RATIO}x      {_mark(t['restart_10x_within_1_5x'])}",
@@ -472,7 +472,7 @@ def _scale_lines(r: dict[str, Any]) -> list[str]:
         f"    projected records / 1,000 spans   "
         f"{_num(r['projected_per_1k_spans'], '', '.2f'):>9}   "
         f"({_num(r['projected_records_spans'], ' records')}: the 1-worker span run below, "
-        "every stage group committed at the end)",
+        "every stage group committed at the end, triage through)",
         workers("1_worker", "spans/s, 1 worker (--role detect)"),
         workers("2_workers", "spans/s, 2 workers in one group"),
         f"    2 workers / 1         {_num(r['spans_workers_ratio'], '', '.2f'):>9}   "

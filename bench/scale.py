@@ -10,9 +10,10 @@ nothing it reads or writes is shared with the other phases or with another run.
   the detector's live windows, 40 minutes of event time, hold the same at the end of
   both). A ``--role all`` worker (the worker's own checkpoint interval) reads it until
   settled (:func:`settle`: every stage's group committed at the end of its input — the
-  detector commits after its checkpoint — and the DuckDB positions at the end of every
-  projected topic), is SIGKILLed, ``RESTART_TAIL`` more events are produced while it is
-  down, and it is started again: restart-to-ready (spawn -> ``/readyz`` 200) and
+  detector commits after its checkpoint —, the triage through its global inputs with its
+  versions acknowledged, and the DuckDB positions at the end of every projected topic),
+  is SIGKILLed, ``RESTART_TAIL`` more events are produced while it is down, and it is
+  started again: restart-to-ready (spawn -> ``/readyz`` 200) and
   restart-to-caught-up (spawn -> settled again, the tail included) in wall seconds.
 - **Projected records.** The records on the topics the DuckDB projection reads
   (:data:`tocsin.testing.PROJECTED_TOPICS`), end minus start, per 1,000 input events
@@ -34,7 +35,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -249,14 +250,18 @@ def wait_groups(bootstrap: str, groups: list[str], members: int, timeout_s: floa
     return asyncio.run(run())
 
 
-def settle(worker: testing.Worker, timeout_s: float = 120.0) -> None:
+def settle(worker: testing.Worker, timeout_s: float = 120.0,
+           peers: Iterable[testing.Worker] = ()) -> None:
     """Every stage's group committed at the end of its input (the detector commits after
-    its checkpoint), then (unless the role is detect) DuckDB's positions at the end of
-    every projected topic."""
+    its checkpoint), the triage (on ``worker`` and ``peers``, its group) through every
+    incident, signal and summary with its report versions acknowledged
+    (:meth:`tocsin.testing.Worker.wait_triaged`), then (unless the role is detect)
+    DuckDB's positions at the end of every projected topic."""
     deadline = time.monotonic() + timeout_s
     if worker.role != "project":
         for stage, topic in STAGES:
             worker.wait_committed(stage, topic, max(1.0, deadline - time.monotonic()))
+        worker.wait_triaged(max(1.0, deadline - time.monotonic()), peers=peers)
     if worker.role != "detect":
         worker.wait_caught_up(max(1.0, deadline - time.monotonic()))
 
@@ -385,9 +390,7 @@ def measure_span_workers(bootstrap: str, workdir: Path, payloads: list[bytes], s
             time.sleep(POLL_S)
         seconds = now - first
         thread.join(60.0)
-        for w in workers:  # settle through one of them: the waits are per group
-            w.check_alive()
-        settle(workers[0])
+        settle(workers[0], peers=workers[1:])
         projected = projected_records(bootstrap, names)
         metrics = [dict((w.health() or {}).get("metrics") or {}) for w in workers]
     finally:
