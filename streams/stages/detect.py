@@ -31,10 +31,9 @@ from tocsin.processors.detector import (
     StepWindow,
     VersionChanged,
 )
-from tocsin.processors.family import failing_downstream, family_of
+from tocsin.processors.feed import deploy_delivery, deploy_signal, feed
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.mapping import load_mapping, mapped_decoder
-from tocsin.processors.signals.model import Signal
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,
     SchemaError,
@@ -223,21 +222,9 @@ class Detection(PartitionedStage[PartitionRun]):
             if origin is not None and not detector.accept_source(*origin):
                 continue
             counted += 1
-            t_ms = event["event_time_ms"]
-            service = event["service"]
-            version = event.get("service_version")
-            if version:
-                changed = detector.version_seen(t_ms, event["env"], service, version)
-                if changed is not None:
-                    self._register_deploy(run, changed)
-            if event["status"] == "suppressed":
-                changes = detector.tick(t_ms, service)
-            else:
-                family = family_of(event)
-                changes = detector.observe(
-                    t_ms, event["env"], service, event["step"], family,
-                    failing_downstream(event) if family is not None else None,
-                    event.get("trace_id"))
+            changed, changes = feed(detector, event)
+            if changed is not None:
+                self._register_deploy(run, changed)
             for change in changes:
                 self._emit(run, change)
         self.metrics.events_in += counted
@@ -264,23 +251,13 @@ class Detection(PartitionedStage[PartitionRun]):
     def _register_deploy(self, run: PartitionRun, changed: VersionChanged) -> None:
         """A version change on the events registers a deploy signal (no CI needed)."""
         assert self.producer is not None
-        signal = Signal(
-            dedup_key=f"version:{changed.service}|{changed.env}|{changed.version}|"
-                      f"{changed.t_ms}",
-            type="deploy", state="firing", source="native", service=changed.service,
-            env=changed.env, severity="info", event_time_ms=changed.t_ms,
-            starts_at_ms=changed.t_ms, version=changed.version,
-            title=f"{changed.service} {changed.version} seen on events "
-                  f"(was {changed.previous})",
-            reason="version_changed", annotations={"previous_version": changed.previous})
+        signal = deploy_signal(changed)
         self.metrics.deploys_registered += 1
         run.pending.append(asyncio.ensure_future(self.producer.send(
             self.settings.topics.signals, encode_signal(signal),
             key=changed.service.encode(),
-            # A replay after a crash registers the same deploy again: the delivery id lets
-            # the triage fold apply it once (as a retried webhook).
             headers=[("tocsin.signal_id", signal.signal_id.encode()),
-                     (DELIVERY_HEADER, f"registered:{signal.signal_id}".encode())])))
+                     (DELIVERY_HEADER, deploy_delivery(signal).encode())])))
 
     def _dead_letter(self, run: PartitionRun, rec: ConsumerRecord[bytes, bytes], reason: str,
                      field_name: str | None = None) -> None:
