@@ -13,7 +13,8 @@ by guesswork.
 from __future__ import annotations
 
 import heapq
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from tocsin.processors.otlp import Peer, Span
@@ -241,58 +242,70 @@ class TraceAssembler:
         return asm
 
 
+_FIELDS_OF = attrgetter(*SPAN_FIELDS)
+
+
 def span_to_list(span: Span) -> list[Any]:
-    """A span as a JSON-able list, fields in :data:`SPAN_FIELDS` order."""
-    values = list(astuple(span))
+    """A span as a JSON-able list, fields in :data:`SPAN_FIELDS` order (``astuple``
+    deep-copies every value: 25 µs a span, 20 times this)."""
+    values = list(_FIELDS_OF(span))
     if span.peer is not None:
         values[_PEER] = [span.peer.service, span.peer.endpoint, span.peer.kind]
     return values
 
 
-_STR = ("trace_id", "span_id", "service", "name")
-_OPTIONAL_STR = ("parent_span_id", "env", "service_version", "scope", "http_method",
-                 "http_route", "exception_type", "exception_message", "user_id",
-                 "error_code")
+def _at(names: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(SPAN_FIELDS.index(n) for n in names)
+
+
+_STR = _at(("trace_id", "span_id", "service", "name"))
+_OPTIONAL_STR = _at(("parent_span_id", "env", "service_version", "scope", "http_method",
+                     "http_route", "exception_type", "exception_message", "user_id",
+                     "error_code"))
+_INT = _at(("start_ms", "end_ms"))
+_OPTIONAL_INT = _at(("http_status", "grpc_status"))
+_DURATION, _KIND, _STATUS, _ERROR, _REMOTE = _at(
+    ("duration_ms", "kind", "status", "error", "parent_is_remote"))
+_KINDS, _STATUSES = frozenset(KINDS.values()), frozenset(STATUSES.values())
 
 
 def span_from_wire(values: Any) -> Span:
     """A span as the by-trace topic carries it, held to the types the assembler relies on
     (anything else written there raises ValueError, never a later TypeError)."""
-    if not isinstance(values, list) or len(values) != len(SPAN_FIELDS):
+    if type(values) is not list or len(values) != len(SPAN_FIELDS):
         raise ValueError(f"a span is a list of {len(SPAN_FIELDS)} fields")
-    data = dict(zip(SPAN_FIELDS, values, strict=True))
-    for name in _STR:
-        if not isinstance(data[name], str):
-            raise ValueError(f"span field {name} must be a string")
-    for name in _OPTIONAL_STR:
-        if data.get(name) is not None and not isinstance(data[name], str):
-            raise ValueError(f"span field {name} must be a string or null")
-    for name in ("start_ms", "end_ms"):
-        if not isinstance(data[name], int) or isinstance(data[name], bool):
-            raise ValueError(f"span field {name} must be an integer")
-    for name in ("http_status", "grpc_status"):
-        if data[name] is not None and (not isinstance(data[name], int)
-                                       or isinstance(data[name], bool)):
-            raise ValueError(f"span field {name} must be an integer or null")
-    duration = data["duration_ms"]
-    if duration is not None and (not isinstance(duration, int | float)
-                                 or isinstance(duration, bool)):
+    for i in _STR:
+        if type(values[i]) is not str:
+            raise ValueError(f"span field {SPAN_FIELDS[i]} must be a string")
+    for i in _OPTIONAL_STR:
+        if values[i] is not None and type(values[i]) is not str:
+            raise ValueError(f"span field {SPAN_FIELDS[i]} must be a string or null")
+    for i in _INT:
+        if type(values[i]) is not int:
+            raise ValueError(f"span field {SPAN_FIELDS[i]} must be an integer")
+    for i in _OPTIONAL_INT:
+        if values[i] is not None and type(values[i]) is not int:
+            raise ValueError(f"span field {SPAN_FIELDS[i]} must be an integer or null")
+    duration = values[_DURATION]
+    if duration is not None and type(duration) is not int and type(duration) is not float:
         raise ValueError("span field duration_ms must be a number or null")
-    if data["kind"] not in KINDS.values() or data["status"] not in STATUSES.values():
+    if values[_KIND] not in _KINDS or values[_STATUS] not in _STATUSES:
         raise ValueError("span field kind or status is not one of OTLP's")
-    if not isinstance(data["error"], bool) or data["parent_is_remote"] not in (
-            None, True, False):
+    if type(values[_ERROR]) is not bool or (values[_REMOTE] is not None
+                                             and type(values[_REMOTE]) is not bool):
         raise ValueError("span fields error and parent_is_remote must be booleans")
-    peer = data["peer"]
-    if peer is not None and not (isinstance(peer, list) and 1 <= len(peer) <= 3
-                                 and isinstance(peer[0], str) and all(
-                                     v is None or isinstance(v, str) for v in peer)):
+    peer = values[_PEER]
+    if peer is not None and not (type(peer) is list and 1 <= len(peer) <= 3
+                                 and type(peer[0]) is str and all(
+                                     v is None or type(v) is str for v in peer)):
         raise ValueError("span field peer must be a list of strings or null")
     return span_from_list(values)
 
 
 def span_from_list(values: list[Any]) -> Span:
+    """The span of :func:`span_to_list`'s list (a checkpoint's: trusted)."""
     data = dict(zip(SPAN_FIELDS, values, strict=True))
     peer = data["peer"]
-    data["peer"] = Peer(*peer) if peer is not None else None
+    if peer is not None:
+        data["peer"] = Peer(*peer)
     return Span(**data)
