@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from tocsin.processors.source_merge import least_live_mark
 from tocsin.processors.traces import TraceAssembler
 from tocsin.processors.traces.assembler import ClosedTrace, span_from_wire
 from tocsin.processors.traces.summary import summary_records
@@ -40,18 +41,6 @@ from tocsin.streams.kafka.io import new_producer
 from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
 
 log = logging.getLogger("tocsin.traces")
-SOURCE_GRACE_MS = 5 * 60_000  # a source this far behind the newest no longer holds back
-
-
-def least_live_mark(marks: dict[str, int], grace_ms: int = SOURCE_GRACE_MS) -> int | None:
-    """The event time every source still sending has surely reached: the least of the
-    marks within ``grace_ms`` of the newest; None before any mark."""
-    if not marks:
-        return None
-    newest = max(marks.values())
-    return min(m for m in marks.values() if m >= newest - grace_ms)
-
-
 @dataclass
 class TraceRun(StageRun):
     assembler: TraceAssembler = field(kw_only=True)
