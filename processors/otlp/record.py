@@ -48,6 +48,12 @@ the record differs from the JSON path, which keeps such a value whole up to the 
 count as one family here. A string that is not valid Unicode (lone surrogates, which orjson
 refuses to write too) is refused: :class:`RecordError`.
 
+On the wire (ADR 0015): the span intake publishes these records on the events topic with
+the ``tocsin.span_source`` header, as it did the JSON events; the detector reads a value
+as a record when it has that header and its first byte is one of :data:`VERSIONS` (no
+JSON, Avro single-object or Confluent-framed value starts with one), so no other header
+is needed and every other value keeps the JSON/Avro path.
+
 Speed: the tail (from the flags on) depends only on the event's low-cardinality values
 (source, service, env, step, status, version, code, downstream), so both directions
 memoize it: :data:`MEMO_ENTRIES` tails of at most :data:`MEMO_TAIL_BYTES` each way, the
@@ -63,6 +69,9 @@ from collections.abc import Mapping
 from typing import Any
 
 VERSION = 1
+# First bytes kept for this record's versions: none starts a JSON value (`{`, `[`,
+# whitespace), an Avro single-object (0xC3) or a Confluent frame (0x00).
+VERSIONS = frozenset(range(1, 9))
 STATUSES = ("ok", "error", "timeout", "partial", "aborted", "suppressed")
 STATUS_INDEX = {name: i for i, name in enumerate(STATUSES)}
 DEFAULT_ENV = "prod"  # validate_wide_event's default for an event without env

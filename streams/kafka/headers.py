@@ -8,6 +8,8 @@ from __future__ import annotations
 
 DELIVERY_HEADER = "tocsin.delivery"  # one webhook delivery, or `registered:<signal id>`
 SPAN_SOURCE = "tocsin.span_source"  # topic:partition:offset:index of the span record
+"""On the events topic, a translated span's value is a binary span event record when its
+first byte is one of ``processors.otlp.record.VERSIONS`` (ADR 0015), else JSON."""
 PROVENANCE_HEADER = "tocsin.provenance"  # where a report's cited records lie (JSON)
 MARK = "tocsin.mark"
 """A record with this header and an empty value is a progress mark, `<source>=<ms>`: the

@@ -34,6 +34,8 @@ from tocsin.processors.detector import (
 from tocsin.processors.feed import deploy_delivery, deploy_signal, feed
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.mapping import load_mapping, mapped_decoder
+from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
+from tocsin.processors.otlp.record import RecordError, decode_span_event
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,
     SchemaError,
@@ -215,9 +217,24 @@ class Detection(PartitionedStage[PartitionRun]):
                 continue
             origin = span_source(rec.headers) if rec.headers else None
             try:
-                event = decode(data) if origin is None else decode_native(data)
+                if origin is None:
+                    event = decode(data)
+                elif data and data[0] in RECORD_VERSIONS:
+                    # The span intake's binary record (ADR 0015); its position must be
+                    # the header's, which the dedup below goes by.
+                    event, source, position = decode_span_event(data)
+                    if (source, position) != origin:
+                        raise RecordError(
+                            f"position {source}:{position[0]}:{position[1]} differs from "
+                            f"the span_source header's {origin[0]}:{origin[1][0]}:"
+                            f"{origin[1][1]}")
+                else:
+                    event = decode_native(data)  # a translated span as JSON (or Avro)
             except SchemaError as exc:
                 self._dead_letter(run, rec, str(exc), exc.field)
+                continue
+            except RecordError as exc:
+                self._dead_letter(run, rec, f"span event record: {exc.reason}")
                 continue
             if origin is not None and not detector.accept_source(*origin):
                 continue

@@ -5,7 +5,10 @@ unkeyed or keyed by trace id). This consumer decodes each record with the offici
 ``opentelemetry-proto`` classes (or walks OTLP/JSON), maps entry spans to wide events and
 republishes them on the events topic keyed by service — the keyed internal topic that
 puts every family's counts in one place, so the same detection applies to SDK events and
-spans alike. Garbage records go to the dead-letter topic with the decoder's reason.
+spans alike. Each event goes out as the compact binary span event record
+(processors/otlp/record.py, ADR 0015) with its span position header, or as its JSON when the
+record cannot carry it exactly (processors/otlp/republish.py). Garbage records go to the
+dead-letter topic with the decoder's reason.
 
 Order: the spans of one service come from every partition, and the detector decides on
 each service's events in the order it reads them, so records are released through a
@@ -40,6 +43,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
 from tocsin.processors.otlp.merge import MAX_AHEAD_MS as MAX_AHEAD_MS  # re-exported
 from tocsin.processors.otlp.merge import Entry, PartitionMerge, holds_back, merge_time
+from tocsin.processors.otlp.republish import event_value
 from tocsin.processors.traces.assembler import span_to_list
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import MARK, SPAN_SOURCE
@@ -263,9 +267,10 @@ class SpanIntake:
             # Counted as they leave the merge: spans_in is what was sent on as events.
             self.metrics.spans_in += len(read.spans)
             self.metrics.spans_rejected += len(read.rejected)
-            source = f"{rec.topic}:{rec.partition}:{rec.offset}"
-            events += [(event["service"].encode(), orjson.dumps(event),
-                        [(SPAN_SOURCE, f"{source}:{index}".encode())])
+            source = f"{rec.topic}:{rec.partition}"
+            offset = rec.offset
+            events += [(event["service"].encode(), event_value(event, source, offset, index),
+                        [(SPAN_SOURCE, f"{source}:{offset}:{index}".encode())])
                        for index, event in enumerate(wide_events(read.spans))]
         if events:
             futures += await send_keyed(self.producer, s.topics.events, events,
