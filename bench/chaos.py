@@ -46,7 +46,10 @@ Compared, chaos against reference:
   ``dlq_offset``, where the letter landed on the dead-letter topic: letters of a replayed
   range are re-sent (ADR 0004), and a letter is keyed by its source record's key, so the
   letter of an unkeyed record (the Collector writes ``otlp_spans`` unkeyed) goes to a
-  random partition — in two uninterrupted runs as well;
+  random partition — in two uninterrupted runs as well; and the ``source_offset`` of
+  letters from any topic but ``otlp_spans``: the events topic also carries the span
+  intake's events and progress marks, so the producer's records after them land at
+  offsets set by timing (letters are told apart by content, ``sha256``);
 - ``tocsin.incidents``: the set of lifecycle identities ``(incident_id, seq)`` with their
   decoded content; lost = in the reference, not in chaos; duplicated = an identity more
   than once;

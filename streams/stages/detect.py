@@ -36,6 +36,7 @@ from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.mapping import load_mapping, mapped_decoder
 from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
 from tocsin.processors.otlp.record import RecordError, decode_span_event
+from tocsin.processors.source_merge import SourceMerge
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,
     SchemaError,
@@ -45,7 +46,12 @@ from tocsin.schemas.codec import (
     encode_incident,
 )
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
-from tocsin.streams.kafka.headers import DELIVERY_HEADER, span_source
+from tocsin.streams.kafka.headers import (
+    DELIVERY_HEADER,
+    progress_of,
+    span_source,
+    span_time,
+)
 from tocsin.streams.kafka.io import read_to_end
 from tocsin.streams.kafka.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.stages.checkpoints import CheckpointStore
@@ -60,8 +66,12 @@ log = logging.getLogger("tocsin.detect")
 @dataclass
 class PartitionRun(StageRun):
     detector: PartitionDetector = field(kw_only=True)
+    # Translated span events wait here until every span source has passed them, so
+    # several span intakes writing one partition give one order (ADR 0015).
+    merge: SourceMerge = field(kw_only=True, default_factory=SourceMerge)
 
 
+SEQ_PER_RECORD = 1 << 20  # a span event's order in its source: offset, then index
 WINDOW_ROWS_PER_RECORD = 5_000
 
 
@@ -150,8 +160,9 @@ class Detection(PartitionedStage[PartitionRun]):
         elif self._restored_from:
             self._restored_from = {k: min(v, ends.get(k, 0))
                                    for k, v in self._restored_from.items()}
+        merge = SourceMerge.restore(snap["merge"]) if "merge" in snap else SourceMerge()
         return PartitionRun(offset, offset,
-                            detector=PartitionDetector.restore(detector, snap))
+                            detector=PartitionDetector.restore(detector, snap), merge=merge)
 
     def before_checkpoint(self, partition: int, run: PartitionRun) -> None:
         """The changed window counts go out with the checkpoint."""
@@ -178,6 +189,7 @@ class Detection(PartitionedStage[PartitionRun]):
 
     def state_of(self, run: PartitionRun) -> dict[str, Any]:
         snap = run.detector.snapshot()
+        snap["merge"] = run.merge.snapshot()
         snap["incident_ends"] = {str(k): v for k, v in sorted(self._incident_ends.items())}
         return snap
 
@@ -202,16 +214,26 @@ class Detection(PartitionedStage[PartitionRun]):
 
     def process(self, run: PartitionRun, records: list[ConsumerRecord[bytes, bytes]]
                 ) -> None:
-        detector = run.detector
         decode = self.decode
         decode_native = self.decode_native
         limit = self.settings.max_record_bytes
+        merge = run.merge
         counted = 0
         for rec in records:
             if rec.offset < run.next_offset:
                 continue
             run.next_offset = rec.offset + 1
             data = rec.value
+            if not data and rec.headers:
+                progress = progress_of(rec.headers)
+                if progress is not None:  # a span source's progress mark
+                    source, at_ms, sources = progress
+                    merge.expect(sources)
+                    if at_ms is None:
+                        merge.set_idle(source)
+                    else:
+                        merge.mark(source, at_ms)
+                    continue
             if data is not None and len(data) > limit:
                 self._dead_letter(run, rec, f"oversize: {len(data)} bytes > {limit}")
                 continue
@@ -236,15 +258,26 @@ class Detection(PartitionedStage[PartitionRun]):
             except RecordError as exc:
                 self._dead_letter(run, rec, f"span event record: {exc.reason}")
                 continue
-            if origin is not None and not detector.accept_source(*origin):
-                continue
-            counted += 1
-            changed, changes = feed(detector, event)
-            if changed is not None:
-                self._register_deploy(run, changed)
-            for change in changes:
-                self._emit(run, change)
+            if origin is None:
+                counted += self._feed(run, event)
+            else:
+                offset, index = origin[1]
+                at = span_time(rec.headers)
+                merge.add(origin[0], event["event_time_ms"] if at is None else at,
+                          offset * SEQ_PER_RECORD + index, [event, origin[0], offset, index])
+        if merge.expected:  # nothing goes before the sources are known
+            for event, source, offset, index in merge.release():
+                if run.detector.accept_source(source, (offset, index)):
+                    counted += self._feed(run, event)
         self.metrics.events_in += counted
+
+    def _feed(self, run: PartitionRun, event: dict[str, Any]) -> int:
+        changed, changes = feed(run.detector, event)
+        if changed is not None:
+            self._register_deploy(run, changed)
+        for change in changes:
+            self._emit(run, change)
+        return 1
 
     def _emit(self, run: PartitionRun, change: IncidentEvent) -> None:
         assert self.producer is not None

@@ -46,7 +46,7 @@ from tocsin.processors.otlp.merge import Entry, PartitionMerge, holds_back, merg
 from tocsin.processors.otlp.republish import event_value
 from tocsin.processors.traces.assembler import span_to_list
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
-from tocsin.streams.kafka.headers import MARK, SPAN_SOURCE
+from tocsin.streams.kafka.headers import MARK, SOURCES, SPAN_SOURCE
 from tocsin.streams.kafka.io import (
     CachedKeyPartitioner,
     new_producer,
@@ -104,6 +104,10 @@ class SpanIntake:
         self._fresh: set[TopicPartition] = set()  # assigned, read position not known yet
         self._pending: Acks | None = None  # the last release, until it is settled
         self._marks: dict[str, int] = {}  # source partition -> largest span end released
+        self._event_marks: dict[str, int] = {}  # source -> merge time reached (running max)
+        # partition -> when it was last announced idle (again every IDLE_AGAIN_S while it
+        # stays idle: a detector restored from an older checkpoint hears it too)
+        self._idle_said: dict[int, float] = {}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -140,15 +144,17 @@ class SpanIntake:
                                        read)
                     self._next[tp.partition] = records[-1].offset + 1
                     self._heard[tp.partition] = now
+                    self._idle_said.pop(tp.partition, None)
                 released = self.merge.release(self._holds_back)
                 self._backpressure()
                 futures = await self._publish(released)
+                futures += await self._say_idle()
                 offsets = {TopicPartition(s.topics.spans, e.partition): e.offset + 1
                            for e in released}
                 # The previous release's sends had this batch's decoding to complete in:
                 # settle them now, so decoding and acknowledgements overlap.
                 await self.settle()
-                self._pending = Acks(futures, offsets) if released else None
+                self._pending = Acks(futures, offsets) if released or futures else None
             await self.settle()
         finally:
             await stop_quietly(self.consumer, self.producer)
@@ -170,6 +176,7 @@ class SpanIntake:
                      sorted(gone), sum(self.merge.buffered(p) for p in gone))
         self.merge.assign(p for p in self.merge.buffers if p not in gone)
         for partition in gone:
+            self._idle_said.pop(partition, None)
             self._next.pop(partition, None)
             self._heard.pop(partition, None)
         self._assigned = frozenset(tp for tp in self._assigned if tp.partition not in gone)
@@ -256,6 +263,7 @@ class SpanIntake:
         s = self.settings
         futures = []
         events: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        moved: dict[str, int] = {}
         for entry in released:
             rec, read = entry.item
             if isinstance(read, OtlpError):
@@ -269,14 +277,55 @@ class SpanIntake:
             self.metrics.spans_rejected += len(read.rejected)
             source = f"{rec.topic}:{rec.partition}"
             offset = rec.offset
+            # The record's place in its source's order: the running maximum of the
+            # source's merge times, so each source is in order for detection's merge.
+            at = max(entry.time_ms, self._event_marks.get(source, entry.time_ms))
+            if at != self._event_marks.get(source):
+                self._event_marks[source] = moved[source] = at
             events += [(event["service"].encode(), event_value(event, source, offset, index),
-                        [(SPAN_SOURCE, f"{source}:{offset}:{index}".encode())])
+                        [(SPAN_SOURCE, f"{source}:{offset}:{index}@{at}".encode())])
                        for index, event in enumerate(wide_events(read.spans))]
         if events:
             futures += await send_keyed(self.producer, s.topics.events, events,
                                         self.partitioner)
+        # After a release's events, a mark per source that moved, to every events
+        # partition: the merge time its records have reached, so detection merges the
+        # span events of several intakes in one order (ADR 0015). Every later event of
+        # that source carries a merge time at or after it.
+        futures += await self._send_progress(s.topics.events, [
+            (src, str(at)) for src, at in sorted(moved.items())])
         futures += await self._forward_by_trace(released)
         return futures
+
+    async def _say_idle(self) -> list[Any]:
+        """Caught-up, quiet partitions with nothing held, announced idle (again every
+        ``IDLE_AGAIN_S`` while they stay so): detection and trace assembly stop waiting
+        for them until they give records again."""
+        topic = self.settings.topics.spans
+        now = time.monotonic()
+        idle = sorted(tp.partition for tp in self._assigned
+                      if now - self._idle_said.get(tp.partition, -IDLE_AGAIN_S) >= IDLE_AGAIN_S
+                      and not self.merge.buffered(tp.partition)
+                      and not self._holds_back(tp.partition))
+        self._idle_said.update((p, now) for p in idle)
+        idle_marks = [(f"{topic}:{p}", "idle") for p in idle]
+        return [*await self._send_progress(self.settings.topics.events, idle_marks),
+                *await self._send_progress(self.settings.topics.spans_by_trace, idle_marks)]
+
+    async def _send_progress(self, topic: str, marks: list[tuple[str, str]]) -> list[Any]:
+        """Progress marks (`<source>=<ms>` or `=idle`) to every partition of ``topic``,
+        with the span topic's partition count (every source there is)."""
+        if not marks:
+            return []
+        assert self.producer is not None
+        s = self.settings
+        partitions = sorted(await self.producer.partitions_for(topic))
+        count = len(await self.producer.partitions_for(s.topics.spans))
+        sources = f"{s.topics.spans}:{count}".encode()
+        records = [(p, None, b"", [(MARK, f"{source}={at}".encode()), (SOURCES, sources)])
+                   for source, at in marks for p in partitions]
+        self.metrics.stages["marks_sent"] += len(records)
+        return await send_batches(self.producer, topic, records)
 
     async def _forward_by_trace(self, released: list[Entry[Read]]) -> list[Any]:
         """Every released span again, regrouped by trace id for trace assembly (ADR 0015):
@@ -306,13 +355,12 @@ class SpanIntake:
         futures = await send_keyed(self.producer, topic, out, self.partitioner) if out \
             else []
         self.metrics.stages["spans_forwarded"] += len(out)
-        if moved:
-            partitions = sorted(await self.producer.partitions_for(topic))
-            marks = [(p, None, b"", [(MARK, f"{source}={mark}".encode())])
-                     for source, mark in sorted(moved.items()) for p in partitions]
-            futures += await send_batches(self.producer, topic, marks)
-            self.metrics.stages["marks_sent"] += len(marks)
+        futures += await self._send_progress(topic, [(src, str(at))
+                                                     for src, at in sorted(moved.items())])
         return futures
+
+
+IDLE_AGAIN_S = 5.0
 
 
 def _time_of(rec: ConsumerRecord[bytes, bytes], read: Decoded | OtlpError) -> int | None:

@@ -11,10 +11,13 @@ topic, one copy per service it touched, keyed by service — the triage stage's 
 Event time: a partition's spans come from every source (``otlp_spans`` partition), each in
 its own order. The watermark is the least of the sources' marks (the largest span end each
 source has sent, carried on its data and on empty mark records), so how sources interleave
-on the partition does not decide which spans a trace gets. A source whose mark lags the
-newest by more than the grace stops holding the others back (a silent partition).
+on the partition does not decide which spans a trace gets. Every source of the span
+topic (named on the marks) holds the watermark back until it has spoken; one the span
+intake declares idle (caught up and quiet) does not, until it sends again; a slow one
+does, however far the others run ahead (``processors.source_merge.progress_watermark``).
 
-State: the assembler's open traces, the marks and the next input offset, saved together
+State: the assembler's open traces, the marks (and which sources are idle or expected)
+and the next input offset, saved together
 in one changelog-backed table record after the summaries are acknowledged (the
 detector's checkpoint-with-position pattern, ADR 0004). A restart reads from that offset:
 its cost is the open traces plus one checkpoint interval, never the log. A summary sent
@@ -31,12 +34,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from tocsin.processors.source_merge import least_live_mark
+from tocsin.processors.source_merge import progress_watermark
 from tocsin.processors.traces import TraceAssembler
 from tocsin.processors.traces.assembler import ClosedTrace, span_from_wire
 from tocsin.processors.traces.summary import summary_records
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
-from tocsin.streams.kafka.headers import mark_of, span_source
+from tocsin.streams.kafka.headers import progress_of, span_source
 from tocsin.streams.kafka.io import new_producer
 from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
 
@@ -45,6 +48,8 @@ log = logging.getLogger("tocsin.traces")
 class TraceRun(StageRun):
     assembler: TraceAssembler = field(kw_only=True)
     marks: dict[str, int] = field(kw_only=True)
+    idle: set[str] = field(kw_only=True, default_factory=set)
+    expected: set[str] = field(kw_only=True, default_factory=set)
 
 
 class TraceStage(PartitionedStage[TraceRun]):
@@ -83,10 +88,13 @@ class TraceStage(PartitionedStage[TraceRun]):
         state, offset = saved
         assembler = TraceAssembler.restore(state["assembler"])
         assembler.external_watermark = True
-        return TraceRun(offset, offset, assembler=assembler, marks=dict(state["marks"]))
+        return TraceRun(offset, offset, assembler=assembler, marks=dict(state["marks"]),
+                        idle=set(state.get("idle", ())),
+                        expected=set(state.get("expected", ())))
 
     def state_of(self, run: TraceRun) -> dict[str, Any]:
-        return {"assembler": run.assembler.snapshot(), "marks": run.marks}
+        return {"assembler": run.assembler.snapshot(), "marks": run.marks,
+                "idle": sorted(run.idle), "expected": sorted(run.expected)}
 
     def checkpointed(self, partition: int, run: TraceRun) -> None:
         self.metrics.stages["traces_checkpoints"] += 1
@@ -100,11 +108,16 @@ class TraceStage(PartitionedStage[TraceRun]):
             if rec.offset < run.next_offset:
                 continue
             run.next_offset = rec.offset + 1
-            mark = mark_of(rec.headers) if not rec.value else None
-            if mark is not None:
-                source, at_ms = mark
-                if at_ms > run.marks.get(source, -1):
-                    run.marks[source] = at_ms
+            progress = progress_of(rec.headers) if not rec.value else None
+            if progress is not None:
+                source, at_ms, sources = progress
+                run.expected |= sources
+                if at_ms is None:
+                    run.idle.add(source)
+                else:
+                    run.idle.discard(source)
+                    if at_ms > run.marks.get(source, -1):
+                        run.marks[source] = at_ms
                 continue
             if len(rec.value or b"") > self.settings.max_record_bytes:
                 self._dead_letter(run, rec, f"oversize: {len(rec.value or b'')} bytes > "
@@ -120,10 +133,11 @@ class TraceStage(PartitionedStage[TraceRun]):
             for span in spans:
                 closed += assembler.add(span)
             if origin is not None and spans:
+                run.idle.discard(origin[0])
                 latest = max(span.end_ms for span in spans)
                 if latest > run.marks.get(origin[0], -1):
                     run.marks[origin[0]] = latest
-        watermark = least_live_mark(run.marks)
+        watermark = progress_watermark(run.marks, run.idle, run.expected)
         if watermark is not None:
             closed += assembler.flush(watermark)
         self._publish(run, closed)

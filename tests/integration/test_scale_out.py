@@ -3,11 +3,11 @@ same incidents and the same final report bytes whether one worker runs every sta
 ``--role detect`` workers share them beside one ``--role project`` writer, one of them
 SIGKILLed and restarted mid-stream; and the projection reads summaries, never spans.
 
-The spans topic has one partition here, so one span intake translates it: with several
-intake members their translated events interleave on an events partition by timing, and
-an incident's onset can follow (ADR 0011, ADR 0015 "where the code stands" — the
-least-mark merge in detection is what removes that). The by-trace and summaries topics
-have six partitions, shared by both detect workers."""
+The spans topic has six partitions, so each detect worker's span intake translates some of
+them and their events meet on the events partitions in an order set by timing; detection
+merges them by their sources' progress marks (the least-mark merge, ADR 0015), so the
+incidents do not depend on that timing. The by-trace and summaries topics have six
+partitions too, shared by both detect workers."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def spans_log() -> list[list[tuple[bytes | None, bytes]]]:
 
 def produce(broker: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
     async def go() -> None:
-        await ensure_topics(broker, [TopicSpec(topic, 1, 3_600_000)])
+        await ensure_topics(broker, [TopicSpec(topic, 6, 3_600_000)])
         await publish(broker, topic, records, ProduceReport())
     asyncio.run(go())
 

@@ -9,7 +9,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tocsin.processors.source_merge import SourceMerge, least_live_mark
+from tocsin.processors.source_merge import SourceMerge, progress_watermark
 
 Write = tuple[str, int, int]  # source, time, seq
 
@@ -72,7 +72,9 @@ def test_a_record_waits_for_every_live_source_to_pass_its_time() -> None:
     assert merge.release() == []  # s0 may still write at 100, sorting before s1's
     merge.mark("s0", 101)
     assert merge.release() == ["a"]
-    merge.add("s0", 90, 0, "late")  # behind the marks: a late record goes at once
+    merge.add("s0", 90, 1, "late")  # behind its own mark: it takes the mark's time
+    assert merge.release() == []  # s1 (at 100) may still write before 101
+    merge.mark("s1", 102)
     assert merge.release() == ["late"]
 
 
@@ -88,13 +90,16 @@ def test_an_idle_source_holds_nothing_back_until_it_writes_again() -> None:
     assert merge.release() == ["b"]
 
 
-def test_a_source_far_behind_stops_holding_back_after_the_grace() -> None:
-    merge = SourceMerge(grace_ms=1_000)
+def test_a_slow_source_holds_back_until_the_held_records_outgrow_the_cap() -> None:
+    merge = SourceMerge(max_held=2)
     merge.mark("slow", 0)
     merge.add("fast", 500, 0, "a")
+    merge.add("fast", 10**9, 1, "b")  # far ahead in event time: still held
     assert merge.release() == []
-    merge.add("fast", 1_500, 1, "b")
-    assert merge.release() == ["a", "b"]  # slow no longer counts: fast alone is live
+    merge.add("fast", 2 * 10**9, 2, "c")
+    assert merge.release() == ["a"] and merge.forced == 1  # memory, not time, decides
+    merge.mark("slow", 3 * 10**9)
+    assert merge.release() == ["b", "c"]
 
 
 def test_an_expected_source_that_said_nothing_holds_everything_back() -> None:
@@ -111,5 +116,12 @@ def test_nothing_is_released_before_any_mark() -> None:
     merge = SourceMerge()
     merge.expect({"s0"})
     assert merge.release() == [] and merge.live_marks() is None
-    assert least_live_mark({}) is None
-    assert least_live_mark({"a": 5, "b": 7}) == 5
+
+
+def test_the_progress_watermark() -> None:
+    assert progress_watermark({}, set(), set()) is None
+    assert progress_watermark({"a": 5, "b": 7}, set(), set()) == 5
+    assert progress_watermark({"a": 5, "b": 7}, {"a"}, set()) == 7
+    assert progress_watermark({"a": 5, "b": 7}, {"a", "b"}, set()) == 7
+    assert progress_watermark({"a": 5}, set(), {"a", "c"}) is None
+    assert progress_watermark({"a": 5}, {"c"}, {"a", "c"}) == 5

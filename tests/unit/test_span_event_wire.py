@@ -7,6 +7,7 @@ lifecycle changes, deploys and state; a broken record is dead-lettered with its 
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from tocsin.processors.otlp.record import (
 from tocsin.processors.otlp.republish import BINARY_MAX_BYTES, event_value
 from tocsin.schemas.codec import WideEventDecoder, decode_incident
 from tocsin.streams.kafka.dead_letters import DeadLetterSender
-from tocsin.streams.kafka.headers import SPAN_SOURCE
+from tocsin.streams.kafka.headers import MARK, SOURCES, SPAN_SOURCE, span_time
 from tocsin.streams.stages.detect import Detection, PartitionRun
 from tocsin.streams.stages.triage import decode_signal
 from tocsin.streams.worker.metrics import Metrics
@@ -137,6 +138,10 @@ def detect(records: list[tuple[bytes, bytes | None, Headers]], batch: int = 97
     stage.producer = producer  # type: ignore[assignment]
     stage.dead_letters = DeadLetterSender(producer, settings.topics.dlq)  # type: ignore[arg-type]
     run = PartitionRun(0, 0, detector=PartitionDetector(settings.detector))
+    # The span intake's last word on each source: caught up and idle (detection holds
+    # translated events until every span source has passed them, ADR 0015).
+    records = [*records, *((b"", b"", [(MARK, f"{SPANS}:{p}=idle".encode()),
+                                      (SOURCES, f"{SPANS}:3".encode())]) for p in range(3))]
     consumed = [ConsumerRecord(settings.topics.events, 0, offset, 0, 0, key, value, None,
                                len(key or b""), len(value or b""), headers)
                 for offset, (key, value, headers) in enumerate(records)]
@@ -239,3 +244,68 @@ def test_oversize_is_checked_before_any_decoding_and_other_values_keep_their_pat
     assert got[2] == "empty record"
     assert got[3].startswith("service: ")
     assert stage.metrics.events_in == 0
+
+
+# ------------------------------------------------- several span intakes, one order
+
+
+def by_source(records: list[tuple[bytes, bytes, Headers]]
+              ) -> dict[str, list[tuple[bytes, bytes, Headers]]]:
+    """The translated events of each span source, as its intake sends them: in order,
+    each with its merge time (the running maximum of its records' span ends)."""
+    out: dict[str, list[tuple[bytes, bytes, Headers]]] = {}
+    reached: dict[str, int] = {}
+    for key, value, _ in records:
+        event, source, (offset, index) = decode_span_event(value)
+        at = reached[source] = max(reached.get(source, 0), event["event_time_ms"])
+        out.setdefault(source, []).append(
+            (key, value, [(SPAN_SOURCE, f"{source}:{offset}:{index}@{at}".encode())]))
+    return out
+
+
+def interleaved(sources: dict[str, list[tuple[bytes, bytes, Headers]]], seed: int
+                ) -> list[tuple[bytes, bytes | None, Headers]]:
+    """Each source's events in its order, chunks of them interleaved at random, a mark
+    after each chunk (as after each release), then every source idle."""
+    rng = random.Random(seed)
+    queues = {s: list(events) for s, events in sources.items()}
+    out: list[tuple[bytes, bytes | None, Headers]] = []
+    of = [(SOURCES, f"{SPANS}:3".encode())]
+    while any(queues.values()):
+        source = rng.choice(sorted(s for s, q in queues.items() if q))
+        n = rng.randint(1, 40)
+        chunk, queues[source] = queues[source][:n], queues[source][n:]
+        out += chunk
+        at = max(span_time(h) or 0 for _, _, h in chunk)
+        out.append((b"", b"", [(MARK, f"{source}={at}".encode()), *of]))
+    return out
+
+
+def test_span_events_of_several_intakes_give_one_outcome_whatever_the_interleaving(
+) -> None:
+    sources = by_source(translated(True))
+    assert len(sources) == 3
+    first = outputs(*detect(interleaved(sources, 1), batch=13))  # type: ignore[arg-type]
+    assert first["events_in"] == 360 and first["incidents"]
+    for seed, batch in ((2, 97), (3, 5), (4, 400)):
+        again = outputs(*detect(interleaved(sources, seed), batch=batch))  # type: ignore[arg-type]
+        assert again == first
+
+
+def test_span_events_wait_for_every_source_before_they_count() -> None:
+    sources = by_source(translated(True))
+    settings = Settings()
+    stage = Detection(settings, "localhost:0", None, Metrics())  # type: ignore[arg-type]
+    stage.producer = FakeProducer()  # type: ignore[assignment]
+    run = PartitionRun(0, 0, detector=PartitionDetector(settings.detector))
+    records = sources[f"{SPANS}:0"][:50]
+    consumed = [ConsumerRecord(stage.settings.topics.events, 0, offset, 0, 0, key, value,
+                               None, 0, 0, headers)
+                for offset, (key, value, headers) in enumerate(records, start=10)]
+    stage.process(run, consumed)
+    assert stage.metrics.events_in == 0 and len(run.merge) == 50  # sources unknown yet
+    mark = ConsumerRecord(stage.settings.topics.events, 0, 100, 0, 0, b"", b"", None, 0, 0,
+                          [(MARK, f"{SPANS}:1=idle".encode()),
+                           (SOURCES, f"{SPANS}:2".encode())])
+    stage.process(run, [mark])
+    assert stage.metrics.events_in > 0  # both sources known, the other idle
