@@ -24,7 +24,8 @@ from .spans import SPANS_PER_TRACE, TRACES_PER_RECORD, SpansRun
 from .worker import Throughput
 from .workload import PARTITIONS, SERVICES, Workload
 
-TARGET_RATIO_VS_BARE = 0.5
+TARGET_RATIO_VS_BARE = 0.5  # the in-process span loop (f) against the bare decode
+TARGET_EVENTS_VS_BARE = 0.6  # the worker's event path against the bare loop (ADR 0015)
 TARGET_RATIO_VS_QUIX = 1.0
 TARGET_P99_MS = 1000.0
 BUSY_LOAD = 0.7  # 1-minute load average above which other work skews the figures
@@ -90,7 +91,7 @@ def _targets(r: dict[str, Any]) -> dict[str, bool | None]:
     p99 = r["p99_detect_ms"]
     return {
         "ratio_vs_bare": r["ratio_vs_bare"] is not None
-        and r["ratio_vs_bare"] >= TARGET_RATIO_VS_BARE,
+        and r["ratio_vs_bare"] >= TARGET_EVENTS_VS_BARE,
         "ahead_of_quix": None if vs_quix is None else vs_quix > TARGET_RATIO_VS_QUIX,
         "p99_detect": p99 is not None and p99 <= TARGET_P99_MS and r["detect_missed"] == 0,
         "spans_ratio_vs_bare": None if r["spans_ratio_vs_bare"] is None
@@ -325,7 +326,7 @@ def _target_lines(r: dict[str, Any]) -> list[str]:
     t = r["targets_met"]
     return [
         f"Tocsin / bare         {_num(r['ratio_vs_bare'], '', '.2f'):>9}   "
-        f"target >= {TARGET_RATIO_VS_BARE}          {_mark(t['ratio_vs_bare'])}",
+        f"target >= {TARGET_EVENTS_VS_BARE}          {_mark(t['ratio_vs_bare'])}",
         f"Tocsin / quixstreams  {_num(r['ratio_vs_quix'], '', '.2f'):>9}   "
         f"target > 1 (ahead)     {_mark(t['ahead_of_quix'])}",
         f"detect p50            {_num(r['p50_detect_ms'], ' ms', '.1f'):>9}",
