@@ -17,8 +17,8 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from tocsin.schemas.codec import SchemaError, decode_incident
+from tocsin.schemas.signal_wire import decode_signal
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, progress_of, span_source
-from tocsin.streams.stages.triage import decode_signal
 
 # Columns that are legitimately run-specific (see bench/chaos.py's docstring).
 EXCLUDED_COLUMNS = {

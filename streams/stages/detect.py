@@ -45,6 +45,7 @@ from tocsin.schemas.codec import (
     decode_incident,
     encode_incident,
 )
+from tocsin.schemas.signal_wire import encode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import (
     DELIVERY_HEADER,
@@ -56,7 +57,6 @@ from tocsin.streams.kafka.io import read_to_end
 from tocsin.streams.kafka.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.stages.checkpoints import CheckpointStore
 from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
-from tocsin.streams.stages.triage import encode_signal
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 

@@ -39,12 +39,13 @@ from tocsin.processors.signals.model import FIELDS as SIGNAL_FIELDS
 from tocsin.processors.signals.model import Signal
 from tocsin.processors.triage import Folded, fold
 from tocsin.schemas.codec import SchemaError, decode_incident
+from tocsin.schemas.signal_wire import decode_signal
 from tocsin.sinks.duckdb_sink import EVENT_COLUMNS, EVIDENCE_COLUMNS, REPORT_COLUMNS, DuckDBSink
+from tocsin.sinks.report_rows import report_rows, signal_row
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER, header, mark_of
 from tocsin.streams.kafka.io import new_producer, stop_quietly, wait_partitions
 from tocsin.streams.kafka.registry import SchemaRegistry
-from tocsin.streams.stages.triage import decode_signal, report_rows, signal_row
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings, Topics
 

@@ -24,23 +24,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.partitioner import murmur2
-from fastavro.validation import validate
 
 from tocsin.processors.report import canonical_json
-from tocsin.processors.signals.model import FIELDS as SIGNAL_FIELDS
-from tocsin.processors.signals.model import IntakeError, Signal
-from tocsin.processors.traces.blast import TraceSummary
 from tocsin.processors.traces.summary import SummaryError, decode_summary
-from tocsin.processors.triage import Triage
-from tocsin.schemas.codec import SIGNAL, SchemaError, avro_schema, decode_incident
+from tocsin.processors.triage_loop import TriageLoop
+from tocsin.schemas.codec import SchemaError, decode_incident
+from tocsin.schemas.signal_wire import decode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER
 from tocsin.streams.kafka.io import new_producer, read_to_end, stop_quietly, wait_partitions
@@ -53,95 +49,8 @@ log = logging.getLogger("tocsin.triage")
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
-def encode_signal(signal: Signal, encoding: str = "avro") -> bytes:
-    if encoding == "json":
-        return orjson.dumps(signal.to_dict(), option=orjson.OPT_SORT_KEYS)
-    return avro_schema(SIGNAL).encode_soe(signal.to_dict())
-
-
-def decode_signal(data: bytes) -> Signal:
-    """A signal record: Avro single-object encoding of signal.v1, or its JSON form (the
-    same fields with the same types; ``signal_id`` may be left out, it is computed, and
-    other keys are ignored). Whatever is not a valid signal raises :class:`SchemaError`,
-    naming the field when one failed."""
-    if data[:1] == b"\xc3":
-        raw = avro_schema(SIGNAL).decode_soe(data)
-    else:
-        try:
-            raw = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise SchemaError(f"signal is neither Avro nor JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise SchemaError("a signal is a JSON object")
-        _check_json_signal(raw)
-    try:
-        return Signal(**{k: raw[k] for k in SIGNAL_FIELDS if k != "signal_id" and k in raw})
-    except IntakeError as exc:  # an integer outside its Avro range (a damaged varint)
-        raise SchemaError(f"not a valid signal.v1: {exc.problem}", exc.field) from exc
-    except (TypeError, ValueError) as exc:
-        raise SchemaError(f"not a valid signal.v1: {exc}") from exc
-
-
-def _check_json_signal(raw: dict[str, Any]) -> None:
-    """The JSON form held to signal.v1's types, as the Avro form is by its decoder: every
-    field without a default present, every field given of its type (null only where the
-    schema allows it), integers within int and long."""
-    schema = avro_schema(SIGNAL).parsed
-    record = {k: raw[k] for k in SIGNAL_FIELDS if k in raw}
-    record.setdefault("signal_id", "")  # computed from source and dedup key
-    if validate(record, schema, raise_errors=False):
-        return
-    fields: list[dict[str, Any]] = cast(dict[str, Any], schema)["fields"]
-    for f in fields:
-        name = f["name"]
-        if name not in record and "default" not in f:
-            raise SchemaError("required by signal.v1", name)
-        if name in record and not validate(record[name], f["type"], raise_errors=False):
-            wanted = _avro_kind(f["type"])
-            raise SchemaError(f"must be {wanted}, got {_json_kind(record[name], wanted)}",
-                              name)
-    raise SchemaError("not a valid signal.v1 record")  # a field fails above, as a rule
-
-
-def _avro_kind(avro_type: Any) -> str:
-    """An Avro type as the error message says it."""
-    if isinstance(avro_type, list):
-        return " or ".join(_avro_kind(t) for t in avro_type)
-    if isinstance(avro_type, dict):
-        if avro_type["type"] == "enum":
-            return "one of " + ", ".join(avro_type["symbols"])
-        if avro_type["type"] == "map":
-            return f"an object of {avro_type['values']} values"
-        return _avro_kind(avro_type["type"])
-    return {"null": "null", "string": "a string", "int": "an integer within 32 bits",
-            "long": "an integer within 64 bits"}.get(str(avro_type), str(avro_type))
-
-
-def _json_kind(value: object, wanted: str) -> str:
-    """What a JSON value is beside what was ``wanted``, never the value itself (a record
-    may be hostile)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "one out of range" if "integer" in wanted else "an integer"
-    if isinstance(value, float):
-        return "a number with a fraction"
-    if isinstance(value, str):
-        return "another string" if wanted.startswith("one of") else "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object with a value of another type" if "object" in wanted else "an object"
-
-
 def _where(rec: Record) -> list[Any]:
     return [rec.topic, rec.partition, rec.offset]
-
-
-MAX_DELIVERIES = 200_000
-"""Deliveries remembered for idempotency: a retry later than this many keyed signals
-counts again (ADR 0014)."""
 
 
 def _delivery(rec: Record) -> str | None:
@@ -149,74 +58,6 @@ def _delivery(rec: Record) -> str | None:
         if key == DELIVERY_HEADER:
             return bytes(value or b"").decode(errors="replace")
     return None
-
-
-class TriageLoop:
-    """One partition's fold plus what a report needs beside it: where each cited record
-    was read (provenance) and the deliveries already applied."""
-
-    def __init__(self, triage: Triage | None = None) -> None:
-        self.triage = triage or Triage()
-        self.provenance: dict[str, list[Any]] = {}
-        # (delivery id, signal id) of signals posted with an Idempotency-Key, oldest first
-        self.deliveries: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self.redelivered = 0
-
-    def apply_incident(self, event: dict[str, Any], where: list[Any]) -> None:
-        self.provenance[f"incident:{event['incident_id']}:{event['seq']}"] = where
-        self.triage.apply_incident_event(event, event.get("downstream"))
-
-    def apply_signal(self, signal: Signal, delivery: str | None, where: list[Any]) -> None:
-        if delivery is not None:
-            seen = (delivery, signal.signal_id)
-            if seen in self.deliveries:
-                self.redelivered += 1  # a retried request: applied once already
-                return
-            self.deliveries[seen] = None
-            if len(self.deliveries) > MAX_DELIVERIES:
-                self.deliveries.popitem(last=False)
-        self.provenance[f"signal:{signal.signal_id}"] = where
-        self.triage.apply_signal(signal)
-
-    def apply_summary(self, summary: TraceSummary, end_ms: int) -> None:
-        self.triage.apply_summary(summary, end_ms)
-
-    def flush(self) -> list[dict[str, Any]]:
-        """Evaluate each incident touched since the last flush once; the versions whose
-        hash changed, by incident id."""
-        reports = self.triage.flush()
-        self._prune()
-        return reports
-
-    def _prune(self) -> None:
-        """Forget where forgotten signals and incidents were read (bounded like them)."""
-        if len(self.provenance) <= 2 * (len(self.triage.signals) + len(self.triage.incidents)
-                                        ) + 1_000:
-            return
-        alive = set(self.triage.signals) | set(self.triage.incidents)
-        self.provenance = {k: v for k, v in self.provenance.items()
-                           if k.split(":")[1] in alive}
-
-    def provenance_of(self, report: dict[str, Any]) -> dict[str, list[Any]]:
-        """Where each cited record was read: beside the report, never inside its hash."""
-        incident = report["incident"]
-        keys = [f"incident:{incident['id']}:{seq}" for seq in range(1, incident["seq"] + 1)]
-        keys += [f"signal:{row['id']}" for row in report["evidence"]
-                 if row["kind"] != "incident"]
-        return {k: self.provenance[k] for k in keys if k in self.provenance}
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"triage": self.triage.snapshot(), "provenance": self.provenance,
-                "deliveries": [list(k) for k in self.deliveries],
-                "redelivered": self.redelivered}
-
-    @classmethod
-    def restore(cls, snap: dict[str, Any]) -> TriageLoop:
-        loop = cls(Triage.restore(snap["triage"]))
-        loop.provenance = dict(snap["provenance"])
-        loop.deliveries = OrderedDict((tuple(k), None) for k in snap["deliveries"])
-        loop.redelivered = int(snap["redelivered"])
-        return loop
 
 
 Decoded: TypeAlias = tuple[str, Any, Any]  # ("incident", event, None) | ("signal", s, delivery)
@@ -572,33 +413,3 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.owned.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - informative only: state holds truth
             log.warning("offset commit failed (state checkpoint holds): %s", exc)
-
-
-def report_rows(report: dict[str, Any], provenance: dict[str, list[Any]]
-                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The DuckDB rows of one report version: the version and its evidence."""
-    incident, cause = report["incident"], report["cause"]
-    version = {
-        "incident_id": incident["id"], "report_hash": report["report_hash"],
-        "evidence_fingerprint": report["evidence_fingerprint"],
-        "generated_at_ms": report["generated_at_ms"], "status": incident["status"],
-        "incident_seq": incident["seq"], "cause_kind": cause["kind"],
-        "cause_confidence": cause["confidence"], "cause_rule": cause["rule_id"],
-        "body": canonical_json(report).decode(),
-        "provenance": orjson.dumps(provenance, option=orjson.OPT_SORT_KEYS).decode(),
-    }
-    evidence = [{"incident_id": incident["id"], "report_hash": report["report_hash"],
-                 "kind": row["kind"], "id": row["id"], "source": row["source"],
-                 "summary": row["summary"], "time_ms": row["time_ms"]}
-                for row in report["evidence"]]
-    return version, evidence
-
-
-def signal_row(folded: Any) -> dict[str, Any]:
-    s = folded.signal
-    row = {k: v for k, v in s.to_dict().items() if k not in ("labels", "annotations")}
-    row.update(occurrences=folded.occurrences, first_seen_ms=folded.first_seen_ms,
-               last_seen_ms=folded.last_seen_ms,
-               labels=orjson.dumps(s.labels, option=orjson.OPT_SORT_KEYS).decode(),
-               annotations=orjson.dumps(s.annotations, option=orjson.OPT_SORT_KEYS).decode())
-    return row

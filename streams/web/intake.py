@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaProducer
 
 from tocsin.processors.signals import PROVIDERS, IntakeError, intake
 from tocsin.schemas.codec import SchemaError
+from tocsin.schemas.signal_wire import encode_signal
 from tocsin.streams.kafka.headers import DELIVERY_HEADER
-from tocsin.streams.stages.triage import encode_signal
 from tocsin.streams.web.auth import Grant
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings

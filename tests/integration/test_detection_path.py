@@ -69,7 +69,7 @@ def test_steady_traffic_and_low_traffic_noise_open_nothing(broker: str, tmp_path
 def test_a_version_change_on_wide_events_registers_a_deploy_signal(broker: str,
                                                                    tmp_path: Path) -> None:
     from tests.integration.harness import read_topic
-    from tocsin.streams.stages.triage import decode_signal
+    from tocsin.schemas.signal_wire import decode_signal
 
     names = Names.fresh("ver")
     log = [event(T0_MS + k * 1000, "checkout", "GET /", service_version="1.4.2")

@@ -16,8 +16,8 @@ import pytest
 
 from tests.integration.harness import T0_MS, Names, WorkerProc, _produce, event, steady
 from tocsin.processors.signals.model import Signal
+from tocsin.schemas.signal_wire import encode_signal
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics
-from tocsin.streams.stages.triage import encode_signal
 from tocsin.testing import Worker
 
 SERVICES = ("checkout", "cart", "search", "payment", "auth", "inventory")

@@ -115,7 +115,7 @@ def test_a_service_version_change_on_spans_registers_a_deploy(broker: str,
         worker._wait(lambda h: h["metrics"]["deploys_registered"] >= 1, 30, "a deploy")
     finally:
         assert worker.stop() == 0
-    from tocsin.streams.stages.triage import decode_signal
+    from tocsin.schemas.signal_wire import decode_signal
 
     deploys = [decode_signal(r.value) for r in read_topic(broker, signals_topic)]
     first_new = min(s.end_time for s in after

@@ -25,7 +25,7 @@ from tests.integration.harness import (
     spike_log,
 )
 from tocsin.processors.report import verify
-from tocsin.streams.stages.triage import decode_signal
+from tocsin.schemas.signal_wire import decode_signal
 
 ONSET = T0_MS + 2_400_000 + 4_000
 MIN = 60_000

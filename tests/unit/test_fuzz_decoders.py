@@ -75,7 +75,7 @@ from tocsin.schemas.codec import (
     encode_incident,
     validate_wide_event,
 )
-from tocsin.streams.stages.triage import decode_signal
+from tocsin.schemas.signal_wire import decode_signal
 
 settings.register_profile(
     "fuzz-decoders", max_examples=300, deadline=None,

@@ -16,6 +16,7 @@ from tests.unit.report_fixtures import report
 from tocsin.processors.report import canonical_json, seal
 from tocsin.processors.signals.model import Signal
 from tocsin.processors.triage import Folded, fold
+from tocsin.schemas.signal_wire import encode_signal
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, MARK, PROVENANCE_HEADER
 from tocsin.streams.stages.project import (
     Projection,
@@ -25,7 +26,6 @@ from tocsin.streams.stages.project import (
     folded_row,
     read_batch,
 )
-from tocsin.streams.stages.triage import encode_signal
 from tocsin.streams.worker.settings import Settings, Topics
 
 TOPICS = Topics()

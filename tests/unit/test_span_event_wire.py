@@ -25,10 +25,10 @@ from tocsin.processors.otlp.record import (
 )
 from tocsin.processors.otlp.republish import BINARY_MAX_BYTES, event_value
 from tocsin.schemas.codec import WideEventDecoder, decode_incident
+from tocsin.schemas.signal_wire import decode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetterSender
 from tocsin.streams.kafka.headers import MARK, SOURCES, SPAN_SOURCE, span_time
 from tocsin.streams.stages.detect import Detection, PartitionRun
-from tocsin.streams.stages.triage import decode_signal
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 

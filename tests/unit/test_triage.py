@@ -132,7 +132,7 @@ def test_a_signal_correlates_by_trace_id_even_outside_the_window() -> None:
 
 def test_provenance_is_bounded_like_the_fold() -> None:
     from tocsin.processors.signals.model import Signal
-    from tocsin.streams.stages.triage import TriageLoop
+    from tocsin.processors.triage_loop import TriageLoop
 
     loop = TriageLoop()
     for n in range(3000):
@@ -149,7 +149,7 @@ def test_a_fold_checkpoint_survives_json_and_keeps_deliveries() -> None:
     import orjson
 
     from tocsin.processors.signals.model import Signal
-    from tocsin.streams.stages.triage import TriageLoop
+    from tocsin.processors.triage_loop import TriageLoop
 
     loop = TriageLoop()
     signal = Signal(dedup_key="k", type="alert", state="firing", source="native",
