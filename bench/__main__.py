@@ -32,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tocsin import testing
 from tocsin.streams.kafka.broker import EmbeddedBroker
 
 from .bare import measure_bare
@@ -49,7 +50,7 @@ from .spans import (
     measure_worker,
     produce_spans,
 )
-from .worker import TocsinWorker
+from .worker import Throughput, TocsinWorker
 from .workload import Workload, produce
 
 STARTED = time.monotonic()
@@ -171,6 +172,27 @@ def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path,
                      projected), intake
 
 
+def detect_phase(bootstrap: str, workload: Workload, workdir: Path) -> Throughput | None:
+    """(b2) The same events on a ``run --role detect`` worker (a fresh app id, its outputs
+    on topics of its own): the event path of one worker of the scale-out layout, where the
+    projection runs elsewhere. Measured as (b)."""
+    app = f"bench-detect-{uuid.uuid4().hex[:6]}"
+    names = testing.Names.defaults(app)
+    names = names.with_topics(**{f: f"{app}.{f}" for f in names.all_topics()
+                                 if f != "events"})
+    worker = TocsinWorker(bootstrap, workdir, role="detect", name="detect", names=names)
+    worker.start()
+    try:
+        tput = worker.measure(workload.events, timeout_s=max(120.0, workload.events / 2000))
+        say(f"(b2) --role detect: {tput.events_per_s:,.0f} events/s")
+        return tput
+    except Exception as exc:  # noqa: BLE001 - keep the other figures
+        say(f"(b2) failed: {type(exc).__name__}: {exc}")
+        return None
+    finally:
+        worker.stop()
+
+
 def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
     notes: list[str] = []
     say("(c) quixstreams peer (venv under ~/.cache/tocsin-bench)")
@@ -249,6 +271,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         intake = IntakeRun(skipped="--no-intake" if args.no_intake else None)
         tocsin, intake = tocsin_phase(broker.bootstrap, workload, args.spikes, workdir,
                                       intake, args.burst)
+        detect = detect_phase(broker.bootstrap, workload, workdir)
         if not intake.skipped:
             try:
                 intake = replace(intake, bare=bare_intake_phase(broker.bootstrap, workdir))
@@ -272,7 +295,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - keep the other figures
                 say(f"(h) failed: {type(exc).__name__}: {exc}")
                 scale = ScaleRun(skipped=f"failed: {type(exc).__name__}: {exc}")
-    result = to_dict(Run(workload, bare, tocsin, quix, intake, spans, queries, scale))
+    result = to_dict(Run(workload, bare, tocsin, quix, intake, spans, queries, scale,
+                         detect))
     result["load_avg_1m_at_start"] = round(load, 2)
     return result
 
