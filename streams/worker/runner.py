@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 
@@ -83,6 +84,12 @@ def run_worker(settings: Settings, embedded_port: int | None = None,
                               redirect_stdouts=False)
         worker.spinner = None  # no terminal spinner escapes in logs
         logging.getLogger("tocsin").setLevel(log_level.upper())
+        # What exists now (the app, its libraries, settings) lives for the whole run: out
+        # of the cycle collector's sight. The hot loops allocate a few dicts an event and
+        # free them by reference counting; collecting every 700 allocations cost ~5% of
+        # the event path (measured), every 20,000 does not show.
+        gc.freeze()
+        gc.set_threshold(20_000, 10, 10)
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
