@@ -157,6 +157,8 @@ class Triage:
         # read lazily (an entry is current while it matches the signal's fold).
         self._by_age: list[tuple[int, str]] = []
         self._resolved_by_age: list[tuple[int, str]] = []
+        # The snapshot form of each kept summary, by its key: (the summary, its form)
+        self._trace_docs: dict[tuple[int, str], tuple[TraceSummary, Any]] = {}
 
     # Each input marks the incidents it touches; flush() evaluates each of them once.
 
@@ -370,15 +372,23 @@ class Triage:
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able state (after :meth:`flush`); :meth:`restore` of it gives a fold
         that answers every later input as this one would."""
-        def summary(s: TraceSummary, end_ms: int) -> Any:
+        docs, kept_docs = self._trace_docs, {}
+
+        def summary(key: tuple[int, str], s: TraceSummary) -> Any:
             # The wire form, but with every user: the wire cuts them at USERS_PER_TRACE
             # (a trace applied with apply_trace may hold more); decode_summary reads them.
-            doc = orjson.loads(encode_summary(s, end_ms))
-            doc.pop("users_cut", None)
-            doc["users"] = list(s.users)
+            # Built once per kept summary object, not at every checkpoint.
+            cached = docs.get(key)
+            if cached is not None and cached[0] is s:
+                doc = cached[1]
+            else:
+                doc = orjson.loads(encode_summary(s, key[0]))
+                doc.pop("users_cut", None)
+                doc["users"] = list(s.users)
+            kept_docs[key] = (s, doc)
             return doc
 
-        return {
+        snap = {
             "v": SNAPSHOT_VERSION,
             "incidents": {k: _incident_list(v) for k, v in sorted(self.incidents.items())},
             "signals": [[f.signal.to_dict(), f.occurrences, f.first_seen_ms, f.last_seen_ms]
@@ -387,7 +397,7 @@ class Triage:
             "downstreams": dict(sorted(self.downstreams.items())),
             "dirty": sorted(self.dirty),
             "horizon_ms": self.horizon_ms,
-            "traces": {family: [summary(s, end) for (end, _), s in sorted(kept.items())]
+            "traces": {family: [summary(key, s) for key, s in sorted(kept.items())]
                        for family, kept in sorted(self.traces.items())},
             "blasts": {k: b.snapshot() for k, b in sorted(self.blasts.items())},
             "opened": {k: [at, _incident_list(s)] for k, (at, s) in sorted(self.opened.items())},
@@ -396,6 +406,8 @@ class Triage:
             "evicted_at_ms": self._evicted_at_ms,
             "signals_dropped": self.signals_dropped,
         }
+        self._trace_docs = kept_docs
+        return snap
 
     @classmethod
     def restore(cls, snap: dict[str, Any], config: TriageConfig | None = None) -> Triage:

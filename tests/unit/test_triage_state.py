@@ -360,6 +360,7 @@ def fold_state(t: Triage) -> dict[str, Any]:
         "_evicted_at_ms": int, "signals_dropped": int,
         "_by_age": lambda v: current(v, False),
         "_resolved_by_age": lambda v: current(v, True),
+        "_trace_docs": lambda v: None,  # a cache of snapshot forms: what it holds is not state
     }
     attributes = vars(t)
     assert set(attributes) <= set(known), \
