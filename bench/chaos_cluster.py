@@ -416,8 +416,11 @@ PROJECTED = tuple(Names(APP_ID, TOPICS).projected())  # what the DuckDB projecti
 
 
 async def lag(bootstrap: str, marks: Watermarks, session: aiohttp.ClientSession,
-              projector: Proc, partitions: int) -> tuple[dict[str, int], Any]:
-    """(records behind, per stage; the ends seen) — all zeros means caught up."""
+              projector: Proc, partitions: int, procs: Sequence[Proc] = ()
+              ) -> tuple[dict[str, int], Any]:
+    """(records behind, per stage; the ends seen) — all zeros means caught up. Span
+    events a detector holds for its sources' progress count as behind (its commits are
+    at the end: they are in its checkpoint)."""
     ends = marks.ends()
     if ends is None:
         return {"watermarks": -1}, None
@@ -432,6 +435,10 @@ async def lag(bootstrap: str, marks: Watermarks, session: aiohttp.ClientSession,
     else:
         behind["projection"] = sum(ends[(t, p)] - pos.get((t, p), 0)
                                    for t in PROJECTED for p in range(partitions))
+    for proc in procs:
+        if proc.role != "project" and proc.exited() is None:
+            body = await get_json(session, proc.base_url + "/healthz", timeout_s=1.0) or {}
+            behind["held"] = behind.get("held", 0) + int(body.get("held_span_events", 1))
     if marks.ends() != ends:
         behind["moving"] = 1
     return behind, ends
@@ -451,7 +458,7 @@ async def wait_settled(bootstrap: str, marks: Watermarks, session: aiohttp.Clien
             if proc.supervise():
                 say(f"{proc.name} exited by itself; restarted (incarnation "
                     f"{proc.incarnations})")
-        behind, ends = await lag(bootstrap, marks, session, projector, partitions)
+        behind, ends = await lag(bootstrap, marks, session, projector, partitions, procs)
         if ends is not None and not any(behind.values()):
             if previous == ends:
                 return time.monotonic() - started

@@ -147,6 +147,7 @@ REPORT_COLUMNS = (
     ("incident_seq", "INTEGER"), ("cause_kind", "VARCHAR"), ("cause_confidence", "VARCHAR"),
     ("cause_rule", "VARCHAR"), ("body", "VARCHAR"), ("provenance", "VARCHAR"),
 )
+SEQUENCED_REPORT_COLUMNS = (*REPORT_COLUMNS, ("written_seq", "BIGINT"))
 EVIDENCE_COLUMNS = (
     ("incident_id", "VARCHAR"), ("report_hash", "VARCHAR"), ("kind", "VARCHAR"),
     ("id", "VARCHAR"), ("source", "VARCHAR"), ("summary", "VARCHAR"), ("time_ms", "BIGINT"),
@@ -298,11 +299,16 @@ class DuckDBSink:
                 if signal_fold is not None:
                     _fold_signals(con, signal_fold)
                 if reports:
-                    con.execute(_insert_sql("triage_reports", REPORT_COLUMNS, "OR IGNORE"),
-                                _columns(reports, REPORT_COLUMNS))
-                    con.execute(
-                        "UPDATE triage_reports SET written_seq = nextval('report_order') "
-                        "WHERE written_seq IS NULL")
+                    # written_seq numbers the versions in the order they were read (one
+                    # incident's versions are in topic order), never in a scan's order.
+                    base = con.execute("SELECT coalesce(max(written_seq), 0) "
+                                       "FROM triage_reports").fetchone()
+                    first = int(base[0] if base else 0) + 1
+                    ordered = [{**row, "written_seq": first + i}
+                               for i, row in enumerate(reports)]
+                    con.execute(_insert_sql("triage_reports", SEQUENCED_REPORT_COLUMNS,
+                                            "OR IGNORE"),
+                                _columns(ordered, SEQUENCED_REPORT_COLUMNS))
                 if evidence:
                     con.execute(_insert_sql("evidence", EVIDENCE_COLUMNS, "OR IGNORE"),
                                 _columns(evidence, EVIDENCE_COLUMNS))

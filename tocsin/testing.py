@@ -536,6 +536,11 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         if self.role != "project":
             self.wait_committed("detect", "events", timeout_s)
+            # Committed includes span events held for their sources' progress (they are
+            # in the checkpoint): wait until the merges let them through.
+            self.wait_for(lambda: (self.health() or {}).get("held_span_events", 1) == 0,
+                          max(1.0, deadline - time.monotonic()),
+                          "no span events held by detection")
         if self.role != "detect":
             self.wait_caught_up(max(1.0, deadline - time.monotonic()))
 

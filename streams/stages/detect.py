@@ -117,6 +117,10 @@ class Detection(PartitionedStage[PartitionRun]):
         self._restored_from: dict[int, int] | None = None
         self.dead_letters: DeadLetterSender | None = None
 
+    def held(self) -> int:
+        """Span events held by the merges, waiting for their sources' progress."""
+        return sum(len(run.merge) for run in self.runs.values())
+
     # ------------------------------------------------------------------ stage hooks
 
     @property

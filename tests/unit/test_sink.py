@@ -223,6 +223,20 @@ def test_a_report_version_written_twice_is_one_row(sink: DuckDBSink) -> None:
     assert sink.report_keys() == {("inc_a", "sha256:1")}
 
 
+def test_versions_read_in_one_batch_are_numbered_in_the_order_read(sink: DuckDBSink) -> None:
+    # One incident's versions arrive in topic order; the latest by written_seq must be
+    # the last one read, whatever order a table scan would give (hashes out of order).
+    hashes = [f"sha256:{h}" for h in ("9", "1", "5", "3", "7", "2")]
+    versions = [{"incident_id": "inc_a", "report_hash": h, "body": "{}", "provenance": "{}",
+                 "generated_at_ms": 5, "incident_seq": 1} for h in hashes]
+    sink.write(reports=versions[:1], positions={("tocsin.reports", 0): 1})
+    sink.write(reports=versions[1:], positions={("tocsin.reports", 0): 6})
+    assert [r[0] for r in read(sink, "SELECT report_hash FROM triage_reports "
+                                      "ORDER BY written_seq")] == hashes
+    assert read(sink, "SELECT arg_max(report_hash, written_seq) FROM triage_reports") \
+        == [("sha256:2",)]
+
+
 def test_a_file_of_schema_1_gains_the_signal_fold_tables(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
