@@ -201,6 +201,31 @@ def new_producer(bootstrap: str, max_request_size: int = 8 * 1024 * 1024,
     )
 
 
+def stage_consumer(bootstrap: str, fetch_max_bytes: int, *, group: str | None = None,
+                   session_timeout_ms: int = 10_000, **extra: Any) -> AIOKafkaConsumer:
+    """A stage's consumer: offsets committed by hand after its checkpoint, read from the
+    start when none is committed, fetches answered within 50 ms. With ``group``, a member
+    of that consumer group, heartbeating six times a session (at least every 300 ms)."""
+    membership: dict[str, Any] = {} if group is None else {
+        "group_id": group, "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": max(session_timeout_ms // 6, 300)}
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=50, fetch_max_bytes=fetch_max_bytes, **membership, **extra)
+
+
+async def commit_quietly(consumer: AIOKafkaConsumer | None,
+                         offsets: dict[TopicPartition, int], log: Any) -> None:
+    """Commit a stage's offsets after its checkpoint: informative only (the checkpoint
+    holds the truth), so a failure is a warning, not an error."""
+    if consumer is None or not offsets:
+        return
+    try:
+        await consumer.commit(offsets)
+    except Exception as exc:  # noqa: BLE001 - informative only: state holds truth
+        log.warning("offset commit failed (state checkpoint holds): %s", exc)
+
+
 async def stop_quietly(*clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> None:
     for client in clients:
         if client is not None:

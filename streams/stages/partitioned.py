@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from tocsin.streams.kafka.io import stop_quietly
+from tocsin.streams.kafka.io import commit_quietly, stage_consumer, stop_quietly
 from tocsin.streams.stages.checkpoints import CheckpointStore
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
@@ -117,13 +117,10 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
         s = self.settings
         await self.before_start()
         self.producer = self.new_producer()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-{self.group}",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(s.session_timeout_ms // 6, 300),
-            max_poll_records=s.max_poll_records, fetch_max_bytes=s.fetch_max_bytes,
-            max_partition_fetch_bytes=s.fetch_max_bytes, fetch_max_wait_ms=50)
+        self.consumer = stage_consumer(
+            self.bootstrap, s.fetch_max_bytes, group=f"{s.app_id}-{self.group}",
+            session_timeout_ms=s.session_timeout_ms, max_poll_records=s.max_poll_records,
+            max_partition_fetch_bytes=s.fetch_max_bytes)
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([self.topic], listener=self)
@@ -233,9 +230,4 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
                 if self.runs[p].checkpointed_offset > 0}
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if self.consumer is None or not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except Exception as exc:  # noqa: BLE001 - informative only: state holds truth
-            self.log.warning("offset commit failed (state checkpoint holds): %s", exc)
+        await commit_quietly(self.consumer, offsets, self.log)

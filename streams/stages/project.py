@@ -44,7 +44,7 @@ from tocsin.sinks.duckdb_sink import EVENT_COLUMNS, EVIDENCE_COLUMNS, REPORT_COL
 from tocsin.sinks.report_rows import report_rows, signal_row
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER, header, mark_of
-from tocsin.streams.kafka.io import new_producer, stop_quietly, wait_partitions
+from tocsin.streams.kafka.io import new_producer, stage_consumer, stop_quietly, wait_partitions
 from tocsin.streams.kafka.registry import SchemaRegistry
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings, Topics
@@ -401,10 +401,8 @@ class Projection:
         self._stopping.set()
 
     async def run(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=50,
-            max_poll_records=20_000, fetch_max_bytes=self.settings.fetch_max_bytes)
+        self.consumer = stage_consumer(self.bootstrap, self.settings.fetch_max_bytes,
+                                       max_poll_records=20_000)
         self.producer = new_producer(self.bootstrap)
         await self.consumer.start()
         await self.producer.start()

@@ -52,6 +52,7 @@ from tocsin.streams.kafka.io import (
     new_producer,
     send_batches,
     send_keyed,
+    stage_consumer,
     stop_quietly,
 )
 from tocsin.streams.worker.metrics import Metrics
@@ -117,13 +118,10 @@ class SpanIntake:
         # Batches of 512 KB: with aiokafka's 16 KB default a send waits for the broker
         # every ~50 events when the released records put many on one partition.
         self.producer = new_producer(self.bootstrap, max_batch_size=512 * 1024)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-spans",
-            enable_auto_commit=False, auto_offset_reset="earliest",
+        self.consumer = stage_consumer(
+            self.bootstrap, s.fetch_max_bytes, group=f"{s.app_id}-spans",
             session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(s.session_timeout_ms // 6, 300),
-            fetch_max_bytes=s.fetch_max_bytes, max_partition_fetch_bytes=s.fetch_max_bytes,
-            fetch_max_wait_ms=50)
+            max_partition_fetch_bytes=s.fetch_max_bytes)
         self.consumer.subscribe([s.topics.spans], listener=_Rebalance(self))
         await self.producer.start()
         self.dead_letters = DeadLetterSender(self.producer, s.topics.dlq)

@@ -39,7 +39,14 @@ from tocsin.schemas.codec import SchemaError, decode_incident
 from tocsin.schemas.signal_wire import decode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER
-from tocsin.streams.kafka.io import new_producer, read_to_end, stop_quietly, wait_partitions
+from tocsin.streams.kafka.io import (
+    commit_quietly,
+    new_producer,
+    read_to_end,
+    stage_consumer,
+    stop_quietly,
+    wait_partitions,
+)
 from tocsin.streams.stages.checkpoints import CheckpointStore
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
@@ -142,18 +149,13 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def run(self) -> None:
         s = self.settings
-        group = dict(session_timeout_ms=s.session_timeout_ms,
-                     heartbeat_interval_ms=max(s.session_timeout_ms // 6, 300))
         self.producer = new_producer(self.bootstrap)
         self.dead_letters = DeadLetterSender(self.producer, s.topics.dlq)
-        self.owned = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=f"{s.app_id}-triage",
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50,
-            max_poll_records=s.max_poll_records, fetch_max_bytes=s.fetch_max_bytes, **group)
-        self.inputs = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=50,
-            max_poll_records=s.max_poll_records, fetch_max_bytes=s.fetch_max_bytes)
+        self.owned = stage_consumer(
+            self.bootstrap, s.fetch_max_bytes, group=f"{s.app_id}-triage",
+            session_timeout_ms=s.session_timeout_ms, max_poll_records=s.max_poll_records)
+        self.inputs = stage_consumer(self.bootstrap, s.fetch_max_bytes,
+                                     max_poll_records=s.max_poll_records)
         await self.producer.start()
         await self.owned.start()
         await self.inputs.start()
@@ -407,9 +409,4 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
                 if self.runs[p].summaries_next > 0}
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if self.owned is None or not offsets:
-            return
-        try:
-            await self.owned.commit(offsets)
-        except Exception as exc:  # noqa: BLE001 - informative only: state holds truth
-            log.warning("offset commit failed (state checkpoint holds): %s", exc)
+        await commit_quietly(self.owned, offsets, log)
