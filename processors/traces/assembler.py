@@ -269,11 +269,39 @@ _DURATION, _KIND, _STATUS, _ERROR, _REMOTE = _at(
 _KINDS, _STATUSES = frozenset(KINDS.values()), frozenset(STATUSES.values())
 
 
+# Type signatures (the type of each field) already checked: most spans share a handful, so
+# the per-field type checks run once per signature, not once per span. Bounded: past the
+# cap a new signature is checked every time, never trusted unchecked.
+_CHECKED: set[tuple[type, ...]] = set()
+_CHECKED_MAX = 4096
+
+
 def span_from_wire(values: Any) -> Span:
     """A span as the by-trace topic carries it, held to the types the assembler relies on
     (anything else written there raises ValueError, never a later TypeError)."""
     if type(values) is not list or len(values) != len(SPAN_FIELDS):
         raise ValueError(f"a span is a list of {len(SPAN_FIELDS)} fields")
+    signature = tuple(map(type, values))
+    if signature not in _CHECKED:
+        _check_types(values)
+        if len(_CHECKED) < _CHECKED_MAX:
+            _CHECKED.add(signature)
+    if values[_KIND] not in _KINDS or values[_STATUS] not in _STATUSES:
+        raise ValueError("span field kind or status is not one of OTLP's")
+    peer = values[_PEER]
+    if peer is None:
+        return Span(*values)
+    if not (1 <= len(peer) <= 3 and type(peer[0]) is str
+            and all(v is None or type(v) is str for v in peer)):
+        raise ValueError("span field peer must be a list of strings or null")
+    values = values.copy()
+    values[_PEER] = Peer(*peer)
+    return Span(*values)
+
+
+def _check_types(values: list[Any]) -> None:
+    """Each field's type, as :func:`span_from_wire` requires (ValueError naming the first
+    field that is wrong)."""
     for i in _STR:
         if type(values[i]) is not str:
             raise ValueError(f"span field {SPAN_FIELDS[i]} must be a string")
@@ -289,23 +317,20 @@ def span_from_wire(values: Any) -> Span:
     duration = values[_DURATION]
     if duration is not None and type(duration) is not int and type(duration) is not float:
         raise ValueError("span field duration_ms must be a number or null")
-    if values[_KIND] not in _KINDS or values[_STATUS] not in _STATUSES:
+    if type(values[_KIND]) is not str or type(values[_STATUS]) is not str:
         raise ValueError("span field kind or status is not one of OTLP's")
     if type(values[_ERROR]) is not bool or (values[_REMOTE] is not None
                                              and type(values[_REMOTE]) is not bool):
         raise ValueError("span fields error and parent_is_remote must be booleans")
-    peer = values[_PEER]
-    if peer is not None and not (type(peer) is list and 1 <= len(peer) <= 3
-                                 and type(peer[0]) is str and all(
-                                     v is None or type(v) is str for v in peer)):
+    if values[_PEER] is not None and type(values[_PEER]) is not list:
         raise ValueError("span field peer must be a list of strings or null")
-    return span_from_list(values)
 
 
 def span_from_list(values: list[Any]) -> Span:
     """The span of :func:`span_to_list`'s list (a checkpoint's: trusted)."""
-    data = dict(zip(SPAN_FIELDS, values, strict=True))
-    peer = data["peer"]
-    if peer is not None:
-        data["peer"] = Peer(*peer)
-    return Span(**data)
+    peer = values[_PEER]
+    if peer is None:
+        return Span(*values)
+    values = values.copy()
+    values[_PEER] = Peer(*peer)
+    return Span(*values)

@@ -34,8 +34,13 @@ from tocsin.processors.detector import (
 from tocsin.processors.feed import deploy_delivery, deploy_signal, feed
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.mapping import load_mapping, mapped_decoder
+from tocsin.processors.otlp.record import (
+    PACK_VERSION,
+    RecordError,
+    decode_span_event,
+    decode_span_pack,
+)
 from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
-from tocsin.processors.otlp.record import RecordError, decode_span_event
 from tocsin.processors.source_merge import SourceMerge
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,
@@ -72,6 +77,24 @@ class PartitionRun(StageRun):
 
 
 SEQ_PER_RECORD = 1 << 20  # a span event's order in its source: offset, then index
+
+
+def _span_records(data: bytes, origin: tuple[str, tuple[int, int]]) -> list[list[Any]]:
+    """A span event record's or pack's events as [event, source, offset, index], checked
+    against the ``tocsin.span_source`` header the dedup goes by: the same source and span
+    record, the first at the header's index, a pack's next ones at increasing indexes
+    (RecordError else)."""
+    items = decode_span_pack(data) if data[0] == PACK_VERSION else [decode_span_event(data)]
+    source, (offset, index) = origin
+    out: list[list[Any]] = []
+    for event, at_source, (at_offset, at_index) in items:
+        if at_source != source or at_offset != offset or (
+                at_index != index if not out else at_index <= out[-1][3]):
+            raise RecordError(
+                f"position {at_source}:{at_offset}:{at_index} differs from the "
+                f"span_source header's {source}:{offset}:{index}")
+        out.append([event, source, offset, at_index])
+    return out
 WINDOW_ROWS_PER_RECORD = 5_000
 
 
@@ -164,6 +187,12 @@ class Detection(PartitionedStage[PartitionRun]):
         elif self._restored_from:
             self._restored_from = {k: min(v, ends.get(k, 0))
                                    for k, v in self._restored_from.items()}
+        if "merge" in snap:
+            # Held items are lists of [event, source, offset, index]; a checkpoint written
+            # before packs held one such list per item.
+            for h in snap["merge"]["held"]:
+                if h[3] and isinstance(h[3][0], dict):
+                    h[3] = [h[3]]
         merge = SourceMerge.restore(snap["merge"]) if "merge" in snap else SourceMerge()
         return PartitionRun(offset, offset,
                             detector=PartitionDetector.restore(detector, snap), merge=merge)
@@ -246,16 +275,12 @@ class Detection(PartitionedStage[PartitionRun]):
                 if origin is None:
                     event = decode(data)
                 elif data and data[0] in RECORD_VERSIONS:
-                    # The span intake's binary record (ADR 0015); its position must be
-                    # the header's, which the dedup below goes by.
-                    event, source, position = decode_span_event(data)
-                    if (source, position) != origin:
-                        raise RecordError(
-                            f"position {source}:{position[0]}:{position[1]} differs from "
-                            f"the span_source header's {origin[0]}:{origin[1][0]}:"
-                            f"{origin[1][1]}")
+                    # The span intake's binary record or pack (ADR 0015): held in the
+                    # merge as one item, a list of [event, source, offset, index].
+                    held = _span_records(data, origin)
                 else:
-                    event = decode_native(data)  # a translated span as JSON (or Avro)
+                    # a translated span as JSON (or Avro)
+                    held = [[decode_native(data), origin[0], *origin[1]]]
             except SchemaError as exc:
                 self._dead_letter(run, rec, str(exc), exc.field)
                 continue
@@ -267,12 +292,14 @@ class Detection(PartitionedStage[PartitionRun]):
             else:
                 offset, index = origin[1]
                 at = span_time(rec.headers)
-                merge.add(origin[0], event["event_time_ms"] if at is None else at,
-                          offset * SEQ_PER_RECORD + index, [event, origin[0], offset, index])
+                merge.add(origin[0], held[0][0]["event_time_ms"] if at is None else at,
+                          offset * SEQ_PER_RECORD + index, held)
         if merge.expected:  # nothing goes before the sources are known
-            for event, source, offset, index in merge.release():
-                if run.detector.accept_source(source, (offset, index)):
-                    counted += self._feed(run, event)
+            accept = run.detector.accept_source
+            for held in merge.release():
+                for event, source, offset, index in held:
+                    if accept(source, (offset, index)):
+                        counted += self._feed(run, event)
         self.metrics.events_in += counted
 
     def _feed(self, run: PartitionRun, event: dict[str, Any]) -> int:

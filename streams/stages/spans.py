@@ -30,7 +30,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
@@ -43,15 +42,14 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
 from tocsin.processors.otlp.merge import MAX_AHEAD_MS as MAX_AHEAD_MS  # re-exported
 from tocsin.processors.otlp.merge import Entry, PartitionMerge, holds_back, merge_time
-from tocsin.processors.otlp.republish import event_value
-from tocsin.processors.traces.assembler import span_to_list
+from tocsin.processors.otlp.republish import by_trace_records, event_records
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import MARK, SOURCES, SPAN_SOURCE
 from tocsin.streams.kafka.io import (
     CachedKeyPartitioner,
+    Outgoing,
     new_producer,
     send_batches,
-    send_keyed,
     stage_consumer,
     stop_quietly,
 )
@@ -260,8 +258,13 @@ class SpanIntake:
         assert self.producer is not None
         s = self.settings
         futures = []
-        events: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        events: list[Outgoing] = []
         moved: dict[str, int] = {}
+        partitions = sorted(await self.producer.partitions_for(s.topics.events))
+
+        def place(key: bytes) -> int:
+            return self.partitioner(key, partitions, partitions)
+
         for entry in released:
             rec, read = entry.item
             if isinstance(read, OtlpError):
@@ -280,12 +283,12 @@ class SpanIntake:
             at = max(entry.time_ms, self._event_marks.get(source, entry.time_ms))
             if at != self._event_marks.get(source):
                 self._event_marks[source] = moved[source] = at
-            events += [(event["service"].encode(), event_value(event, source, offset, index),
+            events += [(partition, key, value,
                         [(SPAN_SOURCE, f"{source}:{offset}:{index}@{at}".encode())])
-                       for index, event in enumerate(wide_events(read.spans))]
+                       for partition, key, value, index in event_records(
+                           wide_events(read.spans), source, offset, place)]
         if events:
-            futures += await send_keyed(self.producer, s.topics.events, events,
-                                        self.partitioner)
+            futures += await send_batches(self.producer, s.topics.events, events)
         # After a release's events, a mark per source that moved, to every events
         # partition: the merge time its records have reached, so detection merges the
         # span events of several intakes in one order (ADR 0015). Every later event of
@@ -327,31 +330,29 @@ class SpanIntake:
 
     async def _forward_by_trace(self, released: list[Entry[Read]]) -> list[Any]:
         """Every released span again, regrouped by trace id for trace assembly (ADR 0015):
-        one record per (trace, source record), keyed by trace id, then a mark per source
-        that moved to every partition of the by-trace topic — the largest span end that
-        source has sent, so the assembly knows how far each source has surely come."""
+        per source record, one record for each by-trace partition its traces land on
+        (:func:`~tocsin.processors.otlp.republish.by_trace_records`), then a mark per
+        source that moved to every partition of the by-trace topic — the largest span end
+        that source has sent, so the assembly knows how far each source has surely come."""
         assert self.producer is not None
         topic = self.settings.topics.spans_by_trace
-        out: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        count = len(await self.producer.partitions_for(topic))
+        out: list[Outgoing] = []
         moved: dict[str, int] = {}
         for entry in released:
             rec, read = entry.item
             if isinstance(read, OtlpError) or not read.spans:
                 continue
             source = f"{rec.topic}:{rec.partition}"
-            by_trace: dict[str, list[Any]] = {}
-            for span in read.spans:
-                by_trace.setdefault(span.trace_id, []).append(span_to_list(span))
-            position = f"{source}:{rec.offset}:0".encode()
-            out += [(trace_id.encode(), orjson.dumps({"v": 1, "spans": spans}),
-                     [(SPAN_SOURCE, position)]) for trace_id, spans in by_trace.items()]
+            position = [(SPAN_SOURCE, f"{source}:{rec.offset}:0".encode())]
+            out += [(partition, None, value, position)
+                    for partition, value in by_trace_records(read.spans, count)]
             latest = max(span.end_ms for span in read.spans)
             if latest > self._marks.get(source, -1):
                 self._marks[source] = moved[source] = latest
         if not out and not moved:
             return []
-        futures = await send_keyed(self.producer, topic, out, self.partitioner) if out \
-            else []
+        futures = await send_batches(self.producer, topic, out) if out else []
         self.metrics.stages["spans_forwarded"] += len(out)
         futures += await self._send_progress(topic, [(src, str(at))
                                                      for src, at in sorted(moved.items())])

@@ -20,7 +20,12 @@ from tests.fixtures_io import FIXTURES as SHARED_FIXTURES
 from tests.integration.harness import Names, WorkerProc, read_topic
 from tocsin.clients.otel_workload import otlp_json, proto, workload
 from tocsin.clients.produce import ProduceReport, publish
-from tocsin.processors.otlp.record import VERSIONS, decode_span_event
+from tocsin.processors.otlp.record import (
+    PACK_VERSION,
+    VERSIONS,
+    decode_span_event,
+    decode_span_pack,
+)
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics
 
 FIXTURES = SHARED_FIXTURES / "otel"
@@ -178,11 +183,14 @@ def test_fixture_records_as_the_collector_writes_them(broker: str, tmp_path: Pat
         worker.wait_events(9)  # three records x three entry spans
     finally:
         assert worker.stop() == 0
-    # Translated events are binary span event records (ADR 0015), JSON when the record
-    # cannot carry them exactly: read both.
-    events = [decode_span_event(r.value)[0] if r.value[:1] in RECORD_FIRST
-              else orjson.loads(r.value) for r in read_topic(broker, worker.names.events)
-              if r.value]  # without a value: the span sources' progress marks
+    # Translated events are binary span event records, in packs per span record and
+    # partition (ADR 0015), JSON when the record cannot carry them exactly: read all.
+    events = [event for r in read_topic(broker, worker.names.events)
+              if r.value  # without a value: the span sources' progress marks
+              for event in (
+                  [e for e, _, _ in decode_span_pack(r.value)] if r.value[0] == PACK_VERSION
+                  else [decode_span_event(r.value)[0]] if r.value[:1] in RECORD_FIRST
+                  else [orjson.loads(r.value)])]
     services = sorted({e["service"] for e in events})
     assert services == ["checkout", "frontend", "payment"]
     failed = {e["service"]: e for e in events if e["status"] == "error"}

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_traces import spans_of
+from tocsin.processors.otlp.republish import by_trace_records, trace_partition
 from tocsin.processors.traces import TraceAssembler
 from tocsin.processors.traces.assembler import SPAN_FIELDS, span_from_wire, span_to_list
 
@@ -65,3 +66,25 @@ def test_any_list_is_a_span_the_assembler_takes_or_a_value_error(values: list[An
     assembler = TraceAssembler()
     assembler.add(span)
     assembler.flush(span.end_ms + 10**9)
+
+
+def test_a_span_record_goes_out_once_per_partition_its_traces_land_on() -> None:
+    spans = spans_of(40, {3, 17, 31})
+    traces = {s.trace_id for s in spans}
+    assert len(traces) > 6
+    out = by_trace_records(spans, 6)
+    partitions = [p for p, _ in out]
+    assert len(partitions) == len(set(partitions)) and set(partitions) <= set(range(6))
+    back = {p: [span_from_wire(v) for v in orjson.loads(value)["spans"]] for p, value in out}
+    # every span once, in the record's order within its partition, on its trace's partition
+    assert sorted((s.trace_id, s.span_id) for v in back.values() for s in v) == sorted(
+        (s.trace_id, s.span_id) for s in spans)
+    for p, got in back.items():
+        assert got == [s for s in spans if trace_partition(s.trace_id, 6) == p]
+
+
+def test_the_trace_placement_is_pinned() -> None:
+    # CRC-32 of the lowercase hex id: every intake, any version, places a trace alike
+    assert trace_partition("5b8efff798038103d269b633813fc60c", 6) == 3
+    assert trace_partition("5b8efff798038103d269b633813fc60c", 1) == 0
+    assert {trace_partition(f"{i:032x}", 6) for i in range(100)} == set(range(6))

@@ -317,3 +317,16 @@ def test_missing_service_name_is_the_sdk_default() -> None:
     (span,) = decode_spans(data)
     assert (span.service, span.env, span.scope, span.kind) == (
         "unknown_service", None, None, "internal")
+
+
+def test_the_span_fields_keep_their_order() -> None:
+    # make_span, the by-trace wire and checkpoints build spans positionally, in this order
+    from dataclasses import fields
+
+    from tocsin.processors.otlp.spans import Span as TocsinSpan
+    assert [f.name for f in fields(TocsinSpan)] == [
+        "trace_id", "span_id", "parent_span_id", "parent_is_remote", "service", "env",
+        "service_version", "scope", "name", "kind", "start_ms", "end_ms", "duration_ms",
+        "status", "http_method", "http_route", "http_status", "grpc_status",
+        "exception_type", "exception_message", "peer", "user_id", "error", "error_code",
+        "error_message"]

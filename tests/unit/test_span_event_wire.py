@@ -19,11 +19,20 @@ from tocsin.clients.otel_workload import proto, workload
 from tocsin.processors.detector import PartitionDetector
 from tocsin.processors.otlp import decode_batch, wide_events
 from tocsin.processors.otlp.record import (
+    PACK_VERSION,
     VERSIONS,
+    RecordError,
     decode_span_event,
+    decode_span_pack,
     encode_span_event,
+    encode_span_pack,
 )
-from tocsin.processors.otlp.republish import BINARY_MAX_BYTES, event_value
+from tocsin.processors.otlp.republish import (
+    BINARY_MAX_BYTES,
+    PACK_MAX_BYTES,
+    event_records,
+    event_value,
+)
 from tocsin.schemas.codec import WideEventDecoder, decode_incident
 from tocsin.schemas.signal_wire import decode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetterSender
@@ -204,7 +213,7 @@ def test_broken_records_are_dead_lettered_with_their_reason_and_the_stage_goes_o
     other = [(SPAN_SOURCE, b"otlp_spans:7:99:0")]
     broken = [
         (key, value[:20], headers),  # truncated
-        (key, bytes([2]) + value[1:], headers),  # a version this reader does not know
+        (key, bytes([3]) + value[1:], headers),  # a version this reader does not know
         (key, value + b"\x00", headers),  # trailing garbage
         (key, value, other),  # its position is not its header's
         (key, bytes([1]) + b"\xff" * 50, headers),
@@ -214,7 +223,7 @@ def test_broken_records_are_dead_lettered_with_their_reason_and_the_stage_goes_o
     got = reasons(producer, settings.topics.dlq)
     assert len(got) == len(broken)
     assert all(r.startswith("span event record: ") for r in got), got
-    assert "truncated" in got[0] and "unknown version 2" in got[1]
+    assert "truncated" in got[0] and "unknown version 3" in got[1]
     assert "trailing garbage" in got[2]
     assert "differs from the span_source header's otlp_spans:7:99:0" in got[3]
     assert stage.metrics.events_in == len(good) - 1
@@ -309,3 +318,102 @@ def test_span_events_wait_for_every_source_before_they_count() -> None:
                            (SOURCES, f"{SPANS}:2".encode())])
     stage.process(run, [mark])
     assert stage.metrics.events_in > 0  # both sources known, the other idle
+
+
+
+# ---------------------------------------------------------------------- packs
+
+
+def packed(records: list[bytes] | None = None, partitions: int = 3
+           ) -> list[tuple[bytes, bytes, Headers]]:
+    """As :func:`translated`, but as the intake sends them now: per span record and
+    partition, packs of consecutive records (event_records), the header naming the first."""
+    out = []
+    for n, payload in enumerate(records or span_records()):
+        source, offset = f"{SPANS}:{n % 3}", n
+        events = wide_events(decode_batch(payload).spans)
+        for _, key, value, first in event_records(
+                events, source, offset, lambda key: len(key) % partitions):
+            out.append((key, value, [(SPAN_SOURCE, f"{source}:{offset}:{first}".encode())]))
+    return out
+
+
+def unpacked(value: bytes) -> list[tuple[dict[str, Any], str, tuple[int, int]]]:
+    return decode_span_pack(value) if value[0] == PACK_VERSION else [decode_span_event(value)]
+
+
+def test_packed_events_give_the_detector_the_same_everything() -> None:
+    records = span_records()
+    # one span record with many entry spans, so that packs hold several events
+    records.append(proto([s for r in range(5) for s in workload(
+        8, {3}, T0_NS + (200 + r) * 10**9, seed=50 + r)]))
+    sent = packed(records)
+    assert any(v[0] == PACK_VERSION for _, v, _ in sent)
+    assert outputs(*detect(sent)) == outputs(*detect(translated(False, records)))
+
+
+def test_event_records_keep_each_partitions_order_and_send_json_alone() -> None:
+    events = [{**BASE, "service": f"s{i % 4}", "event_time_ms": BASE["event_time_ms"] + i}
+              for i in range(40)]
+    events[7] = {**events[7], "step": "x" * (BINARY_MAX_BYTES + 1)}  # goes as JSON
+    events[13] = {**events[13], "service": "lonely"}  # alone on its partition
+    out = event_records(events, "t:0", 5, lambda key: 3 if key == b"lonely" else len(key) % 2
+                        + int(key[-1:] in b"13"))
+    seen: dict[int, list[int]] = {}
+    for partition, key, value, first in out:
+        if value[0] == ord("{"):
+            assert orjson.loads(value) == events[first]
+            indexes = [first]
+        else:
+            items = unpacked(value)
+            assert [src for _, src, _ in items] == ["t:0"] * len(items)
+            indexes = [index for _, _, (offset, index) in items]
+            assert indexes[0] == first and all(o == 5 for _, _, (o, _) in items)
+        assert key == events[first]["service"].encode()
+        seen.setdefault(partition, []).extend(indexes)
+    assert sorted(i for got in seen.values() for i in got) == list(range(40))
+    assert all(got == sorted(got) for got in seen.values())
+    # the one event of its partition goes as the bare record, not a pack of one
+    assert [value[0] for p, _, value, _ in out if p == 3] == [1]
+    # JSON splits its partition's pack: the records before and after go in two packs
+    json_partition = next(p for p, _, v, _ in out if v[0] == ord("{"))
+    assert len([1 for p, _, _, _ in out if p == json_partition]) >= 3
+
+
+def test_a_pack_is_cut_before_its_size_limit() -> None:
+    big = {**BASE, "step": "y" * (BINARY_MAX_BYTES - 200)}
+    events = [big] * (3 * PACK_MAX_BYTES // BINARY_MAX_BYTES)
+    out = event_records(events, "t:0", 1, lambda key: 0)
+    assert len(out) >= 3 and all(len(v) <= PACK_MAX_BYTES for _, _, v, _ in out)
+    assert sum(len(unpacked(v)) for _, _, v, _ in out) == len(events)
+
+
+def test_broken_packs_are_dead_lettered_with_their_reason() -> None:
+    one = encode_span_event(BASE, f"{SPANS}:0", 3, 0)
+    two = encode_span_event(BASE, f"{SPANS}:0", 3, 1)
+    elsewhere = encode_span_event(BASE, f"{SPANS}:1", 3, 1)
+    good = encode_span_pack([one, two])
+    header = [(SPAN_SOURCE, f"{SPANS}:0:3:0".encode())]
+    broken = [
+        (b"s", good[:-3], header),  # truncated
+        (b"s", good + b"\x01", header),  # bytes after the records
+        (b"s", bytes([PACK_VERSION, 0, 0]), header),  # an empty pack
+        (b"s", encode_span_pack([one, elsewhere]), header),  # a record of another source
+        (b"s", encode_span_pack([two, one]), [(SPAN_SOURCE, f"{SPANS}:0:3:1".encode())]),
+        (b"s", good, [(SPAN_SOURCE, f"{SPANS}:0:3:1".encode())]),  # header's index differs
+    ]
+    stage, _, producer = detect([*broken, (b"s", good, header)])
+    got = reasons(producer, stage.settings.topics.dlq)
+    assert len(got) == len(broken) and all(r.startswith("span event record: ") for r in got)
+    assert "truncated" in got[0] and "bytes after" in got[1] and "empty pack" in got[2]
+    assert all("differs from the span_source header" in r for r in got[3:])
+    assert stage.metrics.events_in == 2
+
+
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_any_cut_of_a_pack_raises_record_error(cut: int) -> None:
+    value = encode_span_pack([encode_span_event(BASE, "t:0", 1, i) for i in range(3)])
+    with pytest.raises(RecordError):
+        decode_span_pack(value[:-cut])
+    with pytest.raises(RecordError):
+        decode_span_pack(value[:cut])
