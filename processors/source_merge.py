@@ -34,9 +34,11 @@ MAX_HELD = 500_000  # records held for a slow source before the oldest go out an
 def progress_watermark(marks: dict[str, int], idle: set[str], expected: set[str]
                        ) -> int | None:
     """The event time every source has surely passed: the least mark of the sources that
-    are not idle (the newest mark when all are idle); None while an expected source has
-    said nothing, or before any mark."""
-    if any(s not in marks and s not in idle for s in expected):
+    are not idle (the newest mark when all are idle); None before the sources are named
+    (``expected`` empty: the marks heard so far may come from some sources only, and a
+    watermark taken from them would make the others' earlier records late), while an
+    expected source has said nothing, or before any mark."""
+    if not expected or any(s not in marks and s not in idle for s in expected):
         return None
     live = [m for s, m in marks.items() if s not in idle]
     if live:

@@ -105,6 +105,9 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
     def state_of(self, run: RunT) -> dict[str, Any]:
         raise NotImplementedError
 
+    def released(self, partition: int) -> None:
+        """A partition is no longer held here (revoked, its last checkpoint written)."""
+
     def checkpointed(self, partition: int, run: RunT) -> None:
         """Metrics after a partition's checkpoint."""
 
@@ -154,6 +157,7 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
                 await self._commit(await self._checkpoint(parts))
             for p in parts:
                 del self.runs[p]
+                self.released(p)
             self.ready.clear()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

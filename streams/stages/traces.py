@@ -98,6 +98,10 @@ class TraceStage(PartitionedStage[TraceRun]):
 
     def checkpointed(self, partition: int, run: TraceRun) -> None:
         self.metrics.stages["traces_checkpoints"] += 1
+        self.metrics.assembly[partition] = run.assembler.counters.as_dict()
+
+    def released(self, partition: int) -> None:
+        self.metrics.assembly.pop(partition, None)
 
     # ------------------------------------------------------------------ hot path
 

@@ -29,6 +29,8 @@ class Metrics(Collector):
     broker_errors: int = 0
     signals_dropped: int = 0  # by the triage fold over its cap (the projection sets it)
     counters: dict[int, dict[str, int]] = field(default_factory=dict)
+    # by-trace partition -> its assembler's counters (late spans, duplicates, evictions)
+    assembly: dict[int, dict[str, int]] = field(default_factory=dict)
     # The partitioned stages' counts by name (ADR 0015): spans_forwarded, marks_sent,
     # traces_closed, summaries_published, triage_checkpoints, ...
     stages: Counter[str] = field(default_factory=Counter)
@@ -88,6 +90,15 @@ class Metrics(Collector):
             for cause, n in sorted(values.items()):
                 dropped.add_metric([str(p), cause], n)
         yield dropped
+        assembly = GaugeMetricFamily("tocsin_trace_assembly",
+                                     "trace assembly per by-trace partition held here: "
+                                     "spans taken, dropped (late, duplicate, over the cap), "
+                                     "traces closed and evicted",
+                                     labels=["partition", "what"])
+        for p, values in sorted(self.assembly.items()):
+            for what, n in sorted(values.items()):
+                assembly.add_metric([str(p), what], n)
+        yield assembly
 
     def render(self) -> bytes:
         registry = CollectorRegistry()
@@ -108,4 +119,5 @@ class Metrics(Collector):
             "lifecycle": dict(self.lifecycle),
             "log_resets": dict(self.log_resets), "broker_errors": self.broker_errors,
             "stages": dict(self.stages),
+            "assembly": {str(p): v for p, v in sorted(self.assembly.items())},
         }
