@@ -103,19 +103,21 @@ def trace_partition(trace_id: str, partitions: int) -> int:
     return crc32(trace_id.encode()) % partitions
 
 
-def by_trace_records(spans: Iterable[Span], partitions: int) -> list[tuple[int, bytes]]:
-    """(partition, value) for one span record's spans on the by-trace topic: one record per
+def by_trace_records(spans: Iterable[Span], partitions: int
+                     ) -> list[tuple[int, bytes, list[Span]]]:
+    """(partition, value, its spans) for one span record's spans on the by-trace topic: one
+    record per
     partition its traces land on, ``{"v": 1, "spans": [...]}`` with each span as
     :func:`~tocsin.processors.traces.assembler.span_to_list` writes it, in the record's
     order. A by-trace record may hold several traces: the assembler reads span by span.
     Per partition and not per trace: a Collector batch holds hundreds of traces, and each
     Kafka record costs more to send and read than its spans cost to encode."""
-    groups: dict[int, list[list[Any]]] = {}
+    groups: dict[int, list[Span]] = {}
     placed: dict[str, int] = {}
     for span in spans:
         partition = placed.get(span.trace_id)
         if partition is None:
             partition = placed[span.trace_id] = trace_partition(span.trace_id, partitions)
-        groups.setdefault(partition, []).append(span_to_list(span))
-    return [(partition, orjson.dumps({"v": 1, "spans": values}))
-            for partition, values in groups.items()]
+        groups.setdefault(partition, []).append(span)
+    return [(partition, orjson.dumps({"v": 1, "spans": [span_to_list(s) for s in group]}),
+             group) for partition, group in groups.items()]

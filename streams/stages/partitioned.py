@@ -105,6 +105,9 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
     def state_of(self, run: RunT) -> dict[str, Any]:
         raise NotImplementedError
 
+    def installed(self, partition: int) -> None:
+        """A partition is held here from now on (restored, about to be read)."""
+
     def released(self, partition: int) -> None:
         """A partition is no longer held here (revoked, its last checkpoint written)."""
 
@@ -177,6 +180,7 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
         fresh, self._assigned = self._assigned, {}
         for p, run in sorted(fresh.items()):
             self.runs[p] = run
+            self.installed(p)
             self.consumer.seek(TopicPartition(self.topic, p), run.next_offset)
             self.log.info("%s partition %s resumes at offset %s", self.group, p,
                           run.next_offset)

@@ -53,6 +53,7 @@ from tocsin.streams.kafka.io import (
     stage_consumer,
     stop_quietly,
 )
+from tocsin.streams.stages.handoff import HandOff
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 
@@ -86,8 +87,10 @@ RESUME_AT = 1_000
 
 
 class SpanIntake:
-    def __init__(self, settings: Settings, bootstrap: str, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, metrics: Metrics,
+                 handoff: HandOff | None = None) -> None:
         self.settings = settings
+        self.handoff = handoff  # by-trace records' spans, for this process's trace stage
         self.bootstrap = bootstrap
         self.metrics = metrics
         self._stopping = asyncio.Event()
@@ -337,6 +340,7 @@ class SpanIntake:
         assert self.producer is not None
         topic = self.settings.topics.spans_by_trace
         count = len(await self.producer.partitions_for(topic))
+        handoff = self.handoff
         out: list[Outgoing] = []
         moved: dict[str, int] = {}
         for entry in released:
@@ -345,8 +349,10 @@ class SpanIntake:
                 continue
             source = f"{rec.topic}:{rec.partition}"
             position = [(SPAN_SOURCE, f"{source}:{rec.offset}:0".encode())]
-            out += [(partition, None, value, position)
-                    for partition, value in by_trace_records(read.spans, count)]
+            for partition, value, spans in by_trace_records(read.spans, count):
+                out.append((partition, None, value, position))
+                if handoff is not None and handoff.holds(partition):
+                    handoff.put(partition, value, spans)
             latest = max(span.end_ms for span in read.spans)
             if latest > self._marks.get(source, -1):
                 self._marks[source] = moved[source] = latest

@@ -24,6 +24,7 @@ from tocsin.streams.kafka.io import TopicSpec, ensure_topics, new_producer, stop
 from tocsin.streams.query import QueryService
 from tocsin.streams.stages.checkpoints import TableCheckpoints
 from tocsin.streams.stages.detect import Detection
+from tocsin.streams.stages.handoff import HandOff
 from tocsin.streams.stages.project import Projection
 from tocsin.streams.stages.spans import SpanIntake
 from tocsin.streams.stages.traces import TraceStage
@@ -111,11 +112,13 @@ class Worker(mode.Service):
             self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
             self._runs.append(asyncio.ensure_future(self._guard(self.projection.run())))
         if s.role in ("all", "detect"):
-            self.spans = SpanIntake(s, self.bootstrap, self.metrics)
+            handoff = HandOff()
+            self.spans = SpanIntake(s, self.bootstrap, self.metrics, handoff)
             self._runs.append(asyncio.ensure_future(self._guard(self.spans.run())))
             await self.app.tables.wait_until_recovery_completed()
             self.traces = TraceStage(s, self.bootstrap, TableCheckpoints(
                 self.app, self.stages_table, "traces"), self.metrics)
+            self.traces.handoff = handoff
             self._runs.append(asyncio.ensure_future(self._guard(self.traces.run())))
             self.triage = TriageStage(s, self.bootstrap, TableCheckpoints(
                 self.app, self.stages_table, "triage"), self.metrics)

@@ -73,9 +73,10 @@ def test_a_span_record_goes_out_once_per_partition_its_traces_land_on() -> None:
     traces = {s.trace_id for s in spans}
     assert len(traces) > 6
     out = by_trace_records(spans, 6)
-    partitions = [p for p, _ in out]
+    partitions = [p for p, _, _ in out]
     assert len(partitions) == len(set(partitions)) and set(partitions) <= set(range(6))
-    back = {p: [span_from_wire(v) for v in orjson.loads(value)["spans"]] for p, value in out}
+    back = {p: [span_from_wire(v) for v in orjson.loads(value)["spans"]] for p, value, _ in out}
+    assert all(back[p] == handed for p, _, handed in out)  # what the hand-off gives
     # every span once, in the record's order within its partition, on its trace's partition
     assert sorted((s.trace_id, s.span_id) for v in back.values() for s in v) == sorted(
         (s.trace_id, s.span_id) for s in spans)

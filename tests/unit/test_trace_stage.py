@@ -22,7 +22,7 @@ Headers = list[tuple[str, bytes]]
 
 
 def data(source: int, offset: int, spans: list[Any]) -> tuple[bytes, Headers]:
-    ((_, value),) = by_trace_records(spans, 1)
+    ((_, value, _),) = by_trace_records(spans, 1)
     return value, [(SPAN_SOURCE, f"{SPANS}:{source}:{offset}:0".encode())]
 
 
