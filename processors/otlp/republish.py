@@ -12,7 +12,7 @@ the JSON path. So the detector sees the same event values either way, and a huge
 meets the detector's ``max_record_bytes`` check in its JSON form, as today.
 
 Binary records of one span record bound for the same events partition travel as one
-pack (:func:`event_records`, :func:`~.record.encode_span_pack`); a JSON event goes alone,
+pack (:func:`event_records`, :func:`~.pack.encode_span_pack`); a JSON event goes alone,
 between the packs before and after it, so each partition still reads the record's events
 in index order.
 
@@ -29,12 +29,8 @@ from zlib import crc32
 
 import orjson
 
-from tocsin.processors.otlp.record import (
-    VERSION,
-    RecordError,
-    encode_span_event,
-    encode_span_pack,
-)
+from tocsin.processors.otlp.pack import encode_span_pack
+from tocsin.processors.otlp.record import VERSION, RecordError, encode_span_event
 from tocsin.processors.otlp.spans import Span
 from tocsin.processors.traces.assembler import span_to_list
 

@@ -34,13 +34,9 @@ from tocsin.processors.detector import (
 from tocsin.processors.feed import deploy_delivery, deploy_signal, feed
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.mapping import load_mapping, mapped_decoder
-from tocsin.processors.otlp.record import (
-    PACK_VERSION,
-    RecordError,
-    decode_span_event,
-    decode_span_pack,
-)
+from tocsin.processors.otlp.pack import PACK_VERSION, decode_span_pack
 from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
+from tocsin.processors.otlp.record import RecordError, decode_span_event
 from tocsin.processors.source_merge import SourceMerge
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,

@@ -20,12 +20,8 @@ from tests.fixtures_io import FIXTURES as SHARED_FIXTURES
 from tests.integration.harness import Names, WorkerProc, read_topic
 from tocsin.clients.otel_workload import otlp_json, proto, workload
 from tocsin.clients.produce import ProduceReport, publish
-from tocsin.processors.otlp.record import (
-    PACK_VERSION,
-    VERSIONS,
-    decode_span_event,
-    decode_span_pack,
-)
+from tocsin.processors.otlp.pack import PACK_VERSION, decode_span_pack
+from tocsin.processors.otlp.record import VERSIONS, decode_span_event
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics
 
 FIXTURES = SHARED_FIXTURES / "otel"

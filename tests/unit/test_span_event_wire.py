@@ -18,14 +18,12 @@ from aiokafka import ConsumerRecord
 from tocsin.clients.otel_workload import proto, workload
 from tocsin.processors.detector import PartitionDetector
 from tocsin.processors.otlp import decode_batch, wide_events
+from tocsin.processors.otlp.pack import PACK_VERSION, decode_span_pack, encode_span_pack
 from tocsin.processors.otlp.record import (
-    PACK_VERSION,
     VERSIONS,
     RecordError,
     decode_span_event,
-    decode_span_pack,
     encode_span_event,
-    encode_span_pack,
 )
 from tocsin.processors.otlp.republish import (
     BINARY_MAX_BYTES,
