@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 
 from tocsin.streams.kafka.io import commit_quietly, stage_consumer, stop_quietly
-from tocsin.streams.stages.checkpoints import CheckpointStore
+from tocsin.streams.stages.checkpoints import CheckpointStore, checkpoint_due
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 
@@ -68,6 +68,7 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_cost = 0.0  # seconds the last checkpoint took
         self._assigned: dict[int, RunT] = {}
         self._lock = asyncio.Lock()
 
@@ -141,8 +142,8 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
                         run = self.runs.get(tp.partition)
                         if run is not None:
                             self.process(run, records)
-                    due = time.monotonic() - self._last_checkpoint \
-                        >= s.checkpoint_interval_ms / 1000
+                    due = checkpoint_due(time.monotonic(), self._last_checkpoint,
+                                         self._checkpoint_cost, s.checkpoint_interval_ms / 1000)
                     offsets = await self._checkpoint(sorted(self.runs)) if due else {}
                 await self._commit(offsets)
             await self.checkpoint()
@@ -217,7 +218,7 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
     async def _checkpoint(self, parts: list[int]) -> dict[TopicPartition, int]:
         """For each partition with news: its sends acknowledged, then state + next offset
         in one record. The offsets to commit."""
-        self._last_checkpoint = time.monotonic()
+        started = self._last_checkpoint = time.monotonic()
         saved = [p for p in parts if self.runs[p].next_offset != self.runs[p].checkpointed_offset
                  or self.runs[p].pending]
         for p in saved:
@@ -234,6 +235,7 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
             await self.store.save(p, self.state_of(run), run.next_offset)
             run.checkpointed_offset = run.next_offset
             self.checkpointed(p, run)
+        self._checkpoint_cost = time.monotonic() - started
         return {TopicPartition(self.topic, p): self.runs[p].checkpointed_offset for p in parts
                 if self.runs[p].checkpointed_offset > 0}
 

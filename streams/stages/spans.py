@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import (
@@ -58,6 +59,9 @@ from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 
 log = logging.getLogger("tocsin.spans")
+END_MS = attrgetter("end_ms")
+
+
 @dataclass(frozen=True, slots=True)
 class Acks:
     """One batch's sends and the offsets to commit once the broker acknowledged them all."""
@@ -353,7 +357,7 @@ class SpanIntake:
                 out.append((partition, None, value, position))
                 if handoff is not None and handoff.holds(partition):
                     handoff.put(partition, value, spans)
-            latest = max(span.end_ms for span in read.spans)
+            latest = max(map(END_MS, read.spans))
             if latest > self._marks.get(source, -1):
                 self._marks[source] = moved[source] = latest
         if not out and not moved:

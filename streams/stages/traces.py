@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -45,6 +46,9 @@ from tocsin.streams.stages.handoff import HandOff
 from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
 
 log = logging.getLogger("tocsin.traces")
+END_MS = attrgetter("end_ms")
+
+
 @dataclass
 class TraceRun(StageRun):
     assembler: TraceAssembler = field(kw_only=True)
@@ -154,7 +158,7 @@ class TraceStage(PartitionedStage[TraceRun]):
                 closed += assembler.add(span)
             if origin is not None and spans:
                 run.idle.discard(origin[0])
-                latest = max(span.end_ms for span in spans)
+                latest = max(map(END_MS, spans))
                 if latest > run.marks.get(origin[0], -1):
                     run.marks[origin[0]] = latest
         watermark = progress_watermark(run.marks, run.idle, run.expected)

@@ -47,7 +47,7 @@ from tocsin.streams.kafka.io import (
     stop_quietly,
     wait_partitions,
 )
-from tocsin.streams.stages.checkpoints import CheckpointStore
+from tocsin.streams.stages.checkpoints import CheckpointStore, checkpoint_due
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 
@@ -118,6 +118,7 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_cost = 0.0  # seconds the last checkpoint took
         self._global: list[TopicPartition] = []
         self._summary_partitions = 1
         self._assigned: dict[int, TriageRun] = {}  # prepared, not installed yet
@@ -179,8 +180,8 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
                         if run is not None:
                             self._apply_summaries(run, records)
                     await self._publish()
-                    due = time.monotonic() - self._last_checkpoint \
-                        >= s.checkpoint_interval_ms / 1000
+                    due = checkpoint_due(time.monotonic(), self._last_checkpoint,
+                                         self._checkpoint_cost, s.checkpoint_interval_ms / 1000)
                     offsets = await self._checkpoint(sorted(self.runs)) if due else {}
                 await self._commit(offsets)
             async with self._lock:
@@ -383,7 +384,7 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _checkpoint(self, parts: list[int]) -> dict[TopicPartition, int]:
         """Reports acknowledged, then fold + every input position in one record; the
         summaries offsets to commit (informative: the checkpoint holds the truth)."""
-        self._last_checkpoint = time.monotonic()
+        started = self._last_checkpoint = time.monotonic()
         for p in parts:
             run = self.runs[p]
             if not run.changed and not run.pending and not run.letters:
@@ -404,6 +405,7 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
                                   run.summaries_next)
             run.changed = False
             self.metrics.stages["triage_checkpoints"] += 1
+        self._checkpoint_cost = time.monotonic() - started
         topic = self.settings.topics.summaries
         return {TopicPartition(topic, p): self.runs[p].summaries_next for p in parts
                 if self.runs[p].summaries_next > 0}
