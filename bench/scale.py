@@ -47,6 +47,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from tocsin import testing
+from tocsin.processors.otlp import decode_batch, wide_events
 from tocsin.streams.kafka.io import (
     CachedKeyPartitioner,
     Outgoing,
@@ -345,7 +346,11 @@ class SpanWorkersRun:
 
 
 def measure_span_workers(bootstrap: str, workdir: Path, payloads: list[bytes], spans: int,
-                         count: int, say: Callable[[str], None]) -> SpanWorkersRun:
+                         events: int, count: int, say: Callable[[str], None]
+                         ) -> SpanWorkersRun:
+    """``spans`` of the payloads' (the workload's, before the tail records) through the
+    span intakes and their ``events`` wide events counted by detection: the clock runs
+    from the first span decoded until both hold."""
     label = f"spans{count}w"
     names = bench_names(label)
     asyncio.run(ensure_topics(bootstrap, [TopicSpec(names.topic("spans"), PARTITIONS,
@@ -381,15 +386,17 @@ def measure_span_workers(bootstrap: str, workdir: Path, payloads: list[bytes], s
             now = time.perf_counter()
             read = sum(int(b.get("metrics", {}).get("spans_read", 0)) for b in bodies)
             through = [int(b.get("metrics", {}).get("spans_in", 0)) for b in bodies]
+            detected = sum(int(b.get("metrics", {}).get("events_in", 0)) for b in bodies)
             if first is None and read:
                 first = now
-            if first is not None and sum(through) >= spans:
+            if first is not None and sum(through) >= spans and detected >= events:
                 break
             if "error" in produced:
                 raise RuntimeError(f"producing the spans failed: {produced['error']!r}")
             if time.monotonic() > deadline:
                 raise testing.WaitTimeout(f"{count} worker(s) passed {sum(through):,} of "
-                                          f"{spans:,} spans")
+                                          f"{spans:,} spans, detected {detected:,} of "
+                                          f"{events:,} events")
             time.sleep(POLL_S)
         seconds = now - first
         thread.join(60.0)
@@ -449,9 +456,11 @@ def measure_scale(bootstrap: str, workdir: Path, say: Callable[[str], None],
     payloads = [body for body, _ in
                 span_records(SCALE_TRACES + PARTITIONS * TRACES_PER_RECORD)]
     spans = SCALE_TRACES * SPANS_PER_TRACE
+    # The wide events the workload's entry spans become, as the intake maps them.
+    events = sum(len(wide_events(decode_batch(p).spans)) for p in payloads[:-PARTITIONS])
     for n in (1, 2):
         attempt(f"spans_{n}", partial(measure_span_workers, bootstrap, workdir, payloads,
-                                      spans, n, say))
+                                      spans, events, n, say))
         if f"spans_{n}" in runs:
             r = runs[f"spans_{n}"]
             say(f"(h) {n} worker(s): {r.spans_per_s:,.0f} spans/s ({r.spans_in_each}), "
