@@ -73,6 +73,7 @@ POLL_S = 0.05
 # (h)'s span workload: 3x (f)'s, so a run lasts seconds, not one or two, and fetch and
 # poll granularity weigh less in the figure.
 SCALE_TRACES = 3 * TRACES
+TAIL_ROUNDS = 2  # records per partition produced after the workload (measure_scale)
 
 # Every partitioned stage's group suffix and the topic setting it consumes (ADR 0015).
 STAGES = (("detect", "events"), ("spans", "spans"), ("traces", "spans_by_trace"),
@@ -448,16 +449,20 @@ def measure_scale(bootstrap: str, workdir: Path, say: Callable[[str], None],
                                                   "restart-1x", say))
     attempt("restart_10x", lambda: measure_restart(
         bootstrap, workdir, RESTART_EVENTS * RESTART_FACTOR, "restart-10x", say))
-    # One more record per partition after the workload, with later spans: the traffic that
-    # keeps coming in production. Without it the last records wait out the merge's idle
-    # time (TOCSIN_SPANS_IDLE_MS, 2 s: a caught-up quiet partition may still receive an
-    # earlier span) and the figure measures that wait, not the throughput. The clock stops
-    # when the workload's spans are through; the tail's own spans wait their idle time.
+    # Two more rounds of one record per partition after the workload, with later spans:
+    # the traffic that keeps coming in production. Without them the workload's last
+    # records wait out the merge's idle time (TOCSIN_SPANS_IDLE_MS, 2 s: a caught-up quiet
+    # partition may still receive an earlier span), in the intake and again in
+    # detection's merge of the sources' marks, and the figure measures that wait, not the
+    # throughput (it was half of it). One round is not enough: the intake releases a
+    # partition's last record only when every partition has one after it. The clock
+    # stops when the workload's spans are through and their events detected.
     payloads = [body for body, _ in
-                span_records(SCALE_TRACES + PARTITIONS * TRACES_PER_RECORD)]
+                span_records(SCALE_TRACES + TAIL_ROUNDS * PARTITIONS * TRACES_PER_RECORD)]
     spans = SCALE_TRACES * SPANS_PER_TRACE
     # The wide events the workload's entry spans become, as the intake maps them.
-    events = sum(len(wide_events(decode_batch(p).spans)) for p in payloads[:-PARTITIONS])
+    events = sum(len(wide_events(decode_batch(p).spans))
+                 for p in payloads[:-TAIL_ROUNDS * PARTITIONS])
     for n in (1, 2):
         attempt(f"spans_{n}", partial(measure_span_workers, bootstrap, workdir, payloads,
                                       spans, events, n, say))
