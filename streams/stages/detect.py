@@ -91,6 +91,8 @@ def _span_records(data: bytes, origin: tuple[str, tuple[int, int]]) -> list[list
                 f"span_source header's {source}:{offset}:{index}")
         out.append([event, source, offset, at_index])
     return out
+
+
 WINDOW_ROWS_PER_RECORD = 5_000
 
 
