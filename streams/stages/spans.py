@@ -141,7 +141,7 @@ class SpanIntake:
         try:
             while not self._stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
-                await self._track_assignment()
+                await self._track_assignment(batch)
                 self._check_resets(batch)
                 now = time.monotonic()
                 for tp, records in batch.items():
@@ -216,8 +216,12 @@ class SpanIntake:
                       tp.partition, high, pos, start)
             self._next[tp.partition] = start
 
-    async def _track_assignment(self) -> None:
-        """Learn the read position of partitions assigned since the last batch."""
+    async def _track_assignment(
+            self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Learn the read position of partitions assigned since the last batch: the first
+        offset ``batch`` brought for one (the consumer's position has already moved past
+        those records: taken as the read position it made every rebalance look like a log
+        reset), else the consumer's position."""
         assert self.consumer is not None
         if not self._fresh:
             return
@@ -225,7 +229,9 @@ class SpanIntake:
         current = self.consumer.assignment()
         now = time.monotonic()
         for tp in fresh & current:
-            self._next[tp.partition] = await self.consumer.position(tp)
+            records = batch.get(tp)
+            self._next[tp.partition] = records[0].offset if records \
+                else await self.consumer.position(tp)
             self._heard[tp.partition] = now
         self._assigned = frozenset(current)
         self.merge.assign(tp.partition for tp in current)
