@@ -102,8 +102,7 @@ def trace_partition(trace_id: str, partitions: int) -> int:
 def by_trace_records(spans: Iterable[Span], partitions: int
                      ) -> list[tuple[int, bytes, list[Span]]]:
     """(partition, value, its spans) for one span record's spans on the by-trace topic: one
-    record per
-    partition its traces land on, ``{"v": 1, "spans": [...]}`` with each span as
+    record per partition its traces land on, ``{"v": 1, "spans": [...]}`` with each span as
     :func:`~tocsin.processors.traces.assembler.span_to_list` writes it, in the record's
     order. A by-trace record may hold several traces: the assembler reads span by span.
     Per partition and not per trace: a Collector batch holds hundreds of traces, and each

@@ -289,14 +289,10 @@ def span_from_wire(values: Any) -> Span:
     if values[_KIND] not in _KINDS or values[_STATUS] not in _STATUSES:
         raise ValueError("span field kind or status is not one of OTLP's")
     peer = values[_PEER]
-    if peer is None:
-        return Span(*values)
-    if not (1 <= len(peer) <= 3 and type(peer[0]) is str
-            and all(v is None or type(v) is str for v in peer)):
+    if peer is not None and not (1 <= len(peer) <= 3 and type(peer[0]) is str
+                                 and all(v is None or type(v) is str for v in peer)):
         raise ValueError("span field peer must be a list of strings or null")
-    values = values.copy()
-    values[_PEER] = Peer(*peer)
-    return Span(*values)
+    return span_from_list(values)
 
 
 def _check_types(values: list[Any]) -> None:

@@ -180,17 +180,6 @@ async def send_batches(producer: AIOKafkaProducer, topic: str, records: Iterable
     return futures
 
 
-async def send_keyed(producer: AIOKafkaProducer, topic: str,
-                     records: Iterable[tuple[bytes, bytes, list[tuple[str, bytes]]]],
-                     partitioner: CachedKeyPartitioner) -> list[asyncio.Future[Any]]:
-    """:func:`send_batches` of (key, value, headers) records, each where aiokafka's
-    default partitioner would put it."""
-    partitions = sorted(await producer.partitions_for(topic))
-    return await send_batches(producer, topic, (
-        (partitioner(key, partitions, partitions), key, value, headers)
-        for key, value, headers in records))
-
-
 def new_producer(bootstrap: str, max_request_size: int = 8 * 1024 * 1024,
                  max_batch_size: int = 16_384) -> AIOKafkaProducer:
     return AIOKafkaProducer(
