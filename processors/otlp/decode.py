@@ -52,6 +52,7 @@ _HEX = re.compile(r"[0-9a-fA-F]+")
 _JSON_START = frozenset(b"{ \t\r")  # a JSON object, possibly after whitespace
 _OTHER_SIGNALS = ("resourceLogs", "resourceMetrics", "resourceProfiles")
 _EXCEPTION_KEYS = frozenset({"exception.type", "exception.message"})
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 class OtlpError(ValueError):
@@ -210,24 +211,31 @@ def _pb_id(raw: bytes, size: int, field: str) -> str:
 
 
 def _pb_span(span: PbSpan, service: Service, scope: str | None) -> Span:
+    # Written flat: it runs once per span. A hex id of the right length that is not all
+    # zeroes is valid; anything else goes through _pb_id, which says what is wrong.
+    trace_id = span.trace_id.hex()
+    if len(trace_id) != 32 or trace_id == _ZERO_TRACE:
+        _pb_id(span.trace_id, 16, "traceId")
+    span_id = span.span_id.hex()
+    if len(span_id) != 16 or span_id == _ZERO_SPAN:
+        _pb_id(span.span_id, 8, "spanId")
     parent = span.parent_span_id
     exception = None
-    for event in span.events if len(span.events) else ():
-        if event.name == "exception":
-            found = _pb_attrs(event.attributes, _EXCEPTION_KEYS)
-            exception = (_str(found.get("exception.type")),
-                         _str(found.get("exception.message")))
-            break
+    events = span.events
+    if len(events):
+        for event in events:
+            if event.name == "exception":
+                found = _pb_attrs(event.attributes, _EXCEPTION_KEYS)
+                exception = (_str(found.get("exception.type")),
+                             _str(found.get("exception.message")))
+                break
+    status = span.status
     return make_span(
-        service=service, scope=scope,
-        trace_id=_pb_id(span.trace_id, 16, "traceId"),
-        span_id=_pb_id(span.span_id, 8, "spanId"),
-        parent_span_id=_pb_id(parent, 8, "parentSpanId") if any(parent) else None,
-        flags=span.flags, name=span.name, kind=span.kind,
-        start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
-        status_code=span.status.code, status_message=span.status.message or None,
-        attrs=cast(Attrs, _pb_attrs(span.attributes, WANTED)), exception=exception,
-    )
+        service, scope, trace_id, span_id,
+        _pb_id(parent, 8, "parentSpanId") if any(parent) else None,
+        span.flags, span.name, span.kind, span.start_time_unix_nano, span.end_time_unix_nano,
+        status.code, status.message or None, cast(Attrs, _pb_attrs(span.attributes, WANTED)),
+        exception)
 
 
 # --------------------------------------------------------------------- otlp_json

@@ -53,19 +53,20 @@ def event_value(event: Mapping[str, Any], source: str, offset: int, index: int) 
 
 def event_records(events: Iterable[Mapping[str, Any]], source: str, offset: int,
                   place: Callable[[bytes], int]
-                  ) -> list[tuple[int, bytes, bytes, int]]:
-    """(partition, key, value, first index) for the wide events of the span record at
-    ``offset`` of ``source``, the ``index``-th event being the ``index``-th of ``events``:
-    on each partition (``place`` of the service key), the binary records in packs of
-    consecutive events, a JSON event alone, in index order. A pack of one is the bare
-    record. The key is the first event's service."""
-    out: list[tuple[int, bytes, bytes, int]] = []
-    packs: dict[int, tuple[bytes, int, list[bytes], int]] = {}  # partition -> open pack
+                  ) -> list[tuple[int, bytes, bytes, list[int]]]:
+    """(partition, key, value, the indexes of the events it carries) for the wide events
+    of the span record at ``offset`` of ``source``, the ``index``-th event being the
+    ``index``-th of ``events``: on each partition (``place`` of the service key), the
+    binary records in packs of consecutive events, a JSON event alone, in index order. A
+    pack of one is the bare record. The key is the first event's service."""
+    out: list[tuple[int, bytes, bytes, list[int]]] = []
+    # partition -> (key, its records, their indexes, the pack's size so far)
+    packs: dict[int, tuple[bytes, list[bytes], list[int], int]] = {}
 
     def close(partition: int) -> None:
-        key, first, records, _ = packs.pop(partition)
+        key, records, indexes, _ = packs.pop(partition)
         out.append((partition, key, records[0] if len(records) == 1
-                    else encode_span_pack(records), first))
+                    else encode_span_pack(records), indexes))
 
     for index, event in enumerate(events):
         key = event["service"].encode()
@@ -75,16 +76,17 @@ def event_records(events: Iterable[Mapping[str, Any]], source: str, offset: int,
         if value[0] != VERSION:  # JSON: alone, after what came before on its partition
             if pack is not None:
                 close(partition)
-            out.append((partition, key, value, index))
+            out.append((partition, key, value, [index]))
             continue
         size = 4 + len(value)  # its length, then the record
         if pack is not None and pack[3] + size > PACK_MAX_BYTES:
             close(partition)
             pack = None
         if pack is None:
-            packs[partition] = (key, index, [value], 3 + size)  # the pack's head first
+            packs[partition] = (key, [value], [index], 3 + size)  # the pack's head first
         else:
-            pack[2].append(value)
+            pack[1].append(value)
+            pack[2].append(index)
             packs[partition] = (pack[0], pack[1], pack[2], pack[3] + size)
     for partition in list(packs):
         close(partition)

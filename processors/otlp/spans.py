@@ -279,7 +279,7 @@ def _url_path(url: str | None) -> str | None:
     return url or None
 
 
-def make_span(*, service: Service, scope: str | None, trace_id: str, span_id: str,
+def make_span(service: Service, scope: str | None, trace_id: str, span_id: str,
               parent_span_id: str | None, flags: int, name: str, kind: int,
               start_ns: int, end_ns: int, status_code: int, status_message: str | None,
               attrs: Attrs,

@@ -57,6 +57,7 @@ from tocsin.streams.kafka.headers import (
 from tocsin.streams.kafka.io import read_to_end
 from tocsin.streams.kafka.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.stages.checkpoints import CheckpointStore
+from tocsin.streams.stages.handoff import HandOff
 from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
@@ -137,6 +138,8 @@ class Detection(PartitionedStage[PartitionRun]):
         self._incident_ends: dict[int, int] = {}
         self._restored_from: dict[int, int] | None = None
         self.dead_letters: DeadLetterSender | None = None
+        # The events this process's span intake wrote, already decoded (ADR 0015).
+        self.handoff: HandOff | None = None
 
     def held(self) -> int:
         """Span events held by the merges, waiting for their sources' progress."""
@@ -227,6 +230,17 @@ class Detection(PartitionedStage[PartitionRun]):
     def checkpointed(self, partition: int, run: PartitionRun) -> None:
         self.metrics.checkpoints += 1
         self.metrics.counters[partition] = run.detector.counters.as_dict()
+        if self.handoff is not None:  # span event records read without decoding, or not
+            self.metrics.stages["span_events_handed_off"] = self.handoff.taken
+            self.metrics.stages["span_events_decoded"] = self.handoff.missed
+
+    def installed(self, partition: int) -> None:
+        if self.handoff is not None:
+            self.handoff.partitions.add(partition)
+
+    def released(self, partition: int) -> None:
+        if self.handoff is not None:
+            self.handoff.release(partition)
 
     async def _load_emitted(self, starts: dict[int, int]) -> None:
         """Identities on the incidents topic from ``starts`` (partition -> offset; the
@@ -247,6 +261,7 @@ class Detection(PartitionedStage[PartitionRun]):
                 ) -> None:
         decode = self.decode
         decode_native = self.decode_native
+        handoff = self.handoff
         limit = self.settings.max_record_bytes
         merge = run.merge
         counted = 0
@@ -274,8 +289,13 @@ class Detection(PartitionedStage[PartitionRun]):
                     event = decode(data)
                 elif data and data[0] in RECORD_VERSIONS:
                     # The span intake's binary record or pack (ADR 0015): held in the
-                    # merge as one item, a list of [event, source, offset, index].
-                    held = _span_records(data, origin)
+                    # merge as one item, a list of [event, source, offset, index];
+                    # handed off by this process's intake when it wrote these bytes.
+                    held = handoff.take(rec.partition, data) if handoff is not None \
+                        else None
+                    if held is None or held[0][1] != origin[0] \
+                            or (held[0][2], held[0][3]) != origin[1]:
+                        held = _span_records(data, origin)
                 else:
                     # a translated span as JSON (or Avro)
                     held = [[decode_native(data), origin[0], *origin[1]]]

@@ -1,19 +1,22 @@
 """What one stage of a worker already decoded, handed to the next stage in the same
 process (ADR 0015).
 
-The span intake writes each span record's spans to the by-trace topic as JSON; when the
-trace stage of the same process owns that by-trace partition, it would read those bytes
-back and decode them into the very spans the intake held. The intake leaves the spans here
-keyed by (partition, the record's value); the trace stage, reading a record, takes them
-when the value it read is byte for byte the one written. Kafka stays the source of truth
-and of order: the stage still reads every record, in offset order, from its checkpointed
-position; the hand-off only spares decoding bytes whose decoded form is known. A record
-that is not here (another worker wrote it, a replay, a restart, a full hand-off) is
-decoded as always, to equal values (the by-trace form reads back equal, unit-tested).
+The span intake writes what it decoded to Kafka again: each span record's spans to the
+by-trace topic as JSON, and its span events to the events topic as binary records and
+packs. When the trace stage (or the detection) of the same process owns the partition
+written to, it would read those bytes back and decode them into the very values the
+intake held. The intake leaves the values here keyed by (partition, the record's value);
+the stage, reading a record, takes them when the value it read is byte for byte the one
+written. Kafka stays the source of truth and of order: the stage still reads every record,
+in offset order, from its checkpointed position; the hand-off only spares decoding bytes
+whose decoded form is known. A record that is not here (another worker wrote it, a
+replay, a restart, a full hand-off) is decoded as always, to equal values (unit-tested for
+both forms: the by-trace form reads back equal, and ``event_view`` equals what a span
+event record decodes to).
 
 Bounded: at most ``max_records`` records wait; past that the oldest are forgotten (their
-records are decoded when read). The intake hands off only for partitions the local trace
-stage holds (:meth:`HandOff.holds`).
+records are decoded when read). The intake hands off only for partitions the local stage
+holds (:meth:`HandOff.holds`); one hand-off per pair of stages.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ MAX_RECORDS = 20_000
 class HandOff:
     def __init__(self, max_records: int = MAX_RECORDS) -> None:
         self.max_records = max_records
-        self.partitions: set[int] = set()  # the by-trace partitions the trace stage holds
+        self.partitions: set[int] = set()  # the partitions the receiving stage holds
         self._waiting: dict[tuple[int, bytes], Any] = {}
         self.taken = 0
         self.missed = 0
@@ -51,7 +54,7 @@ class HandOff:
         return decoded
 
     def release(self, partition: int) -> None:
-        """The trace stage no longer holds ``partition``: forget what waits for it."""
+        """The receiving stage no longer holds ``partition``: forget what waits for it."""
         self.partitions.discard(partition)
         for key in [k for k in self._waiting if k[0] == partition]:
             del self._waiting[key]

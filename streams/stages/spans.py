@@ -44,6 +44,8 @@ from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
 from tocsin.processors.otlp.merge import MAX_AHEAD_MS as MAX_AHEAD_MS  # re-exported
 from tocsin.processors.otlp.merge import Entry, PartitionMerge, holds_back, merge_time
 from tocsin.processors.otlp.republish import by_trace_records, event_records
+from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
+from tocsin.processors.otlp.record import event_view
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import MARK, SOURCES, SPAN_SOURCE
 from tocsin.streams.kafka.io import (
@@ -98,9 +100,12 @@ RESUME_AT = 1_000
 
 class SpanIntake:
     def __init__(self, settings: Settings, bootstrap: str, metrics: Metrics,
-                 handoff: HandOff | None = None) -> None:
+                 handoff: HandOff | None = None, events_handoff: HandOff | None = None
+                 ) -> None:
         self.settings = settings
         self.handoff = handoff  # by-trace records' spans, for this process's trace stage
+        # span event records' and packs' events, for this process's detection
+        self.events_handoff = events_handoff
         self.bootstrap = bootstrap
         self.metrics = metrics
         self._stopping = asyncio.Event()
@@ -280,6 +285,7 @@ class SpanIntake:
         events: list[Outgoing] = []
         moved: dict[str, int] = {}
         partitions = sorted(await self.producer.partitions_for(s.topics.events))
+        handoff = self.events_handoff
 
         def place(key: bytes) -> int:
             return self.partitioner(key, partitions, partitions)
@@ -302,10 +308,14 @@ class SpanIntake:
             at = max(entry.time_ms, self._event_marks.get(source, entry.time_ms))
             if at != self._event_marks.get(source):
                 self._event_marks[source] = moved[source] = at
-            events += [(partition, key, value,
-                        [(SPAN_SOURCE, f"{source}:{offset}:{index}@{at}".encode())])
-                       for partition, key, value, index in event_records(
-                           wide_events(read.spans), source, offset, place)]
+            wide = wide_events(read.spans)
+            for partition, key, value, indexes in event_records(wide, source, offset, place):
+                events.append((partition, key, value, [
+                    (SPAN_SOURCE, f"{source}:{offset}:{indexes[0]}@{at}".encode())]))
+                if handoff is not None and value[0] in RECORD_VERSIONS \
+                        and handoff.holds(partition):
+                    handoff.put(partition, value, [[event_view(wide[i]), source, offset, i]
+                                                   for i in indexes])
         if events:
             futures += await send_batches(self.producer, s.topics.events, events)
         # After a release's events, a mark per source that moved, to every events

@@ -112,8 +112,8 @@ class Worker(mode.Service):
             self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
             self._runs.append(asyncio.ensure_future(self._guard(self.projection.run())))
         if s.role in ("all", "detect"):
-            handoff = HandOff()
-            self.spans = SpanIntake(s, self.bootstrap, self.metrics, handoff)
+            handoff, events_handoff = HandOff(), HandOff()
+            self.spans = SpanIntake(s, self.bootstrap, self.metrics, handoff, events_handoff)
             self._runs.append(asyncio.ensure_future(self._guard(self.spans.run())))
             await self.app.tables.wait_until_recovery_completed()
             self.traces = TraceStage(s, self.bootstrap, TableCheckpoints(
@@ -125,6 +125,7 @@ class Worker(mode.Service):
             self._runs.append(asyncio.ensure_future(self._guard(self.triage.run())))
             self.detection = Detection(
                 s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
+            self.detection.handoff = events_handoff
             await self._guard(self.detection.run())
 
     async def _watch_broker(self) -> None:

@@ -330,9 +330,10 @@ def packed(records: list[bytes] | None = None, partitions: int = 3
     for n, payload in enumerate(records or span_records()):
         source, offset = f"{SPANS}:{n % 3}", n
         events = wide_events(decode_batch(payload).spans)
-        for _, key, value, first in event_records(
+        for _, key, value, indexes in event_records(
                 events, source, offset, lambda key: len(key) % partitions):
-            out.append((key, value, [(SPAN_SOURCE, f"{source}:{offset}:{first}".encode())]))
+            out.append((key, value,
+                        [(SPAN_SOURCE, f"{source}:{offset}:{indexes[0]}".encode())]))
     return out
 
 
@@ -358,21 +359,21 @@ def test_event_records_keep_each_partitions_order_and_send_json_alone() -> None:
     out = event_records(events, "t:0", 5, lambda key: 3 if key == b"lonely" else len(key) % 2
                         + int(key[-1:] in b"13"))
     seen: dict[int, list[int]] = {}
-    for partition, key, value, first in out:
+    for partition, key, value, indexes in out:
         if value[0] == ord("{"):
-            assert orjson.loads(value) == events[first]
-            indexes = [first]
+            assert [orjson.loads(value)] == [events[i] for i in indexes]
         else:
             items = unpacked(value)
             assert [src for _, src, _ in items] == ["t:0"] * len(items)
-            indexes = [index for _, _, (offset, index) in items]
-            assert indexes[0] == first and all(o == 5 for _, _, (o, _) in items)
-        assert key == events[first]["service"].encode()
+            assert indexes == [index for _, _, (offset, index) in items]
+            assert all(o == 5 for _, _, (o, _) in items)
+        assert key == events[indexes[0]]["service"].encode()
         seen.setdefault(partition, []).extend(indexes)
     assert sorted(i for got in seen.values() for i in got) == list(range(40))
     assert all(got == sorted(got) for got in seen.values())
     # the one event of its partition goes as the bare record, not a pack of one
     assert [value[0] for p, _, value, _ in out if p == 3] == [1]
+    assert [indexes for p, _, _, indexes in out if p == 3] == [[13]]
     # JSON splits its partition's pack: the records before and after go in two packs
     json_partition = next(p for p, _, v, _ in out if v[0] == ord("{"))
     assert len([1 for p, _, _, _ in out if p == json_partition]) >= 3
