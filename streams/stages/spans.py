@@ -43,9 +43,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
 from tocsin.processors.otlp.merge import MAX_AHEAD_MS as MAX_AHEAD_MS  # re-exported
 from tocsin.processors.otlp.merge import Entry, PartitionMerge, holds_back, merge_time
-from tocsin.processors.otlp.republish import by_trace_records, event_records
 from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
 from tocsin.processors.otlp.record import event_view
+from tocsin.processors.otlp.republish import by_trace_records, event_records
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import MARK, SOURCES, SPAN_SOURCE
 from tocsin.streams.kafka.io import (

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -33,6 +34,7 @@ from tocsin.streams.web.auth import Access
 from tocsin.streams.web.intake import Intake
 from tocsin.streams.web.views import register_views
 from tocsin.streams.worker import logging_limits
+from tocsin.streams.worker.collector import CollectionSchedule, collect_on_schedule
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 
@@ -75,6 +77,7 @@ class Worker(mode.Service):
         self.access = Access(settings.api_tokens, settings.intake_tokens)
         self.broker_ok = True
         self._watchdog: asyncio.Future[None] | None = None
+        self._collector: asyncio.Future[None] | None = None
         self.started_once = False
 
     def readiness(self) -> dict[str, bool]:
@@ -96,6 +99,9 @@ class Worker(mode.Service):
 
     async def on_started(self) -> None:
         logging_limits.install()
+        # Cycle collection on a timer (the runner turned the allocation-counted one off).
+        self._collector = asyncio.ensure_future(collect_on_schedule(
+            CollectionSchedule(time.monotonic())))
         self._runs.append(asyncio.ensure_future(self._main()))
 
     async def _main(self) -> None:
@@ -179,6 +185,8 @@ class Worker(mode.Service):
     async def on_stop(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._collector is not None:
+            self._collector.cancel()
         if self.detection is not None:
             self.detection.stop()
         if self.projection is not None:
