@@ -32,7 +32,7 @@ import orjson
 from tocsin.processors.otlp.pack import encode_span_pack
 from tocsin.processors.otlp.record import VERSION, RecordError, encode_span_event
 from tocsin.processors.otlp.spans import Span
-from tocsin.processors.traces.assembler import FIELDS_OF as _FIELDS_OF
+from tocsin.processors.traces.assembler import span_to_list
 
 BINARY_MAX_BYTES = 1_024
 PACK_MAX_BYTES = 64 * 1024  # a pack is cut before it passes this (detectors refuse 256 KB)
@@ -104,17 +104,11 @@ def trace_partition(trace_id: str, partitions: int) -> int:
 def by_trace_records(spans: Iterable[Span], partitions: int
                      ) -> list[tuple[int, bytes, list[Span]]]:
     """(partition, value, its spans) for one span record's spans on the by-trace topic: one
-    record per partition its traces land on, ``{"v": 2, "spans": [...]}`` with each span
-    as a list of its fields in :data:`~tocsin.processors.traces.assembler.SPAN_FIELDS`
-    order, the peer as an object (service, endpoint, kind), in the record's order. A
-    by-trace record may hold several traces: the assembler reads span by span.
+    record per partition its traces land on, ``{"v": 1, "spans": [...]}`` with each span as
+    :func:`~tocsin.processors.traces.assembler.span_to_list` writes it, in the record's
+    order. A by-trace record may hold several traces: the assembler reads span by span.
     Per partition and not per trace: a Collector batch holds hundreds of traces, and each
-    Kafka record costs more to send and read than its spans cost to encode.
-
-    Each span's fields are read in one C call and written by orjson, the peer included
-    (a dataclass): 0.8 µs a span where building each list in Python cost 1.2 µs.
-    :func:`~tocsin.processors.traces.assembler.span_from_wire` reads version 1's lists
-    (the peer as a list) too."""
+    Kafka record costs more to send and read than its spans cost to encode."""
     groups: dict[int, list[Span]] = {}
     placed: dict[str, int] = {}
     for span in spans:
@@ -122,6 +116,5 @@ def by_trace_records(spans: Iterable[Span], partitions: int
         if partition is None:
             partition = placed[span.trace_id] = trace_partition(span.trace_id, partitions)
         groups.setdefault(partition, []).append(span)
-    fields = _FIELDS_OF
-    return [(partition, orjson.dumps({"v": 2, "spans": [fields(s) for s in group]}), group)
-            for partition, group in groups.items()]
+    return [(partition, orjson.dumps({"v": 1, "spans": [span_to_list(s) for s in group]}),
+             group) for partition, group in groups.items()]

@@ -242,8 +242,7 @@ class TraceAssembler:
         return asm
 
 
-FIELDS_OF = attrgetter(*SPAN_FIELDS)  # a span's fields as a tuple, in one C call
-_FIELDS_OF = FIELDS_OF
+_FIELDS_OF = attrgetter(*SPAN_FIELDS)
 
 
 def span_to_list(span: Span) -> list[Any]:
@@ -268,7 +267,6 @@ _OPTIONAL_INT = _at(("http_status", "grpc_status"))
 _DURATION, _KIND, _STATUS, _ERROR, _REMOTE = _at(
     ("duration_ms", "kind", "status", "error", "parent_is_remote"))
 _KINDS, _STATUSES = frozenset(KINDS.values()), frozenset(STATUSES.values())
-_PEER_KEYS = {"service": None, "endpoint": None, "kind": None}.keys()
 
 
 # Type signatures (the type of each field) already checked: most spans share a handful, so
@@ -283,11 +281,6 @@ def span_from_wire(values: Any) -> Span:
     (anything else written there raises ValueError, never a later TypeError)."""
     if type(values) is not list or len(values) != len(SPAN_FIELDS):
         raise ValueError(f"a span is a list of {len(SPAN_FIELDS)} fields")
-    peer = values[_PEER]
-    if type(peer) is dict:  # version 2 writes the peer as an object
-        if peer.keys() != _PEER_KEYS:
-            raise ValueError("span field peer must have service, endpoint and kind")
-        values[_PEER] = [peer["service"], peer["endpoint"], peer["kind"]]
     signature = tuple(map(type, values))
     if signature not in _CHECKED:
         _check_types(values)

@@ -43,25 +43,6 @@ def test_a_field_of_the_wrong_type_is_refused_by_name(field: str, value: Any) ->
         span_from_wire(values)
 
 
-def test_version_2_writes_the_peer_as_an_object_and_reads_back_equal() -> None:
-    ((_, value, handed),) = by_trace_records([s for s in SPANS if s.peer], 1)
-    doc = orjson.loads(value)
-    assert doc["v"] == 2 and handed
-    assert {tuple(v[SPAN_FIELDS.index("peer")]) for v in doc["spans"]} == {
-        ("service", "endpoint", "kind")}
-    assert [span_from_wire(v) for v in doc["spans"]] == handed
-
-
-@pytest.mark.parametrize("peer", [{}, {"service": "a"}, {"service": "a", "endpoint": None,
-                                                         "kind": None, "extra": 1},
-                                  {"service": 1, "endpoint": None, "kind": None}])
-def test_a_peer_object_without_exactly_its_three_fields_is_refused(peer: Any) -> None:
-    values = wire(span_to_list(SPANS[0]))
-    values[SPAN_FIELDS.index("peer")] = peer
-    with pytest.raises(ValueError, match="peer"):
-        span_from_wire(values)
-
-
 @pytest.mark.parametrize("values", [None, 3, "span", {}, [], [1, 2, 3],
                                     [None] * len(SPAN_FIELDS)])
 def test_what_is_not_a_span_list_is_refused(values: Any) -> None:
