@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import faust
 import orjson
 
-MAX_SHARE = 0.05  # of a stage's time spent in checkpoints, at most
+MAX_SHARE = 0.025  # of a stage's time spent in checkpoints, at most
 
 
 def checkpoint_due(now_s: float, started_s: float, cost_s: float, interval_s: float,
@@ -23,7 +23,7 @@ def checkpoint_due(now_s: float, started_s: float, cost_s: float, interval_s: fl
     """Whether the next checkpoint is due: ``interval_s`` after the last one started
     (``started_s``, a monotonic reading like ``now_s``), and never so soon that
     checkpoints take more than ``max_share`` of the time — the last one took ``cost_s``,
-    so a state that takes 100 ms to write is written every 2 s, not every second. The
+    so a state that takes 100 ms to write is written every 4 s, not every second. The
     restart bound grows with the state then, the throughput stays."""
     return now_s - started_s >= max(interval_s, cost_s / max_share)
 

@@ -13,7 +13,7 @@ lives for the whole run) and collects on a schedule instead: the young generatio
 ``young_every_s``, everything every ``full_every_s``. Cyclic garbage, rare here, lives at
 most that long; a young collection then traverses only what was allocated since the last
 one and is still alive, a full one the whole heap (tens of milliseconds per million
-objects, once a minute by default).
+objects, every two minutes by default).
 
 The schedule is pure (:class:`CollectionSchedule`, clock readings as arguments); the loop
 that follows it (:func:`collect_on_schedule`) takes its clock and its sleep as arguments.
@@ -26,8 +26,8 @@ import gc
 import time
 from collections.abc import Awaitable, Callable
 
-YOUNG_EVERY_S = 5.0
-FULL_EVERY_S = 60.0
+YOUNG_EVERY_S = 15.0
+FULL_EVERY_S = 120.0
 TICK_S = 1.0
 
 YOUNG = 1  # gc.collect(1): generations 0 and 1
