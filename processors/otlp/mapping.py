@@ -135,6 +135,30 @@ def failing_peers(spans: Iterable[Span]) -> dict[SpanKey, Peer]:
     return peers
 
 
+def entries(spans: Iterable[Span]) -> list[tuple[Span, Peer | None]]:
+    """The entry spans of a collection of spans, in order, each with its failing peer (as
+    :func:`wide_events` pairs them): ``to_wide_event(*pair)`` is its wide event."""
+    spans = list(spans)
+    peers = failing_peers(spans)
+    return [(s, peers.get((s.trace_id, s.span_id))) for s in spans if is_entry(s)]
+
+
+def detected_event(span: Span, downstream: Peer | None = None) -> dict[str, Any]:
+    """The fields of ``to_wide_event(span, downstream)`` that detection reads, as a span
+    event record carries them and reads them back (``record.event_view`` of that wide
+    event, unit-tested equal): the span intake encodes and hands off this, and builds the
+    whole wide event only for the rare one a record cannot carry."""
+    peer = downstream if downstream is not None and span.error else None
+    return {
+        "event_time_ms": span.end_ms, "service": span.service,
+        "env": span.env or DEFAULT_ENV, "step": step_of(span),
+        "status": "error" if span.error else "ok", "service_version": span.service_version,
+        "error_code": span.error_code, "trace_id": span.trace_id, "steps": [],
+        "downstream": None if peer is None else
+        {"service": peer.service, "endpoint": peer.endpoint, "kind": peer.kind},
+    }
+
+
 def wide_events(spans: Iterable[Span]) -> list[dict[str, Any]]:
     """The wide events of a collection of spans (one payload, or an assembled trace), in
     the spans' order: one per entry span, with ``downstream`` resolved within the

@@ -24,6 +24,7 @@ partition :func:`trace_partition` names, so one assembler sees the whole trace.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 from zlib import crc32
 
@@ -38,27 +39,33 @@ BINARY_MAX_BYTES = 1_024
 PACK_MAX_BYTES = 64 * 1024  # a pack is cut before it passes this (detectors refuse 256 KB)
 
 
-def event_value(event: Mapping[str, Any], source: str, offset: int, index: int) -> bytes:
+def event_value(event: Mapping[str, Any], source: str, offset: int, index: int,
+                whole: Callable[[], Mapping[str, Any]] | None = None) -> bytes:
     """The value to publish for ``event``, the ``index``-th wide event of the span record
-    at ``offset`` of ``source`` (``"topic:partition"``): a span event record, or its JSON
-    when the record cannot carry it exactly (module doc)."""
+    at ``offset`` of ``source`` (``"topic:partition"``): a span event record, or the JSON
+    of the whole wide event (``whole()`` when given: ``event`` may hold only what the
+    record carries) when the record cannot carry it exactly (module doc)."""
     try:
         data = encode_span_event(event, source, offset, index)
     except RecordError:
-        return orjson.dumps(event)
+        return orjson.dumps(event if whole is None else whole())
     if len(data) > BINARY_MAX_BYTES:
-        return orjson.dumps(event)
+        return orjson.dumps(event if whole is None else whole())
     return data
 
 
 def event_records(events: Iterable[Mapping[str, Any]], source: str, offset: int,
-                  place: Callable[[bytes], int]
+                  place: Callable[[bytes], int],
+                  whole: Callable[[int], Mapping[str, Any]] | None = None
                   ) -> list[tuple[int, bytes, bytes, list[int]]]:
     """(partition, key, value, the indexes of the events it carries) for the wide events
     of the span record at ``offset`` of ``source``, the ``index``-th event being the
     ``index``-th of ``events``: on each partition (``place`` of the service key), the
     binary records in packs of consecutive events, a JSON event alone, in index order. A
-    pack of one is the bare record. The key is the first event's service."""
+    pack of one is the bare record. The key is the first event's service.
+
+    ``events`` may be detected events (:func:`~.mapping.detected_event`, what a record
+    carries) when ``whole(index)`` gives the whole wide event for the JSON ones."""
     out: list[tuple[int, bytes, bytes, list[int]]] = []
     # partition -> (key, its records, their indexes, the pack's size so far)
     packs: dict[int, tuple[bytes, list[bytes], list[int], int]] = {}
@@ -71,7 +78,8 @@ def event_records(events: Iterable[Mapping[str, Any]], source: str, offset: int,
     for index, event in enumerate(events):
         key = event["service"].encode()
         partition = place(key)
-        value = event_value(event, source, offset, index)
+        value = event_value(event, source, offset, index,
+                            None if whole is None else partial(whole, index))
         pack = packs.get(partition)
         if value[0] != VERSION:  # JSON: alone, after what came before on its partition
             if pack is not None:

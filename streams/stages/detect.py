@@ -291,11 +291,11 @@ class Detection(PartitionedStage[PartitionRun]):
                     # The span intake's binary record or pack (ADR 0015): held in the
                     # merge as one item, a list of [event, source, offset, index];
                     # handed off by this process's intake when it wrote these bytes.
-                    held = handoff.take(rec.partition, data) if handoff is not None \
+                    taken = handoff.take(rec.partition, data) if handoff is not None \
                         else None
-                    if held is None or held[0][1] != origin[0] \
-                            or (held[0][2], held[0][3]) != origin[1]:
-                        held = _span_records(data, origin)
+                    held = taken if taken is not None and taken[0][1] == origin[0] \
+                        and (taken[0][2], taken[0][3]) == origin[1] \
+                        else _span_records(data, origin)
                 else:
                     # a translated span as JSON (or Avro)
                     held = [[decode_native(data), origin[0], *origin[1]]]

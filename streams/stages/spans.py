@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from operator import attrgetter
 from typing import Any
 
@@ -40,12 +41,13 @@ from aiokafka import (
 )
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from tocsin.processors.otlp import Decoded, OtlpError, decode_batch, wide_events
+from tocsin.processors.otlp import Decoded, OtlpError, decode_batch
+from tocsin.processors.otlp.mapping import detected_event, entries, to_wide_event
 from tocsin.processors.otlp.merge import MAX_AHEAD_MS as MAX_AHEAD_MS  # re-exported
 from tocsin.processors.otlp.merge import Entry, PartitionMerge, holds_back, merge_time
 from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
-from tocsin.processors.otlp.record import event_view
 from tocsin.processors.otlp.republish import by_trace_records, event_records
+from tocsin.processors.otlp.spans import Peer, Span
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import MARK, SOURCES, SPAN_SOURCE
 from tocsin.streams.kafka.io import (
@@ -308,13 +310,17 @@ class SpanIntake:
             at = max(entry.time_ms, self._event_marks.get(source, entry.time_ms))
             if at != self._event_marks.get(source):
                 self._event_marks[source] = moved[source] = at
-            wide = wide_events(read.spans)
-            for partition, key, value, indexes in event_records(wide, source, offset, place):
+            # What detection reads of each entry span's wide event; the whole event only
+            # for one a record cannot carry (it goes as JSON).
+            pairs = entries(read.spans)
+            detected = [detected_event(span, peer) for span, peer in pairs]
+            for partition, key, value, indexes in event_records(
+                    detected, source, offset, place, partial(_whole_event, pairs)):
                 events.append((partition, key, value, [
                     (SPAN_SOURCE, f"{source}:{offset}:{indexes[0]}@{at}".encode())]))
                 if handoff is not None and value[0] in RECORD_VERSIONS \
                         and handoff.holds(partition):
-                    handoff.put(partition, value, [[event_view(wide[i]), source, offset, i]
+                    handoff.put(partition, value, [[detected[i], source, offset, i]
                                                    for i in indexes])
         if events:
             futures += await send_batches(self.producer, s.topics.events, events)
@@ -392,6 +398,10 @@ class SpanIntake:
 
 
 IDLE_AGAIN_S = 5.0
+
+
+def _whole_event(pairs: list[tuple[Span, Peer | None]], index: int) -> dict[str, Any]:
+    return to_wide_event(*pairs[index])
 
 
 def _time_of(rec: ConsumerRecord[bytes, bytes], read: Decoded | OtlpError) -> int | None:

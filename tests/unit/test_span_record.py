@@ -5,6 +5,8 @@ SDK workload and generated hostile strings; any bytes decode to an event or Reco
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import random
 from pathlib import Path
@@ -20,6 +22,7 @@ from tocsin.clients.otel_workload import proto, workload
 from tocsin.processors.family import failing_downstream, family_of
 from tocsin.processors.otlp import decode_batch, wide_events
 from tocsin.processors.otlp import record as rec
+from tocsin.processors.otlp.mapping import detected_event, entries, to_wide_event
 from tocsin.processors.otlp.record import (
     HEAD_SIZE,
     MAX_STR_BYTES,
@@ -28,6 +31,7 @@ from tocsin.processors.otlp.record import (
     encode_span_event,
     event_view,
 )
+from tocsin.processors.otlp.republish import BINARY_MAX_BYTES, event_records
 from tocsin.schemas.codec import SchemaError, WideEventDecoder
 
 OTEL = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "otel"
@@ -390,3 +394,45 @@ def test_unique_values_are_not_memoized() -> None:
         decode_span_event(encode_span_event({**VALID, "step": "x" * 600, "trace_id": None},
                                             "t:0", i, 0))
     assert (len(rec._TAILS), len(rec._STRINGS)) == (0, 0)
+
+
+# ---------------------------------------------------------------------- detected events
+
+def all_real_spans() -> list[Any]:
+    payloads = [p for _, p in fixture_payloads()]
+    payloads.append(proto(workload(12, {2, 5, 11}, 1_714_564_800_000_000_000)))
+    payloads += [body for body, _ in span_records_of_scale()]
+    return [decode_batch(p).spans for p in payloads]
+
+
+def span_records_of_scale() -> list[tuple[bytes, Any]]:
+    from bench import scale  # the bench's own span workload, failing traces included
+    return list(itertools.islice(scale.span_records(400), 60))
+
+
+def test_detected_events_are_what_the_record_of_the_whole_event_reads_back() -> None:
+    """The span intake encodes and hands off detected_event(span, peer) in place of the
+    whole wide event: the same record bytes, and the same event the bytes read back."""
+    seen = 0
+    for spans in all_real_spans():
+        pairs = entries(spans)
+        assert [to_wide_event(*pair) for pair in pairs] == wide_events(spans)
+        for index, pair in enumerate(pairs):
+            whole, lean = to_wide_event(*pair), detected_event(*pair)
+            assert lean == event_view(whole)
+            data = encode_span_event(whole, "otlp_spans:1", 7, index)
+            assert encode_span_event(lean, "otlp_spans:1", 7, index) == data
+            assert decode_span_event(data)[0] == lean
+            seen += 1
+    assert seen > 500
+
+
+def test_an_event_a_record_cannot_carry_goes_as_its_whole_json() -> None:
+    spans = next(s for s in all_real_spans() if s)
+    pairs = entries(spans)
+    long = [(dataclasses.replace(span, name="n" * (BINARY_MAX_BYTES + 1), http_route=None),
+             peer) for span, peer in pairs]
+    lean = [detected_event(*pair) for pair in long]
+    out = event_records(lean, "t:0", 0, lambda key: 0, lambda i: to_wide_event(*long[i]))
+    assert [orjson.loads(value) for _, _, value, _ in out] == \
+        [to_wide_event(*pair) for pair in long]
