@@ -36,6 +36,7 @@ from tocsin.processors.otlp.spans import Span
 from tocsin.processors.traces.assembler import span_to_list
 
 BINARY_MAX_BYTES = 1_024
+BY_TRACE_MAX_BYTES = 128 * 1024  # a by-trace record of several span records is cut here
 PACK_MAX_BYTES = 64 * 1024  # a pack is cut before it passes this (detectors refuse 256 KB)
 
 
@@ -126,3 +127,51 @@ def by_trace_records(spans: Iterable[Span], partitions: int
         groups.setdefault(partition, []).append(span)
     return [(partition, orjson.dumps({"v": 1, "spans": [span_to_list(s) for s in group]}),
              group) for partition, group in groups.items()]
+
+
+def by_trace_batches(records: Iterable[tuple[str, int, Iterable[Span]]], partitions: int,
+                     max_bytes: int = BY_TRACE_MAX_BYTES
+                     ) -> list[tuple[int, str, int, bytes, list[Span]]]:
+    """(partition, source, first offset, value, its spans) for the spans of consecutive
+    span records (``(source, offset, spans)``, in release order): per source and by-trace
+    partition, the spans of several span records in one by-trace record, as
+    :func:`by_trace_records` writes one record's, cut before ``max_bytes`` (one span
+    record's spans for a partition are never split: alone they may pass it, as before).
+
+    A Kafka record costs more to send, fetch and read than its spans cost to encode, and a
+    span record's spans spread over every by-trace partition (5 spans a record and
+    partition on the bench's workload). The assembly reads span by span and learns a
+    source's progress from marks and the largest span end it has read, so where one
+    record ends and the next begins changes nothing it decides. Records come out per
+    source and partition in offset order, each (source, partition) in the order it first
+    appears."""
+    out: list[tuple[int, str, int, bytes, list[Span]]] = []
+    # (source, partition) -> (first offset, JSON fragments, spans, bytes so far)
+    open_: dict[tuple[str, int], tuple[int, list[bytes], list[Span], int]] = {}
+    order: list[tuple[str, int]] = []
+    head, tail = b'{"v":1,"spans":[', b"]}"
+
+    def close(key: tuple[str, int]) -> None:
+        first, fragments, spans, _ = open_.pop(key)
+        out.append((key[1], key[0], first, head + b",".join(fragments) + tail, spans))
+
+    for source, offset, spans in records:
+        for partition, value, group in by_trace_records(spans, partitions):
+            fragment = value[len(head):-len(tail)]
+            key = (source, partition)
+            batch = open_.get(key)
+            if batch is not None and batch[3] + len(fragment) + 1 > max_bytes:
+                close(key)
+                batch = None
+            if batch is None:
+                order.append(key)
+                open_[key] = (offset, [fragment], list(group),
+                              len(head) + len(tail) + len(fragment))
+            else:
+                batch[1].append(fragment)
+                batch[2].extend(group)
+                open_[key] = (batch[0], batch[1], batch[2], batch[3] + len(fragment) + 1)
+    for key in order:
+        if key in open_:
+            close(key)
+    return out

@@ -46,7 +46,7 @@ from tocsin.processors.otlp.mapping import detected_event, entries, to_wide_even
 from tocsin.processors.otlp.merge import MAX_AHEAD_MS as MAX_AHEAD_MS  # re-exported
 from tocsin.processors.otlp.merge import Entry, PartitionMerge, holds_back, merge_time
 from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
-from tocsin.processors.otlp.republish import by_trace_records, event_records
+from tocsin.processors.otlp.republish import by_trace_batches, event_records
 from tocsin.processors.otlp.spans import Peer, Span
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import MARK, SOURCES, SPAN_SOURCE
@@ -365,29 +365,32 @@ class SpanIntake:
 
     async def _forward_by_trace(self, released: list[Entry[Read]]) -> list[Any]:
         """Every released span again, regrouped by trace id for trace assembly (ADR 0015):
-        per source record, one record for each by-trace partition its traces land on
-        (:func:`~tocsin.processors.otlp.republish.by_trace_records`), then a mark per
-        source that moved to every partition of the by-trace topic — the largest span end
-        that source has sent, so the assembly knows how far each source has surely come."""
+        per source and by-trace partition, the spans of the release's consecutive span
+        records in one record (:func:`~tocsin.processors.otlp.republish.by_trace_batches`),
+        then a mark per source that moved to every partition of the by-trace topic — the
+        largest span end that source has sent, so the assembly knows how far each source
+        has surely come."""
         assert self.producer is not None
         topic = self.settings.topics.spans_by_trace
         count = len(await self.producer.partitions_for(topic))
         handoff = self.handoff
         out: list[Outgoing] = []
         moved: dict[str, int] = {}
+        records: list[tuple[str, int, tuple[Span, ...]]] = []
         for entry in released:
             rec, read = entry.item
             if isinstance(read, OtlpError) or not read.spans:
                 continue
             source = f"{rec.topic}:{rec.partition}"
-            position = [(SPAN_SOURCE, f"{source}:{rec.offset}:0".encode())]
-            for partition, value, spans in by_trace_records(read.spans, count):
-                out.append((partition, None, value, position))
-                if handoff is not None and handoff.holds(partition):
-                    handoff.put(partition, value, spans)
+            records.append((source, rec.offset, read.spans))
             latest = max(map(END_MS, read.spans))
             if latest > self._marks.get(source, -1):
                 self._marks[source] = moved[source] = latest
+        for partition, source, first, value, spans in by_trace_batches(records, count):
+            out.append((partition, None, value,
+                        [(SPAN_SOURCE, f"{source}:{first}:0".encode())]))
+            if handoff is not None and handoff.holds(partition):
+                handoff.put(partition, value, spans)
         if not out and not moved:
             return []
         futures = await send_batches(self.producer, topic, out) if out else []

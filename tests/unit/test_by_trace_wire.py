@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_traces import spans_of
-from tocsin.processors.otlp.republish import by_trace_records, trace_partition
+from tocsin.processors.otlp.republish import (
+    BY_TRACE_MAX_BYTES,
+    by_trace_batches,
+    by_trace_records,
+    trace_partition,
+)
 from tocsin.processors.traces import TraceAssembler
 from tocsin.processors.traces.assembler import SPAN_FIELDS, span_from_wire, span_to_list
 
@@ -89,3 +94,48 @@ def test_the_trace_placement_is_pinned() -> None:
     assert trace_partition("5b8efff798038103d269b633813fc60c", 6) == 3
     assert trace_partition("5b8efff798038103d269b633813fc60c", 1) == 0
     assert {trace_partition(f"{i:032x}", 6) for i in range(100)} == set(range(6))
+
+
+def released_records(n: int = 12) -> list[tuple[str, int, list[Any]]]:
+    """Span records of two sources, interleaved as a release gives them."""
+    spans = spans_of(60, {3, 17, 31, 44})
+    size = len(spans) // n
+    return [(f"otlp_spans:{i % 2}", 100 + i, spans[i * size:(i + 1) * size])
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("max_bytes", [BY_TRACE_MAX_BYTES, 4_000, 1])
+def test_batches_carry_each_source_and_partitions_spans_in_record_order(max_bytes: int
+                                                                         ) -> None:
+    records = released_records()
+    out = by_trace_batches(records, 6, max_bytes)
+    # the same spans per (source, partition), in the same order, as one record each
+    expected: dict[tuple[str, int], list[Any]] = {}
+    for source, _, spans in records:
+        for partition, _, group in by_trace_records(spans, 6):
+            expected.setdefault((source, partition), []).extend(group)
+    got: dict[tuple[str, int], list[Any]] = {}
+    firsts: dict[tuple[str, int], list[int]] = {}
+    for partition, source, first, value, handed in out:
+        back = [span_from_wire(v) for v in orjson.loads(value)["spans"]]
+        assert back == handed  # what the hand-off gives is what the bytes read back
+        got.setdefault((source, partition), []).extend(back)
+        firsts.setdefault((source, partition), []).append(first)
+        if len(value) > max_bytes:  # only ever one span record's spans, alone
+            assert len({o for s, o, spans in records if s == source
+                        for x in handed if x in spans}) == 1
+    assert got == expected
+    assert all(f == sorted(f) for f in firsts.values())
+    # the first offset names the first span record whose spans the batch holds
+    for partition, source, first, _, handed in out:
+        holder = next(o for s, o, spans in records if s == source and handed[0] in spans)
+        assert first == holder
+
+
+def test_a_release_goes_out_in_fewer_records_than_one_per_span_record_and_partition() -> None:
+    records = released_records()
+    single = sum(len(by_trace_records(spans, 6)) for _, _, spans in records)
+    batched = by_trace_batches(records, 6)
+    assert len(batched) <= 12 < single  # at most one per (source, partition)
+    cut = by_trace_batches(records, 6, 4_000)
+    assert len(batched) < len(cut) <= single
