@@ -127,7 +127,7 @@ def test_batches_carry_each_source_and_partitions_spans_in_record_order(max_byte
     assert got == expected
     assert all(f == sorted(f) for f in firsts.values())
     # the first offset names the first span record whose spans the batch holds
-    for partition, source, first, _, handed in out:
+    for _, source, first, _, handed in out:
         holder = next(o for s, o, spans in records if s == source and handed[0] in spans)
         assert first == holder
 
