@@ -57,7 +57,6 @@ from tocsin.streams.kafka.headers import (
 from tocsin.streams.kafka.io import read_to_end
 from tocsin.streams.kafka.registry import SchemaRegistry, confluent_frame
 from tocsin.streams.stages.checkpoints import CheckpointStore
-from tocsin.streams.stages.handoff import HandOff
 from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
@@ -117,6 +116,7 @@ class Detection(PartitionedStage[PartitionRun]):
     """Owns the events consumer, the detectors of its partitions and their checkpoints."""
 
     group = "detect"
+    handoff_metric = "span_events"  # span event records this process's intake decoded
     log = log
 
     def __init__(self, settings: Settings, bootstrap: str, store: CheckpointStore,
@@ -138,8 +138,6 @@ class Detection(PartitionedStage[PartitionRun]):
         self._incident_ends: dict[int, int] = {}
         self._restored_from: dict[int, int] | None = None
         self.dead_letters: DeadLetterSender | None = None
-        # The events this process's span intake wrote, already decoded (ADR 0015).
-        self.handoff: HandOff | None = None
 
     def held(self) -> int:
         """Span events held by the merges, waiting for their sources' progress."""
@@ -230,17 +228,6 @@ class Detection(PartitionedStage[PartitionRun]):
     def checkpointed(self, partition: int, run: PartitionRun) -> None:
         self.metrics.checkpoints += 1
         self.metrics.counters[partition] = run.detector.counters.as_dict()
-        if self.handoff is not None:  # span event records read without decoding, or not
-            self.metrics.stages["span_events_handed_off"] = self.handoff.taken
-            self.metrics.stages["span_events_decoded"] = self.handoff.missed
-
-    def installed(self, partition: int) -> None:
-        if self.handoff is not None:
-            self.handoff.partitions.add(partition)
-
-    def released(self, partition: int) -> None:
-        if self.handoff is not None:
-            self.handoff.release(partition)
 
     async def _load_emitted(self, starts: dict[int, int]) -> None:
         """Identities on the incidents topic from ``starts`` (partition -> offset; the

@@ -29,6 +29,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from tocsin.streams.kafka.io import commit_quietly, stage_consumer, stop_quietly
 from tocsin.streams.stages.checkpoints import CheckpointStore, checkpoint_due
+from tocsin.streams.stages.handoff import HandOff
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings
 
@@ -55,6 +56,7 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
 
     group: str  # the consumer group's suffix: ``<app>-<group>``
     log: logging.Logger
+    handoff_metric = "handoff"  # the metrics' name for what :attr:`handoff` spared
 
     def __init__(self, settings: Settings, bootstrap: str, store: CheckpointStore,
                  metrics: Metrics) -> None:
@@ -71,6 +73,9 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
         self._checkpoint_cost = 0.0  # seconds the last checkpoint took
         self._assigned: dict[int, RunT] = {}
         self._lock = asyncio.Lock()
+        # What this process's span intake already decoded for the partitions held here
+        # (ADR 0015); its counts go to the metrics as <handoff_metric>_handed_off/_decoded.
+        self.handoff: HandOff | None = None
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -161,6 +166,8 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
                 await self._commit(await self._checkpoint(parts))
             for p in parts:
                 del self.runs[p]
+                if self.handoff is not None:
+                    self.handoff.release(p)
                 self.released(p)
             self.ready.clear()
 
@@ -181,6 +188,8 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
         fresh, self._assigned = self._assigned, {}
         for p, run in sorted(fresh.items()):
             self.runs[p] = run
+            if self.handoff is not None:
+                self.handoff.partitions.add(p)
             self.installed(p)
             self.consumer.seek(TopicPartition(self.topic, p), run.next_offset)
             self.log.info("%s partition %s resumes at offset %s", self.group, p,
@@ -235,6 +244,9 @@ class PartitionedStage(ConsumerRebalanceListener, Generic[RunT]):  # type: ignor
             await self.store.save(p, self.state_of(run), run.next_offset)
             run.checkpointed_offset = run.next_offset
             self.checkpointed(p, run)
+            if self.handoff is not None:  # records read without decoding, or not
+                self.metrics.stages[f"{self.handoff_metric}_handed_off"] = self.handoff.taken
+                self.metrics.stages[f"{self.handoff_metric}_decoded"] = self.handoff.missed
         self._checkpoint_cost = time.monotonic() - started
         return {TopicPartition(self.topic, p): self.runs[p].checkpointed_offset for p in parts
                 if self.runs[p].checkpointed_offset > 0}

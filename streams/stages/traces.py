@@ -42,7 +42,6 @@ from tocsin.processors.traces.summary import summary_records
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import progress_of, span_source
 from tocsin.streams.kafka.io import new_producer
-from tocsin.streams.stages.handoff import HandOff
 from tocsin.streams.stages.partitioned import PartitionedStage, StageRun
 
 log = logging.getLogger("tocsin.traces")
@@ -64,7 +63,7 @@ class TraceStage(PartitionedStage[TraceRun]):
     group = "traces"
     log = log
     dead_letters: DeadLetterSender | None = None
-    handoff: HandOff | None = None  # spans this process's intake already decoded
+    handoff_metric = "by_trace"  # by-trace records' spans this process's intake decoded
 
     @property
     def topic(self) -> str:
@@ -105,18 +104,9 @@ class TraceStage(PartitionedStage[TraceRun]):
     def checkpointed(self, partition: int, run: TraceRun) -> None:
         self.metrics.stages["traces_checkpoints"] += 1
         self.metrics.assembly[partition] = run.assembler.counters.as_dict()
-        if self.handoff is not None:  # by-trace records read without decoding, or not
-            self.metrics.stages["by_trace_handed_off"] = self.handoff.taken
-            self.metrics.stages["by_trace_decoded"] = self.handoff.missed
-
-    def installed(self, partition: int) -> None:
-        if self.handoff is not None:
-            self.handoff.partitions.add(partition)
 
     def released(self, partition: int) -> None:
         self.metrics.assembly.pop(partition, None)
-        if self.handoff is not None:
-            self.handoff.release(partition)
 
     # ------------------------------------------------------------------ hot path
 
