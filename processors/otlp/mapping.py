@@ -145,9 +145,10 @@ def entries(spans: Iterable[Span]) -> list[tuple[Span, Peer | None]]:
 
 def detected_event(span: Span, downstream: Peer | None = None) -> dict[str, Any]:
     """The fields of ``to_wide_event(span, downstream)`` that detection reads, as a span
-    event record carries them and reads them back (``record.event_view`` of that wide
-    event, unit-tested equal): the span intake encodes and hands off this, and builds the
-    whole wide event only for the rare one a record cannot carry."""
+    event record carries them and reads them back (what ``record.decode_span_event`` gives
+    for the record of that wide event, and the same bytes: unit-tested): the span intake
+    encodes and hands off this, and builds the whole wide event only for the rare one a
+    record cannot carry."""
     peer = downstream if downstream is not None and span.error else None
     return {
         "event_time_ms": span.end_ms, "service": span.service,

@@ -374,26 +374,3 @@ def decode_span_event(data: bytes) -> tuple[dict[str, Any], str, tuple[int, int]
         "downstream": None if down is None else
         {"service": down[0], "endpoint": down[1], "kind": down[2]},
     }, source, (offset, index)
-
-
-
-def event_view(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The event :func:`decode_span_event` gives for a record :func:`encode_span_event`
-    wrote from ``event``, without the bytes: the span intake hands it to the detection in
-    its own process (ADR 0015). Holds for every record of at most ``MAX_STR_BYTES`` per
-    string (the span intake's are under 1 KB whole, so nothing is cut); the encoder has
-    already refused what a record cannot carry. A lowercase hex trace id travels raw and
-    reads back the same text; env None reads back as ``"prod"``; a downstream reads back
-    with exactly service, endpoint and kind."""
-    get = event.get
-    env = get("env")
-    down = get("downstream")
-    return {
-        "event_time_ms": get("event_time_ms"), "service": get("service"),
-        "env": DEFAULT_ENV if env is None else env, "step": get("step"),
-        "status": get("status", "ok"), "service_version": get("service_version"),
-        "error_code": get("error_code"), "trace_id": get("trace_id"), "steps": [],
-        "downstream": None if down is None else
-        {"service": down.get("service"), "endpoint": down.get("endpoint"),
-         "kind": down.get("kind")},
-    }

@@ -11,8 +11,8 @@ written. Kafka stays the source of truth and of order: the stage still reads eve
 in offset order, from its checkpointed position; the hand-off only spares decoding bytes
 whose decoded form is known. A record that is not here (another worker wrote it, a
 replay, a restart, a full hand-off) is decoded as always, to equal values (unit-tested for
-both forms: the by-trace form reads back equal, and ``event_view`` equals what a span
-event record decodes to).
+both forms: the by-trace form reads back equal, and ``mapping.detected_event`` equals what
+its span event record decodes to).
 
 Bounded: at most ``max_records`` records wait; past that the oldest are forgotten (their
 records are decoded when read). The intake hands off only for partitions the local stage
