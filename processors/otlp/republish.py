@@ -47,12 +47,12 @@ def event_value(event: Mapping[str, Any], source: str, offset: int, index: int,
     of the whole wide event (``whole()`` when given: ``event`` may hold only what the
     record carries) when the record cannot carry it exactly (module doc)."""
     try:
-        data = encode_span_event(event, source, offset, index)
+        data: bytes | None = encode_span_event(event, source, offset, index)
     except RecordError:
-        return orjson.dumps(event if whole is None else whole())
-    if len(data) > BINARY_MAX_BYTES:
-        return orjson.dumps(event if whole is None else whole())
-    return data
+        data = None
+    if data is not None and len(data) <= BINARY_MAX_BYTES:
+        return data
+    return orjson.dumps(event if whole is None else whole())
 
 
 def event_records(events: Iterable[Mapping[str, Any]], source: str, offset: int,
@@ -110,6 +110,25 @@ def trace_partition(trace_id: str, partitions: int) -> int:
     return crc32(trace_id.encode()) % partitions
 
 
+_HEAD, _TAIL = b'{"v":1,"spans":[', b"]}"  # a by-trace record's value around its spans
+
+
+def _by_trace_groups(spans: Iterable[Span], partitions: int
+                     ) -> list[tuple[int, bytes, list[Span]]]:
+    """(partition, its spans' JSON without the brackets, its spans) per by-trace
+    partition the spans land on, each span as
+    :func:`~tocsin.processors.traces.assembler.span_to_list` writes it, in order."""
+    groups: dict[int, list[Span]] = {}
+    placed: dict[str, int] = {}
+    for span in spans:
+        partition = placed.get(span.trace_id)
+        if partition is None:
+            partition = placed[span.trace_id] = trace_partition(span.trace_id, partitions)
+        groups.setdefault(partition, []).append(span)
+    return [(partition, orjson.dumps([span_to_list(s) for s in group])[1:-1], group)
+            for partition, group in groups.items()]
+
+
 def by_trace_records(spans: Iterable[Span], partitions: int
                      ) -> list[tuple[int, bytes, list[Span]]]:
     """(partition, value, its spans) for one span record's spans on the by-trace topic: one
@@ -118,15 +137,8 @@ def by_trace_records(spans: Iterable[Span], partitions: int
     order. A by-trace record may hold several traces: the assembler reads span by span.
     Per partition and not per trace: a Collector batch holds hundreds of traces, and each
     Kafka record costs more to send and read than its spans cost to encode."""
-    groups: dict[int, list[Span]] = {}
-    placed: dict[str, int] = {}
-    for span in spans:
-        partition = placed.get(span.trace_id)
-        if partition is None:
-            partition = placed[span.trace_id] = trace_partition(span.trace_id, partitions)
-        groups.setdefault(partition, []).append(span)
-    return [(partition, orjson.dumps({"v": 1, "spans": [span_to_list(s) for s in group]}),
-             group) for partition, group in groups.items()]
+    return [(partition, _HEAD + fragment + _TAIL, group)
+            for partition, fragment, group in _by_trace_groups(spans, partitions)]
 
 
 def by_trace_batches(records: Iterable[tuple[str, int, Iterable[Span]]], partitions: int,
@@ -143,35 +155,30 @@ def by_trace_batches(records: Iterable[tuple[str, int, Iterable[Span]]], partiti
     partition on the bench's workload). The assembly reads span by span and learns a
     source's progress from marks and the largest span end it has read, so where one
     record ends and the next begins changes nothing it decides. Records come out per
-    source and partition in offset order, each (source, partition) in the order it first
-    appears."""
+    source and partition in offset order: one cut by size when the next would pass it,
+    then every other in the order it was opened."""
     out: list[tuple[int, str, int, bytes, list[Span]]] = []
     # (source, partition) -> (first offset, JSON fragments, spans, bytes so far)
-    open_: dict[tuple[str, int], tuple[int, list[bytes], list[Span], int]] = {}
-    order: list[tuple[str, int]] = []
-    head, tail = b'{"v":1,"spans":[', b"]}"
+    batches: dict[tuple[str, int], tuple[int, list[bytes], list[Span], int]] = {}
 
     def close(key: tuple[str, int]) -> None:
-        first, fragments, spans, _ = open_.pop(key)
-        out.append((key[1], key[0], first, head + b",".join(fragments) + tail, spans))
+        first, fragments, spans, _ = batches.pop(key)
+        out.append((key[1], key[0], first, _HEAD + b",".join(fragments) + _TAIL, spans))
 
     for source, offset, spans in records:
-        for partition, value, group in by_trace_records(spans, partitions):
-            fragment = value[len(head):-len(tail)]
+        for partition, fragment, group in _by_trace_groups(spans, partitions):
             key = (source, partition)
-            batch = open_.get(key)
+            batch = batches.get(key)
             if batch is not None and batch[3] + len(fragment) + 1 > max_bytes:
                 close(key)
                 batch = None
             if batch is None:
-                order.append(key)
-                open_[key] = (offset, [fragment], list(group),
-                              len(head) + len(tail) + len(fragment))
+                batches[key] = (offset, [fragment], group,
+                                len(_HEAD) + len(_TAIL) + len(fragment))
             else:
                 batch[1].append(fragment)
                 batch[2].extend(group)
-                open_[key] = (batch[0], batch[1], batch[2], batch[3] + len(fragment) + 1)
-    for key in order:
-        if key in open_:
-            close(key)
+                batches[key] = (batch[0], batch[1], batch[2], batch[3] + len(fragment) + 1)
+    for key in list(batches):
+        close(key)
     return out
