@@ -17,18 +17,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from tocsin.processors.actions import TRANSITIONS as ACTION_TRANSITIONS
+from tocsin.processors.actions import Command, Refusal, check, next_phase
 from tocsin.processors.config import DetectorConfig
 from tocsin.processors.family import Family
-from tocsin.processors.lifecycle import IncidentEvent, OpenIncident, event, incident_id
+from tocsin.processors.lifecycle import (
+    ACTIONS_KEPT,
+    IncidentEvent,
+    Kind,
+    OpenIncident,
+    event,
+    incident_id,
+)
 from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
 
-SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSION = 5
 NONE: list[IncidentEvent] = []
 
 StepKey = tuple[str, str, str]
 SAMPLE_TRACES = 8  # trace ids an incident keeps as samples: its first errors', in log order
 KNOWN_VERSIONS = 8  # versions remembered per (service, env): a rolling deploy's old and
 # new instances interleave, and only a version not seen lately is a deploy
+# Resolved incidents a partition keeps for people's later actions (reopen, notes): for a
+# week of its event time, and at most this many (the oldest resolved go first).
+CLOSED_KEPT_MS = 7 * 24 * 3_600_000
+MAX_CLOSED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +63,9 @@ class FamilyState:
     incident: OpenIncident | None = None
     downstream: str | None = None  # of the latest error, in log order
     traces: list[str] = field(default_factory=list)  # latest error trace ids, log order
+    # False after a person resolved the family's incident while its window still
+    # qualified: no new incident opens until the window stops qualifying (ADR 0016).
+    armed: bool = True
 
 
 @dataclass(slots=True)
@@ -60,6 +76,8 @@ class Counters:
     families_overflowed: int = 0
     families_evicted: int = 0
     duplicates_dropped: int = 0
+    actions_repeated: int = 0  # an applied action's command read again: applied once
+    closed_forgotten: int = 0  # resolved incidents past CLOSED_KEPT_MS or MAX_CLOSED
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -67,6 +85,8 @@ class Counters:
             "families_overflowed": self.families_overflowed,
             "families_evicted": self.families_evicted,
             "duplicates_dropped": self.duplicates_dropped,
+            "actions_repeated": self.actions_repeated,
+            "closed_forgotten": self.closed_forgotten,
         }
 
 
@@ -114,6 +134,8 @@ class PartitionDetector:
         self._out: list[IncidentEvent] = []
         self.versions: dict[tuple[str, str], list[str]] = {}
         self.sources: dict[str, tuple[int, int]] = {}
+        # Resolved incidents by id, for people's later actions, oldest resolved first
+        self.closed: dict[str, tuple[Family, OpenIncident]] = {}
         self._bucket_ms = config.bucket_ms
         self._buckets_per_window = config.buckets_per_window
 
@@ -223,7 +245,9 @@ class PartitionDetector:
             incident.error_count += 1
         qualifies, count, base = self._evaluate(fs, now_index)
         if incident is None:
-            if qualifies:
+            if not qualifies:
+                fs.armed = True
+            elif fs.armed:
                 self._open(fs, clock, count, base, out)
             return
         incident.peak_count = max(incident.peak_count, count)
@@ -270,6 +294,8 @@ class PartitionDetector:
             fs = self.families[family]
             incident = fs.incident
             assert incident is not None
+            if incident.held:
+                continue  # reopened by a person: a person resolves it
             if incident.status == "active":
                 for index in range(first, last + 1):
                     qualifies, count, base = self._evaluate(fs, index)
@@ -292,15 +318,113 @@ class PartitionDetector:
     ) -> None:
         cfg = self.config
         incident.status = "resolved"
+        incident.phase = "resolved"
         incident.status_since_ms = at_ms
         _, count, base = self._evaluate(fs, bucket_index(at_ms, cfg.bucket_ms))
         out.append(event(incident, fs.family, "resolved", at_ms, count, base, fs.last_error_ms))
+        self._close(fs, incident)
+
+    def _close(self, fs: FamilyState, incident: OpenIncident) -> None:
+        """The family's incident resolved: kept by id for people's later actions."""
         fs.incident = None
         services = self.open_by_service[fs.family.service]
         services.discard(fs.family)
         if not services:
             del self.open_by_service[fs.family.service]
         self._idle_check_ms = None
+        self.closed.pop(incident.incident_id, None)
+        self.closed[incident.incident_id] = (fs.family, incident)
+        if len(self.closed) > MAX_CLOSED:
+            del self.closed[next(iter(self.closed))]
+            self.counters.closed_forgotten += 1
+
+    # ------------------------------------------------------------------ people
+
+    def act(self, command: Command) -> list[IncidentEvent] | Refusal:
+        """Apply an operator action to the incident it names (ADR 0016): the lifecycle
+        event it publishes (none when this action was applied before), or why not.
+
+        Read in log order among the family's events, so a replay decides it the same way.
+        A person's resolve closes the incident for good; the family opens a new one only
+        once its window has stopped qualifying. A reopened incident is held open: the
+        machine no longer recovers or resolves it, and its family's errors count on it."""
+        found = self._incident(command)
+        if isinstance(found, Refusal):
+            return found
+        family, incident, fs = found
+        if command.action_id in incident.actions:
+            self.counters.actions_repeated += 1
+            return []
+        refusal = check(command.action, incident.phase)
+        if refusal is not None:
+            return refusal
+        if command.action == "reopen":
+            if fs is None:  # the family was forgotten since: it starts again
+                fs = self._new_family(family)
+                if fs is None:
+                    return Refusal("detector.max_families",
+                                   "the partition tracks as many families as it may")
+            if fs.incident is not None:
+                return Refusal("lifecycle.one_open_per_family",
+                               f"{fs.incident.incident_id} is open for this family: a "
+                               "family has one open incident at a time")
+        incident.phase = next_phase(command.action, incident.phase)
+        incident.actions.append(command.action_id)
+        del incident.actions[:-ACTIONS_KEPT]
+        if command.action == "resolve":
+            incident.status = "resolved"
+            incident.status_since_ms = command.at_ms
+            incident.held = False
+            if fs is not None and fs.incident is incident:
+                self._close(fs, incident)
+                fs.armed = False
+        elif command.action == "reopen":
+            assert fs is not None
+            del self.closed[incident.incident_id]
+            incident.status = "active"
+            incident.status_since_ms = command.at_ms
+            incident.held = True
+            fs.incident = incident
+            self.open_by_service.setdefault(family.service, set()).add(family)
+            self._idle_check_ms = None
+        count, base, last_error_ms = 0, 0.0, incident.onset_ms
+        if fs is not None:
+            clock = self.clocks.get(family.service, command.at_ms)
+            _, count, base = self._evaluate(fs, bucket_index(clock, self.config.bucket_ms))
+            last_error_ms = fs.last_error_ms
+        kind: Kind = ACTION_TRANSITIONS[command.action].kind  # type: ignore[assignment]
+        return [event(incident, family, kind, command.at_ms, count, base, last_error_ms,
+                      action_id=command.action_id, actor=command.actor, note=command.note,
+                      title=command.title, hypothesis_status=command.hypothesis_status)]
+
+    def _incident(self, command: Command
+                  ) -> tuple[Family, OpenIncident, FamilyState | None] | Refusal:
+        """The incident a command names, open or kept resolved, with its family's state
+        (None when the family was forgotten meanwhile)."""
+        for family in sorted(self.open_by_service.get(command.service, ())):
+            fs = self.families[family]
+            if fs.incident is not None and fs.incident.incident_id == command.incident_id:
+                return self._same_env(command, family, fs.incident, fs)
+        kept = self.closed.get(command.incident_id)
+        if kept is None:
+            return Refusal("incident.unknown",
+                           f"{command.incident_id} is not held by the detector of "
+                           f"{command.service}: unknown, or resolved more than "
+                           f"{CLOSED_KEPT_MS // 3_600_000} h of event time ago")
+        family, incident = kept
+        if family.service != command.service:
+            return Refusal("incident.service", f"{command.incident_id} belongs to "
+                                               f"{family.service}, not {command.service}")
+        return self._same_env(command, family, incident, self.families.get(family))
+
+    @staticmethod
+    def _same_env(command: Command, family: Family, incident: OpenIncident,
+                  fs: FamilyState | None
+                  ) -> tuple[Family, OpenIncident, FamilyState | None] | Refusal:
+        if family.env != command.env:
+            return Refusal("incident.env", f"{command.incident_id} belongs to env "
+                                           f"{family.env}, not {command.env}")
+        return family, incident, fs
 
     def _advance_watermark(self, t_ms: int, out: list[IncidentEvent]) -> None:
         """Move services with open incidents that fell silent for longer than the grace."""
@@ -367,6 +491,12 @@ class PartitionDetector:
         for fs in self.families.values():
             horizon = bucket_index(self.clocks[fs.family.service], cfg.bucket_ms)
             trim(fs.buckets, horizon - cfg.retained_buckets + 1)
+        if self.watermark_ms is not None:
+            kept_from = self.watermark_ms - CLOSED_KEPT_MS
+            for closed_id in [k for k, (_, inc) in self.closed.items()
+                              if inc.status_since_ms < kept_from]:
+                del self.closed[closed_id]
+                self.counters.closed_forgotten += 1
 
     def _evictable(self, fs: FamilyState) -> bool:
         clock = self.clocks[fs.family.service]
@@ -422,9 +552,12 @@ class PartitionDetector:
                     fs.incident.to_list() if fs.incident else None,
                     fs.downstream,
                     list(fs.traces),
+                    fs.armed,
                 ]
                 for fs in sorted(self.families.values(), key=lambda s: s.family)
             ],
+            "closed": [[*family, incident.to_list()]
+                       for family, incident in self.closed.values()],
             "steps": [[*k, sorted((i, c[:2]) for i, c in b.items())]
                       for k, b in sorted(self.steps.items())],
             "versions": [[*k, v] for k, v in sorted(self.versions.items())],
@@ -443,10 +576,10 @@ class PartitionDetector:
         det.clocks = dict(snap["clocks"])
         det.watermark_ms = snap["watermark_ms"]
         for (env, service, step, code, last_error_ms, buckets, incident, down,
-             traces) in snap["families"]:
+             traces, armed) in snap["families"]:
             family = Family(env, service, step, code)
             fs = FamilyState(family, {int(i): int(n) for i, n in buckets}, last_error_ms,
-                             downstream=down, traces=list(traces))
+                             downstream=down, traces=list(traces), armed=armed)
             if incident is not None:
                 fs.incident = OpenIncident.from_list(incident)
                 det.open_by_service.setdefault(service, set()).add(family)
@@ -456,4 +589,7 @@ class PartitionDetector:
         det.counters = Counters(**snap["counters"])
         det.versions = {(service, env): list(v) for service, env, v in snap["versions"]}
         det.sources = {k: (int(o), int(i)) for k, o, i in snap["sources"]}
+        for env, service, step, code, incident in snap["closed"]:
+            closed = OpenIncident.from_list(incident)
+            det.closed[closed.incident_id] = (Family(env, service, step, code), closed)
         return det

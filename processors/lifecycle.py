@@ -1,7 +1,10 @@
-"""Incident lifecycle: active -> recovering -> resolved, with reopen (ADR 0003).
+"""Incident lifecycle: active -> recovering -> resolved, with reopen (ADR 0003), and the
+response phase people move with their actions (ADR 0016).
 
-Every change is an :class:`IncidentEvent` with a deterministic identity, ``(incident_id,
-seq)``, so a re-emission after a crash is recognised downstream. Times are event times.
+Every change, the machine's and people's, is an :class:`IncidentEvent` with a
+deterministic identity, ``(incident_id, seq)``, so a re-emission after a crash is
+recognised downstream. Times are event times; an action's time is the one its command
+recorded.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from tocsin.processors.family import Family
 
 RULE = "spike.v1"
 
-Kind = Literal["opened", "recovering", "reopened", "resolved"]
+Kind = Literal["opened", "recovering", "reopened", "resolved", "acknowledged",
+               "investigating", "mitigated", "annotated", "hypothesis"]
 Status = Literal["active", "recovering", "resolved"]
+ACTIONS_KEPT = 32  # action ids an incident remembers, so a command read twice applies once
 
 
 def incident_id(family: Family, onset_ms: int) -> str:
@@ -53,6 +58,13 @@ class IncidentEvent:
     rule: str = RULE
     downstream: str | None = None
     sample_trace_ids: tuple[str, ...] = ()
+    phase: str = "triggered"
+    # An operator action's (None on the machine's changes): its identity, who, what
+    action_id: str | None = None
+    actor: str | None = None
+    note: str | None = None
+    title: str | None = None
+    hypothesis_status: str | None = None
 
     @property
     def event_id(self) -> str:
@@ -77,12 +89,15 @@ class OpenIncident:
     error_count: int
     downstream: str | None = None
     sample_traces: list[str] = field(default_factory=list)
+    phase: str = "triggered"
+    held: bool = False  # reopened by a person: only a person resolves it again
+    actions: list[str] = field(default_factory=list)  # the last ACTIONS_KEPT applied
 
     def to_list(self) -> list[Any]:
         return [
             self.incident_id, self.onset_ms, self.status, self.seq,
             self.status_since_ms, self.peak_count, self.error_count, self.downstream,
-            list(self.sample_traces),
+            list(self.sample_traces), self.phase, self.held, list(self.actions),
         ]
 
     @classmethod
@@ -103,8 +118,10 @@ def event(
     window_count: int,
     base: float,
     last_error_ms: int,
+    **action: str | None,
 ) -> IncidentEvent:
-    """Advance the incident's sequence and describe the change."""
+    """Advance the incident's sequence and describe the change (``action``: an operator
+    action's ``action_id``, ``actor``, ``note``, ``title``, ``hypothesis_status``)."""
     incident.seq += 1
     return IncidentEvent(
         incident_id=incident.incident_id,
@@ -126,4 +143,6 @@ def event(
         last_error_ms=last_error_ms,
         downstream=incident.downstream,
         sample_trace_ids=tuple(incident.sample_traces),
+        phase=incident.phase,
+        **action,  # type: ignore[arg-type]
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,6 +88,7 @@ class IncidentState:
     last_error_ms: int
     resolved_ms: int | None = None
     sample_traces: tuple[str, ...] = ()
+    phase: str = "triggered"  # the response phase (ADR 0016)
 
 
 Traces = tuple[dict[str, Any], dict[str, Any]]  # (blast, propagation) from failing traces
@@ -234,10 +235,12 @@ def snapshots(incident: IncidentState, traces: Traces | None) -> dict[str, Any]:
 
 def build(incident: IncidentState, signals: Sequence[SignalView], decision: Decision,
           as_of_ms: int, traces: Traces | None = None, opening: Opening | None = None,
-          trace_facts: TraceFacts | None = None) -> dict[str, Any]:
+          trace_facts: TraceFacts | None = None, response: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
     """The report, sealed with its two hashes. ``traces`` is (blast, propagation) from the
     incident's failing traces (ADR 0012); ``opening`` the same captured when it opened;
-    ``trace_facts`` the traces' failing dependency when it decided the cause."""
+    ``trace_facts`` the traces' failing dependency when it decided the cause;
+    ``response`` what people did (:func:`response_section`), absent until they act."""
     f = incident.facts
     by_id = {s.signal_id: s for s in signals}
     alerts = [s for s in signals if s.type == "alert"]
@@ -285,12 +288,61 @@ def build(incident: IncidentState, signals: Sequence[SignalView], decision: Deci
         "next_checks": next_checks(incident, decision, by_id, trace_facts),
         "generated_at_ms": as_of_ms,
     }
+    if response is not None:
+        report["response"] = response
     if traces is not None:
         for trace_id in traces[0].get("sample_traces") or ():
             report["evidence"].append({"kind": "trace", "id": trace_id, "source": "otlp",
                                        "summary": f"sample failing trace {trace_id}",
                                        "time_ms": f.onset_ms})
     return seal(report)
+
+
+MAX_NOTES = 50  # the latest notes a report lists; notes_total counts them all
+RESPONDED = ("acknowledged", "investigating", "mitigated", "resolved")
+
+
+def response_section(incident: IncidentState, actions: Sequence[Mapping[str, Any]]
+                     ) -> dict[str, Any] | None:
+    """What people did to the incident (ADR 0016), from its operator actions in sequence
+    order (each the lifecycle event's ``kind``, ``actor``, ``at_ms``, ``note``, ``title``,
+    ``hypothesis_status``); None without any.
+
+    ``acknowledged`` is the first response (acknowledge, investigate, mitigate or resolve);
+    ``mitigated`` the latest mitigation; ``resolved`` the person's resolve in effect (None
+    when the machine resolved it, or it is open); every action with a note is a note;
+    each hypothesis appears once, at its latest status, in the order first proposed."""
+    if not actions:
+        return None
+
+    def who(a: Mapping[str, Any]) -> dict[str, Any]:
+        return {"by": a["actor"], "at_ms": a["at_ms"]}
+
+    first = next((a for a in actions if a["kind"] in RESPONDED), None)
+    mitigated = [a for a in actions if a["kind"] == "mitigated"]
+    status_changes = [a for a in actions if a["kind"] in ("resolved", "reopened")]
+    resolved = status_changes[-1] if status_changes and incident.status == "resolved" \
+        and status_changes[-1]["kind"] == "resolved" else None
+    hypotheses: dict[str, dict[str, Any]] = {}
+    for a in actions:
+        if a["kind"] == "hypothesis":
+            title = a["title"]
+            proposed = hypotheses.get(title, {}).get("proposed_by", a["actor"])
+            hypotheses[title] = {"title": title, "status": a["hypothesis_status"],
+                                 "by": a["actor"], "at_ms": a["at_ms"],
+                                 "proposed_by": proposed}
+    notes = [{"kind": a["kind"], "by": a["actor"], "at_ms": a["at_ms"], "note": a["note"]}
+             for a in actions if a.get("note")]
+    return {
+        "phase": incident.phase,
+        "acknowledged": who(first) if first is not None else None,
+        "mitigated": who(mitigated[-1]) if mitigated else None,
+        "resolved": who(resolved) if resolved is not None else None,
+        "notes": notes[-MAX_NOTES:],
+        "notes_total": len(notes),
+        "hypotheses": list(hypotheses.values()),
+        "actions": len(actions),
+    }
 
 
 def fingerprint_lines(report: dict[str, Any]) -> list[str]:

@@ -33,7 +33,13 @@ from typing import Any
 import orjson
 
 from tocsin.processors.classify import ClassifierConfig, IncidentFacts, classify
-from tocsin.processors.report import IncidentState, Opening, build, canonical_json
+from tocsin.processors.report import (
+    IncidentState,
+    Opening,
+    build,
+    canonical_json,
+    response_section,
+)
 from tocsin.processors.signals.model import Signal
 from tocsin.processors.traces import BlastRadius, ClosedTrace, TraceSummary, summarize
 from tocsin.processors.traces.summary import decode_summary, encode_summary
@@ -99,7 +105,10 @@ def incident_state(event: Mapping[str, Any], downstream: str | None) -> Incident
         facts, event["family"], event["status"], event["seq"], event["window_count"],
         event["peak_count"], event["error_count"], event["baseline"], event["lift"],
         event["last_error_ms"], event["at_ms"] if event["status"] == "resolved" else None,
-        tuple(event.get("sample_trace_ids") or ()))
+        tuple(event.get("sample_trace_ids") or ()), event.get("phase") or "triggered")
+
+
+ACTION_FIELDS = ("kind", "actor", "at_ms", "note", "title", "hypothesis_status")
 
 
 def _traces(blast: BlastRadius | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -159,6 +168,8 @@ class Triage:
         self._resolved_by_age: list[tuple[int, str]] = []
         # The snapshot form of each kept summary, by its key: (the summary, its form)
         self._trace_docs: dict[tuple[int, str], tuple[TraceSummary, Any]] = {}
+        # Operator actions by incident, by seq (ADR 0016): whatever order they arrive in
+        self.actions: dict[str, dict[int, dict[str, Any]]] = {}
 
     # Each input marks the incidents it touches; flush() evaluates each of them once.
 
@@ -170,6 +181,11 @@ class Triage:
         if event["kind"] == "opened" and incident_id not in self.opened:
             self.opened[incident_id] = (int(event["at_ms"]),
                                         incident_state(event, downstream))
+        if event.get("action_id"):
+            actions = self.actions.setdefault(incident_id, {})
+            if event["seq"] not in actions:
+                actions[event["seq"]] = {k: event.get(k) for k in ACTION_FIELDS}
+                self.dirty.add(incident_id)
         current = self.incidents.get(incident_id)
         if current is not None and current.seq >= event["seq"]:
             return
@@ -322,6 +338,7 @@ class Triage:
             self.opened.pop(incident_id, None)
             self.opening_blasts.pop(incident_id, None)
             self._counted.pop(incident_id, None)
+            self.actions.pop(incident_id, None)
         horizon = self.horizon_ms - cfg.signal_retention_ms
         for family in list(self.traces):
             kept = self.traces[family]
@@ -350,13 +367,15 @@ class Triage:
         blast = self.blasts.get(incident_id)
         trace_facts = blast.trace_facts() if blast is not None else None
         decision = classify(incident.facts, evidence, self.config.classifier, trace_facts)
+        actions = [a for _, a in sorted(self.actions.get(incident_id, {}).items())]
         times = [incident.last_error_ms, incident.resolved_ms or 0,
-                 *(s.event_time_ms for s in evidence)]
+                 *(s.event_time_ms for s in evidence), *(a["at_ms"] for a in actions)]
         opened = self.opened.get(incident_id)
         opening = None if opened is None else Opening(
             opened[0], opened[1], _traces(self.opening_blasts.get(incident_id)))
         return build(incident, evidence, decision, max(times), _traces(blast), opening,
-                     trace_facts if decision.rule_id == "trace_downstream" else None)
+                     trace_facts if decision.rule_id == "trace_downstream" else None,
+                     response_section(incident, actions))
 
     def _evaluate(self, incident_ids: list[str]) -> list[dict[str, Any]]:
         out = []
@@ -405,6 +424,8 @@ class Triage:
             "counted": {k: sorted(v) for k, v in sorted(self._counted.items())},
             "evicted_at_ms": self._evicted_at_ms,
             "signals_dropped": self.signals_dropped,
+            "actions": {k: [[seq, a] for seq, a in sorted(v.items())]
+                        for k, v in sorted(self.actions.items())},
         }
         self._trace_docs = kept_docs
         return snap
@@ -439,6 +460,8 @@ class Triage:
         triage._counted = {k: set(v) for k, v in snap["counted"].items()}
         triage._evicted_at_ms = int(snap["evicted_at_ms"])
         triage.signals_dropped = int(snap["signals_dropped"])
+        triage.actions = {k: {int(seq): dict(a) for seq, a in v}
+                          for k, v in snap.get("actions", {}).items()}
         triage._by_age = sorted((f.last_seen_ms, k) for k, f in triage.signals.items())
         triage._resolved_by_age = sorted((f.last_seen_ms, k)
                                          for k, f in triage.signals.items()
@@ -454,12 +477,13 @@ def _incident_list(s: IncidentState) -> list[Any]:
     return [[f.incident_id, f.env, f.service, f.step, f.error_code, f.onset_ms, f.downstream,
              f.version], s.family, s.status, s.seq, s.window_count, s.peak_count,
             s.error_count, s.baseline, s.lift, s.last_error_ms, s.resolved_ms,
-            list(s.sample_traces)]
+            list(s.sample_traces), s.phase]
 
 
 def _incident_of(v: list[Any]) -> IncidentState:
+    """An incident of a snapshot; one written before ADR 0016 has no phase (triggered)."""
     facts, family, status, seq, window_count, peak_count, error_count, baseline, lift, \
-        last_error_ms, resolved_ms, sample_traces = v
+        last_error_ms, resolved_ms, sample_traces, *phase = v
     return IncidentState(IncidentFacts(*facts), family, status, seq, window_count,
                          peak_count, error_count, baseline, lift, last_error_ms, resolved_ms,
-                         tuple(sample_traces))
+                         tuple(sample_traces), *phase)

@@ -32,7 +32,8 @@ SOE_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 
 WIDE_EVENT = "wide_event.v1"
-INCIDENT_EVENT = "incident_event.v1"
+INCIDENT_EVENT = "incident_event.v2"
+INCIDENT_EVENT_V1 = "incident_event.v1"  # still read: logs written before v2
 SIGNAL = "signal.v1"
 
 Encoding = Literal["avro", "json"]
@@ -274,6 +275,10 @@ class WideEventDecoder:
 # ---------------------------------------------------------------------- incident events
 
 
+_V2_DEFAULTS = {"phase": "triggered", "action_id": None, "actor": None, "note": None,
+                "title": None, "hypothesis_status": None}
+
+
 def encode_incident(record: Mapping[str, Any], encoding: Encoding) -> bytes:
     if encoding == "json":
         return orjson.dumps(dict(record), option=orjson.OPT_SORT_KEYS)
@@ -283,6 +288,9 @@ def encode_incident(record: Mapping[str, Any], encoding: Encoding) -> bytes:
 def decode_incident(data: bytes, registry_lookup: Callable[[int], AvroSchema] | None = None
                     ) -> dict[str, Any]:
     if data[:1] == b"\xc3":
+        v1 = avro_schema(INCIDENT_EVENT_V1)
+        if data[:10] == v1.header:  # written before v2: read as v2 reads it
+            return {**_V2_DEFAULTS, **v1.decode_soe(data)}
         return avro_schema(INCIDENT_EVENT).decode_soe(data)
     if data[:1] == CONFLUENT_MAGIC and registry_lookup is not None and len(data) > 5:
         return registry_lookup(int.from_bytes(data[1:5], "big")).decode_body(data[5:])

@@ -12,6 +12,9 @@ SPAN_SOURCE = "tocsin.span_source"  # topic:partition:offset:index[@merge time] 
 # source's order (the running maximum of the source's record times, ADR 0015)
 """On the events topic, a translated span's value is a binary span event record when its
 first byte is one of ``processors.otlp.record.VERSIONS`` (ADR 0015), else JSON."""
+ACTION = "tocsin.action"
+"""On the events topic, a record with this header is an operator action's command (JSON,
+``processors.actions.Command``), keyed by the incident's service (ADR 0016)."""
 PROVENANCE_HEADER = "tocsin.provenance"  # where a report's cited records lie (JSON)
 MARK = "tocsin.mark"
 """A record with this header and an empty value is a progress mark, `<source>=<ms>`: the

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from tocsin.processors.actions import CommandError, Refusal, decode_command
 from tocsin.processors.detector import (
     FamilyWindow,
     PartitionDetector,
@@ -49,7 +50,9 @@ from tocsin.schemas.codec import (
 from tocsin.schemas.signal_wire import encode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import (
+    ACTION,
     DELIVERY_HEADER,
+    header,
     progress_of,
     span_source,
     span_time,
@@ -271,6 +274,9 @@ class Detection(PartitionedStage[PartitionRun]):
                 self._dead_letter(run, rec, f"oversize: {len(data)} bytes > {limit}")
                 continue
             origin = span_source(rec.headers) if rec.headers else None
+            if origin is None and rec.headers and header(rec.headers, ACTION) is not None:
+                counted += self._act(run, rec)
+                continue
             try:
                 if origin is None:
                     event = decode(data)
@@ -299,13 +305,41 @@ class Detection(PartitionedStage[PartitionRun]):
                 at = span_time(rec.headers)
                 merge.add(origin[0], held[0][0]["event_time_ms"] if at is None else at,
                           offset * SEQ_PER_RECORD + index, held)
+        counted += self._release(run)
+        self.metrics.events_in += counted
+
+    def _release(self, run: PartitionRun) -> int:
+        """Feed the span events every source has passed; how many were counted."""
+        counted = 0
+        merge = run.merge
         if merge.expected:  # nothing goes before the sources are known
             accept = run.detector.accept_source
             for held in merge.release():
                 for event, source, offset, index in held:
                     if accept(source, (offset, index)):
                         counted += self._feed(run, event)
-        self.metrics.events_in += counted
+        return counted
+
+    def _act(self, run: PartitionRun, rec: ConsumerRecord[bytes, bytes]) -> int:
+        """An operator action, decided where it lies in the log (ADR 0016): the span events
+        releasable by then go first, so its place among them is the log's, not a batch's.
+        Applied, it is a lifecycle event; refused, a dead letter naming the rule."""
+        try:
+            command = decode_command(rec.value or b"")
+        except CommandError as exc:
+            self._dead_letter(run, rec, f"action command: {exc}")
+            return 0
+        counted = self._release(run)
+        outcome = run.detector.act(command)
+        if isinstance(outcome, Refusal):
+            self.metrics.stages["actions_refused"] += 1
+            self._dead_letter(run, rec, f"action {command.action_id} refused: "
+                                        f"{outcome.rule}: {outcome.message}")
+            return counted
+        self.metrics.stages["actions_applied"] += len(outcome)
+        for change in outcome:
+            self._emit(run, change)
+        return counted
 
     def _feed(self, run: PartitionRun, event: dict[str, Any]) -> int:
         changed, changes = feed(run.detector, event)

@@ -15,6 +15,7 @@ import pytest
 from tocsin.schemas.codec import (
     AVRO_DIR,
     INCIDENT_EVENT,
+    INCIDENT_EVENT_V1,
     WIDE_EVENT,
     AvroSchema,
     SchemaError,
@@ -142,9 +143,31 @@ def test_incident_events_round_trip(encoding: str) -> None:
               "error_code": "E", "family": "s:p:E", "onset_ms": 5, "at_ms": 5,
               "window_count": 5, "baseline": 0.0, "lift": None, "peak_count": 5,
               "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": "payment",
-              "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"]}
+              "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"], "phase": "triggered",
+              "action_id": None, "actor": None, "note": None, "title": None,
+              "hypothesis_status": None}
     assert decode_incident(encode_incident(record, encoding)) == record  # type: ignore[arg-type]
     assert avro_schema(INCIDENT_EVENT).fields == list(record)
+    action = {**record, "seq": 2, "kind": "hypothesis", "phase": "investigating",
+              "action_id": "act_0123456789abcdef", "actor": "ana", "note": "pool size?",
+              "title": "the pool is too small", "hypothesis_status": "proposed"}
+    assert decode_incident(encode_incident(action, encoding)) == action  # type: ignore[arg-type]
+
+
+def test_incident_events_written_as_v1_read_as_v2_reads_them() -> None:
+    """A log written before operator actions (incident_event.v1) still reads: the machine's
+    changes, with v2's defaults for what v1 had not (ADR 0016)."""
+    v1 = {"incident_id": "inc_0123456789abcdef", "seq": 1, "kind": "opened",
+          "status": "active", "env": "prod", "service": "s", "step": "p",
+          "error_code": "E", "family": "s:p:E", "onset_ms": 5, "at_ms": 5,
+          "window_count": 5, "baseline": 0.0, "lift": None, "peak_count": 5,
+          "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": None,
+          "sample_trace_ids": []}
+    data = avro_schema(INCIDENT_EVENT_V1).encode_soe(v1)
+    assert data[:10] != avro_schema(INCIDENT_EVENT).header
+    assert decode_incident(data) == {**v1, "phase": "triggered", "action_id": None,
+                                     "actor": None, "note": None, "title": None,
+                                     "hypothesis_status": None}
 
 
 def test_single_object_header_matches_the_avro_spec_example() -> None:

@@ -397,7 +397,9 @@ INCIDENT = {"incident_id": "inc_0123456789abcdef", "seq": 1, "kind": "opened",
             "error_code": "E", "family": "s:p:E", "onset_ms": 5, "at_ms": 5,
             "window_count": 5, "baseline": 0.0, "lift": None, "peak_count": 5,
             "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": "payment",
-            "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"]}
+            "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"], "phase": "triggered",
+            "action_id": None, "actor": None, "note": None, "title": None,
+            "hypothesis_status": None}
 
 
 def incident_lookup(schema_id: int) -> AvroSchema:

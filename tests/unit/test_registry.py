@@ -36,12 +36,14 @@ def test_incident_events_in_confluent_framing_decode_with_the_registry() -> None
     with fake_registry() as (url, _):
         registry = SchemaRegistry(url)
         schema = avro_schema(INCIDENT_EVENT)
-        record = {"incident_id": "inc_1", "seq": 1, "kind": "opened", "status": "active",
+        record = {"incident_id": "inc_1", "seq": 2, "kind": "acknowledged", "status": "active",
                   "env": "prod", "service": "s", "step": "p", "error_code": "E",
                   "family": "s:p:E", "onset_ms": 1, "at_ms": 1, "window_count": 5,
                   "baseline": 0.0, "lift": None, "peak_count": 5, "error_count": 5,
                   "last_error_ms": 1, "rule": "spike.v1", "downstream": None,
-                  "sample_trace_ids": []}
+                  "sample_trace_ids": [], "phase": "acknowledged",
+                  "action_id": "act_0123456789abcdef", "actor": "ana", "note": None,
+                  "title": None, "hypothesis_status": None}
         data = confluent_frame(registry.register("tocsin.incidents-value", schema),
                                schema.encode_body(record))
         assert decode_incident(data, SchemaRegistry(url).lookup) == record
