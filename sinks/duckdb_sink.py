@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import duckdb
 
 # 2: signal_deliveries; signals.latest_occurrences (the projection folds signals itself).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # DuckDB's own automatic checkpoint (its default threshold) is replaced by ours, which
 # waits while a copy of the file is being taken (see copy_checkpoint).
 WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS incident_events (
     env VARCHAR, service VARCHAR, step VARCHAR, error_code VARCHAR, family VARCHAR,
     onset_ms BIGINT, at_ms BIGINT, window_count INTEGER, baseline DOUBLE, lift DOUBLE,
     peak_count INTEGER, error_count INTEGER, last_error_ms BIGINT, rule VARCHAR,
-    downstream VARCHAR, sample_trace_ids VARCHAR[],
+    downstream VARCHAR, sample_trace_ids VARCHAR[], phase VARCHAR, action_id VARCHAR,
+    actor VARCHAR, note VARCHAR, title VARCHAR, hypothesis_status VARCHAR,
     PRIMARY KEY (incident_id, seq));
 CREATE TABLE IF NOT EXISTS incidents (
     incident_id VARCHAR PRIMARY KEY, env VARCHAR, service VARCHAR, step VARCHAR,
@@ -56,7 +57,14 @@ CREATE TABLE IF NOT EXISTS incidents (
     onset TIMESTAMPTZ, onset_ms BIGINT, updated_ms BIGINT, resolved_ms BIGINT,
     opened_window_count INTEGER, opened_baseline DOUBLE, opened_lift DOUBLE,
     window_count INTEGER, peak_count INTEGER, error_count INTEGER, last_error_ms BIGINT,
-    downstream VARCHAR);
+    downstream VARCHAR, phase VARCHAR, acknowledged_by VARCHAR, acknowledged_ms BIGINT,
+    mitigated_by VARCHAR, mitigated_ms BIGINT, resolved_by VARCHAR, mtta_ms BIGINT,
+    mttr_ms BIGINT);
+CREATE TABLE IF NOT EXISTS incident_actions (
+    incident_id VARCHAR, seq INTEGER, action_id VARCHAR, kind VARCHAR, actor VARCHAR,
+    at_ms BIGINT, note VARCHAR, title VARCHAR, hypothesis_status VARCHAR, phase VARCHAR,
+    status VARCHAR, env VARCHAR, service VARCHAR, family VARCHAR,
+    PRIMARY KEY (incident_id, seq));
 CREATE TABLE IF NOT EXISTS family_windows (
     env VARCHAR, family VARCHAR, service VARCHAR, step VARCHAR, error_code VARCHAR,
     bucket_start_ms BIGINT, bucket_ms INTEGER, errors INTEGER,
@@ -106,7 +114,36 @@ MIGRATIONS = (
     # The latest occurrence's own count (``occurrences`` is the folded total): what the
     # fold compares when it picks the latest occurrence, so a row folds on exactly.
     ("signals", "latest_occurrences", "INTEGER"),
+    # Operator actions (ADR 0016)
+    ("incident_events", "phase", "VARCHAR"),
+    ("incident_events", "action_id", "VARCHAR"),
+    ("incident_events", "actor", "VARCHAR"),
+    ("incident_events", "note", "VARCHAR"),
+    ("incident_events", "title", "VARCHAR"),
+    ("incident_events", "hypothesis_status", "VARCHAR"),
+    ("incidents", "phase", "VARCHAR"),
+    ("incidents", "acknowledged_by", "VARCHAR"),
+    ("incidents", "acknowledged_ms", "BIGINT"),
+    ("incidents", "mitigated_by", "VARCHAR"),
+    ("incidents", "mitigated_ms", "BIGINT"),
+    ("incidents", "resolved_by", "VARCHAR"),
+    ("incidents", "mtta_ms", "BIGINT"),
+    ("incidents", "mttr_ms", "BIGINT"),
 )
+
+# How each service's on-call responds (ADR 0016): over incidents, so always current.
+VIEWS = """
+CREATE OR REPLACE VIEW service_response AS
+SELECT env, service, count(*) AS incidents,
+       count(*) FILTER (WHERE status = 'resolved') AS resolved,
+       count(acknowledged_ms) AS acknowledged,
+       count(*) FILTER (WHERE resolved_by IS NOT NULL) AS resolved_by_people,
+       median(mtta_ms) AS median_mtta_ms, avg(mtta_ms) AS mean_mtta_ms,
+       max(mtta_ms) AS max_mtta_ms,
+       median(mttr_ms) AS median_mttr_ms, avg(mttr_ms) AS mean_mttr_ms,
+       max(mttr_ms) AS max_mttr_ms
+FROM incidents GROUP BY env, service;
+"""
 
 EVENT_COLUMNS = (
     ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("kind", "VARCHAR"),
@@ -115,7 +152,15 @@ EVENT_COLUMNS = (
     ("at_ms", "BIGINT"), ("window_count", "INTEGER"), ("baseline", "DOUBLE"),
     ("lift", "DOUBLE"), ("peak_count", "INTEGER"), ("error_count", "INTEGER"),
     ("last_error_ms", "BIGINT"), ("rule", "VARCHAR"), ("downstream", "VARCHAR"),
-    ("sample_trace_ids", "VARCHAR[]"),
+    ("sample_trace_ids", "VARCHAR[]"), ("phase", "VARCHAR"), ("action_id", "VARCHAR"),
+    ("actor", "VARCHAR"), ("note", "VARCHAR"), ("title", "VARCHAR"),
+    ("hypothesis_status", "VARCHAR"),
+)
+ACTION_COLUMNS = (
+    ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("action_id", "VARCHAR"),
+    ("kind", "VARCHAR"), ("actor", "VARCHAR"), ("at_ms", "BIGINT"), ("note", "VARCHAR"),
+    ("title", "VARCHAR"), ("hypothesis_status", "VARCHAR"), ("phase", "VARCHAR"),
+    ("status", "VARCHAR"), ("env", "VARCHAR"), ("service", "VARCHAR"), ("family", "VARCHAR"),
 )
 FAMILY_WINDOW_COLUMNS = (
     ("env", "VARCHAR"), ("family", "VARCHAR"), ("service", "VARCHAR"), ("step", "VARCHAR"),
@@ -166,12 +211,32 @@ SELECT e.incident_id, e.env, e.service, e.step, e.error_code, e.family, last.sta
        CASE WHEN last.status = 'resolved' THEN last.at_ms END,
        e.window_count, e.baseline, e.lift,
        last.window_count, last.peak_count, last.error_count, last.last_error_ms,
-       e.downstream
+       e.downstream, coalesce(last.phase, 'triggered'),
+       last.acknowledged_by, last.acknowledged_ms, last.mitigated_by, last.mitigated_ms,
+       CASE WHEN last.status = 'resolved' AND last.closing_kind = 'resolved'
+            THEN last.closing_actor END,
+       greatest(last.acknowledged_ms - e.onset_ms, 0),
+       CASE WHEN last.status = 'resolved' THEN greatest(last.closed_ms - e.onset_ms, 0) END
 FROM incident_events e
 JOIN (SELECT incident_id, arg_max(status, seq) AS status, max(seq) AS seq,
              arg_max(at_ms, seq) AS at_ms, arg_max(window_count, seq) AS window_count,
              arg_max(peak_count, seq) AS peak_count, arg_max(error_count, seq) AS error_count,
-             arg_max(last_error_ms, seq) AS last_error_ms
+             arg_max(last_error_ms, seq) AS last_error_ms, arg_max(phase, seq) AS phase,
+             -- the first response: acknowledge, investigate, mitigate or resolve by a person
+             arg_min(actor, seq) FILTER (WHERE action_id IS NOT NULL AND kind IN
+                 ('acknowledged', 'investigating', 'mitigated', 'resolved'))
+                 AS acknowledged_by,
+             arg_min(at_ms, seq) FILTER (WHERE action_id IS NOT NULL AND kind IN
+                 ('acknowledged', 'investigating', 'mitigated', 'resolved'))
+                 AS acknowledged_ms,
+             arg_max(actor, seq) FILTER (WHERE kind = 'mitigated') AS mitigated_by,
+             arg_max(at_ms, seq) FILTER (WHERE kind = 'mitigated') AS mitigated_ms,
+             -- the last resolve or reopen: who resolved it, when it resolved
+             arg_max(kind, seq) FILTER (WHERE kind IN ('resolved', 'reopened'))
+                 AS closing_kind,
+             arg_max(actor, seq) FILTER (WHERE kind IN ('resolved', 'reopened'))
+                 AS closing_actor,
+             arg_max(at_ms, seq) FILTER (WHERE kind = 'resolved') AS closed_ms
       FROM incident_events WHERE incident_id IN (SELECT unnest($1::VARCHAR[]))
       GROUP BY incident_id) last USING (incident_id)
 WHERE e.seq = 1
@@ -220,6 +285,7 @@ class DuckDBSink:
         self.con.execute(DDL)
         for table, column, kind in MIGRATIONS:
             self.con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        self.con.execute(VIEWS)
         # Defence in depth: no file reads or writes beyond the database itself, and
         # nobody may turn that back on. Checkpoints are ours (see _after_commit).
         self.con.execute("SET checkpoint_threshold = '1TB'")
@@ -249,6 +315,34 @@ class DuckDBSink:
         """The ``signals`` rows of these ids, by id (those held)."""
         with self._lock:
             return _held_signals(self.con, sorted(set(ids)))
+
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        """The ``incidents`` row of one incident, as of the last commit (a key lookup on
+        the writer's connection, under its lock: no snapshot lag)."""
+        with self._lock:
+            cur = self.con.execute("SELECT * FROM incidents WHERE incident_id = ?",
+                                   [incident_id])
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description or ()]
+        return dict(zip(names, row, strict=True)) if row is not None else None
+
+    def actions(self, incident_id: str) -> list[dict[str, Any]]:
+        """The ``incident_actions`` rows of one incident, in sequence order."""
+        with self._lock:
+            cur = self.con.execute("SELECT * FROM incident_actions WHERE incident_id = ? "
+                                   "ORDER BY seq", [incident_id])
+            rows = cur.fetchall()
+            names = [d[0] for d in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def action(self, action_id: str) -> dict[str, Any] | None:
+        """The ``incident_actions`` row of one applied action, if it was applied."""
+        with self._lock:
+            cur = self.con.execute("SELECT * FROM incident_actions WHERE action_id = ?",
+                                   [action_id])
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description or ()]
+        return dict(zip(names, row, strict=True)) if row is not None else None
 
     def report_keys(self) -> set[tuple[str, str]]:
         """(incident_id, report_hash) of every report version held."""
@@ -282,6 +376,11 @@ class DuckDBSink:
                                 _columns(incident_events, EVENT_COLUMNS))
                     touched = sorted({str(e["incident_id"]) for e in incident_events})
                     con.execute(REBUILD_INCIDENTS, [touched])
+                    actions = [e for e in incident_events if e.get("action_id")]
+                    if actions:
+                        con.execute(_insert_sql("incident_actions", ACTION_COLUMNS,
+                                                "OR IGNORE"),
+                                    _columns(actions, ACTION_COLUMNS))
                 if family_windows:
                     con.execute(
                         _insert_sql("family_windows", FAMILY_WINDOW_COLUMNS, "OR REPLACE"),

@@ -233,6 +233,79 @@ def report(incident_id: str, db: str | None, fmt: str) -> None:
     sys.stdout.buffer.write(data)  # exactly the stored or rendered bytes, nothing added
 
 
+CLI_ACTIONS = ("acknowledge", "investigate", "mitigate", "resolve", "reopen", "note",
+               "hypothesis")
+
+
+@main.command()
+@click.argument("incident_id")
+@click.argument("action", required=False, type=click.Choice(CLI_ACTIONS))
+@click.argument("text", required=False)
+@click.option("--by", metavar="NAME", help="Who acts (required with an action).")
+@click.option("--note", metavar="TEXT", help="A note with the action.")
+@click.option("--status", "hypothesis_status",
+              type=click.Choice(["proposed", "confirmed", "rejected"]),
+              help="A hypothesis' status (with hypothesis TITLE).")
+@click.option("--worker", metavar="URL", help="The worker's HTTP base URL (default: the "
+              "running worker that holds --db).")
+@DB
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def incident(incident_id: str, action: str | None, text: str | None, by: str | None,
+             note: str | None, hypothesis_status: str | None, worker: str | None,
+             db: str | None, as_json: bool) -> None:
+    """Show an incident, or act on it (ADR 0016).
+
+    \b
+    tocsin incident ID
+    tocsin incident ID acknowledge|investigate|mitigate|resolve|reopen --by NAME [--note TEXT]
+    tocsin incident ID note TEXT --by NAME
+    tocsin incident ID hypothesis TITLE --status proposed|confirmed|rejected --by NAME
+    """
+    from tocsin.clients.incident import act, describe, show, worker_url
+    from tocsin.clients.query import QueryError
+
+    if action is None:
+        if by or note or text or hypothesis_status:
+            raise click.UsageError("--by, --note and --status go with an action")
+    elif not by:
+        raise click.UsageError(f"{action} needs --by NAME")
+    elif action == "note" and (not text or note):
+        raise click.UsageError("note takes its TEXT as an argument: note TEXT --by NAME")
+    elif action == "hypothesis" and (not text or not hypothesis_status):
+        raise click.UsageError("hypothesis needs a TITLE and --status")
+    elif action not in ("note", "hypothesis") and (text or hypothesis_status):
+        raise click.UsageError(f"{action} takes no TEXT or --status; a note is --note TEXT")
+    try:
+        base = worker_url(db or _settings().db, worker)
+        if action is None:
+            status, body = show(base, incident_id)
+        else:
+            request: dict[str, Any] = {"action": action, "by": by}
+            if action == "note":
+                request.update(action="annotate", note=text)
+            elif action == "hypothesis":
+                request.update(title=text, status=hypothesis_status)
+            if note:
+                request["note"] = note
+            status, body = act(base, incident_id, request)
+    except QueryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    if status >= 400:
+        rule = f" [{body['rule']}]" if body.get("rule") else ""
+        err.print(f"[red]error:[/] {body.get('error')}{rule}")
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(body, sort_keys=True))
+    elif action is None:
+        click.echo("\n".join(describe(body)))
+    elif status == 202:
+        click.echo(f"{incident_id}: {action} written as {body['action_id']}, not decided yet")
+    else:
+        click.echo(f"{incident_id}: {body['kind']} by {body['by']} "
+                   f"(status {body['status']}, phase {body['phase']}, seq {body['seq']})")
+
+
 # ---------------------------------------------------------------------- broker
 
 

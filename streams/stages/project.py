@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -390,6 +390,9 @@ class Projection:
             if settings.schema_registry_url else None
         self.producer: AIOKafkaProducer | None = None
         self.dead_letters: DeadLetterSender | None = None
+        # Told what each batch wrote, after its commit: the operator actions' desk
+        self.on_written: Callable[[Sequence[Mapping[str, Any]],
+                                   Sequence[Mapping[str, Any]]], None] | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -448,6 +451,8 @@ class Projection:
                         reason)
             await self._dead_letter(rec, reason, where)
         await asyncio.to_thread(self._write, rows)
+        if self.on_written is not None and (rows.events or rows.letters):
+            self.on_written(rows.events, rows.letters)
         self.metrics.stages["projection_marks_skipped"] += rows.marks
         self.metrics.stages["projection_signals_redelivered"] += rows.signals.redelivered
         self.metrics.rows_projected += rows.count()

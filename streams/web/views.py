@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 _DECODE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tocsin-otlp-http")
 OPENAPI = Path(__file__).with_name("openapi.json")
+ACTION_MAX_BYTES = 64 * 1024  # an action's body: a name, a note, a title
 
 
 class _QuietRequestHandler(web_protocol.RequestHandler):
@@ -238,6 +239,50 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
                 return found
             data, content_type = render_report(found.body.decode(), fmt)
             return self.bytes(data, content_type=content_type)
+
+    @app.page("/v1/incidents/{incident_id}")
+    class Incident(View):
+        """One incident as the projection holds it now, with its operator actions."""
+
+        async def get(self, request: Request, incident_id: str) -> Response:
+            denied = reader(self, request)
+            if denied is not None:
+                return denied
+            sink = worker.sink if worker.projection is not None else None
+            if sink is None:
+                return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
+            row = await asyncio.to_thread(sink.incident, incident_id)
+            if row is None:
+                return answer(self, 404, {"error": f"no incident {incident_id}"})
+            actions = await asyncio.to_thread(sink.actions, incident_id)
+            row.pop("onset", None)  # onset_ms says it, without a time zone to guess
+            return answer(self, 200, {**row, "actions": actions})
+
+    @app.page("/v1/incidents/{incident_id}/actions")
+    class Actions(View):
+        """An operator action (ADR 0016): 200 with the incident's new state, 400, 404,
+        409 naming the rule, 202 when the decision takes longer than the timeout."""
+
+        async def post(self, request: Request, incident_id: str) -> Response:
+            denied = reader(self, request)
+            if denied is not None:
+                return denied
+            if worker.projection is None and queries is None:
+                return answer(self, 404, {"error": "this worker keeps no DuckDB projection"})
+            if worker.actions is None:
+                return answer(self, 503, {"error": "actions not ready yet"})
+            try:
+                raw = await read_body(request, ACTION_MAX_BYTES,
+                                      settings.http_body_timeout_ms / 1000)
+            except BodyError as exc:
+                return answer(self, exc.status, {"error": str(exc)})
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                return answer(self, 400, {"error": f"body must be JSON: {exc}"})
+            result = await worker.actions.submit(incident_id, body,
+                                                 idempotency_key(request))
+            return answer(self, result.status, result.body)
 
     @app.page("/openapi.json")
     class OpenAPI(View):

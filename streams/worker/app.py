@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any
 
 import faust
@@ -30,6 +31,7 @@ from tocsin.streams.stages.project import Projection
 from tocsin.streams.stages.spans import SpanIntake
 from tocsin.streams.stages.traces import TraceStage
 from tocsin.streams.stages.triage import TriageStage
+from tocsin.streams.web.actions import ActionDesk
 from tocsin.streams.web.auth import Access
 from tocsin.streams.web.intake import Intake
 from tocsin.streams.web.views import register_views
@@ -73,6 +75,7 @@ class Worker(mode.Service):
         self._runs: list[asyncio.Task[None]] = []
         self._producers: list[AIOKafkaProducer] = []
         self.intake: Intake | None = None
+        self.actions: ActionDesk | None = None
         self.spans: SpanIntake | None = None
         self.access = Access(settings.api_tokens, settings.intake_tokens)
         self.broker_ok = True
@@ -116,6 +119,12 @@ class Worker(mode.Service):
             self.intake = Intake(s, producer, self.metrics)
         if s.role in ("all", "project") and self.sink is not None:
             self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
+            if s.http_port > 0:
+                # Operator actions: taken where the projection is, decided by detection
+                self.actions = ActionDesk(self.sink, partial(_send, producer),
+                                          s.topics.events,
+                                          timeout_s=s.action_timeout_ms / 1000)
+                self.projection.on_written = self.actions.written
             self._runs.append(asyncio.ensure_future(self._guard(self.projection.run())))
         if s.role in ("all", "detect"):
             handoff, events_handoff = HandOff(), HandOff()
@@ -201,6 +210,11 @@ class Worker(mode.Service):
             await self.queries.close()
         if self.sink is not None:
             self.sink.close()
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, value: bytes, key: bytes,
+                headers: list[tuple[str, bytes]]) -> None:
+    await producer.send_and_wait(topic, value, key=key, headers=headers)
 
 
 class BrokerLost(RuntimeError):

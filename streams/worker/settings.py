@@ -81,6 +81,9 @@ class Settings(BaseSettings):
         10_000, ge=100, description="a connection must send a whole request head in this "
         "time (and an idle keep-alive connection is closed after it)")
     http_body_timeout_ms: int = Field(10_000, ge=100, description="time to receive a body")
+    action_timeout_ms: int = Field(
+        10_000, ge=100, description="how long POST /v1/incidents/{id}/actions waits for the "
+        "decision before it answers 202 (the action stays on the log)")
     query_max_rows: int = Field(
         100_000, ge=1, description="rows of a /v1/query answer; 413 beyond (ADR 0006)")
     query_max_bytes: int = Field(

@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from tocsin.sinks.duckdb_sink import DuckDBSink
+from tocsin.sinks.duckdb_sink import SCHEMA_VERSION, DuckDBSink
 
 
 def lifecycle(incident: str, seq: int, kind: str, status: str, at_ms: int) -> dict[str, Any]:
@@ -261,7 +261,8 @@ def test_a_file_of_schema_1_gains_the_signal_fold_tables(tmp_path: Path) -> None
                 [s.signal_id, s.dedup_key])
     con.close()
     sink = DuckDBSink(path)
-    assert read(sink, "SELECT value FROM tocsin_meta WHERE key = 'schema_version'") == [("2",)]
+    assert read(sink, "SELECT value FROM tocsin_meta WHERE key = 'schema_version'") == \
+        [(str(SCHEMA_VERSION),)]
     assert read(sink, "SELECT latest_occurrences FROM signals") == [(None,)]
     fold_in(sink, [(alert("old", 2000), "d1")])
     assert read(sink, "SELECT occurrences, first_seen_ms, last_seen_ms, latest_occurrences "
