@@ -292,8 +292,8 @@ def incident(incident_id: str, action: str | None, text: str | None, by: str | N
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)
     if status >= 400:
-        rule = f" [{body['rule']}]" if body.get("rule") else ""
-        err.print(f"[red]error:[/] {body.get('error')}{rule}")
+        rule = f" (rule {body['rule']})" if body.get("rule") else ""
+        click.echo(f"error: {body.get('error')}{rule}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(body, sort_keys=True))
