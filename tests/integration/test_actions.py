@@ -204,3 +204,41 @@ def test_the_cli_shows_and_acts_through_the_worker(run: dict[str, Any]) -> None:
         wrong = tocsin(*bad, db=db)
         assert wrong.returncode == 2 and "Usage:" in wrong.stderr, wrong.stderr
         assert "Traceback" not in wrong.stderr
+
+
+TABLES_SQL = {
+    "incident_events": "SELECT * FROM incident_events ORDER BY incident_id, seq",
+    "incident_actions": "SELECT * FROM incident_actions ORDER BY incident_id, seq",
+    "incidents": "SELECT * EXCLUDE (onset) FROM incidents ORDER BY incident_id",
+    "dead_letters": "SELECT source_offset, source_partition, reason FROM dead_letters "
+                    "ORDER BY source_partition, source_offset",
+}
+LATEST_REPORTS = ("SELECT incident_id, arg_max(report_hash, written_seq) AS report_hash "
+                  "FROM triage_reports GROUP BY incident_id ORDER BY incident_id")
+
+
+def test_a_replay_of_the_log_decides_every_action_the_same(
+        run: dict[str, Any], tmp_path: Path) -> None:
+    """The actions are on the events topic: a worker with fresh state that reads the same
+    log gives the same lifecycle events (people's included), the same refusals, rows and
+    report hashes."""
+    worker = run["worker"]
+    worker.wait_settled(90)
+    names = Names.fresh("actreplay").with_topics(events=run["names"].events)
+    replay = WorkerProc(run["broker"], names, tmp_path / "replay.duckdb",
+                        extra_env=names.side_topics()).start()
+    try:
+        replay.wait_ready(90)
+        replay.wait_settled(90)
+        for table, sql in TABLES_SQL.items():
+            assert replay.query(sql) == worker.query(sql), table
+        assert len(worker.query(TABLES_SQL["incident_actions"])) >= 9
+        # The reopen the API let through and detection refused is a dead letter, naming
+        # the rule, in both.
+        assert [r["reason"].split(": ")[1] for r in worker.query(TABLES_SQL["dead_letters"])
+                if "refused" in r["reason"]] == ["lifecycle.one_open_per_family"]
+        want = worker.query(LATEST_REPORTS)
+        replay.wait_for(lambda: replay.query(LATEST_REPORTS) == want, 60,
+                        "the replay's latest reports equal the run's")
+    finally:
+        assert replay.stop() == 0
