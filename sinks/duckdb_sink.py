@@ -215,8 +215,11 @@ SELECT e.incident_id, e.env, e.service, e.step, e.error_code, e.family, last.sta
        last.acknowledged_by, last.acknowledged_ms, last.mitigated_by, last.mitigated_ms,
        CASE WHEN last.status = 'resolved' AND last.closing_kind = 'resolved'
             THEN last.closing_actor END,
-       greatest(last.acknowledged_ms - e.onset_ms, 0),
-       CASE WHEN last.status = 'resolved' THEN greatest(last.closed_ms - e.onset_ms, 0) END
+       -- (greatest skips nulls: no response is no MTTA, not 0)
+       CASE WHEN last.acknowledged_ms IS NOT NULL
+            THEN greatest(last.acknowledged_ms - e.onset_ms, 0) END,
+       CASE WHEN last.status = 'resolved' AND last.closed_ms IS NOT NULL
+            THEN greatest(last.closed_ms - e.onset_ms, 0) END
 FROM incident_events e
 JOIN (SELECT incident_id, arg_max(status, seq) AS status, max(seq) AS seq,
              arg_max(at_ms, seq) AS at_ms, arg_max(window_count, seq) AS window_count,
@@ -234,8 +237,9 @@ JOIN (SELECT incident_id, arg_max(status, seq) AS status, max(seq) AS seq,
              -- the last resolve or reopen: who resolved it, when it resolved
              arg_max(kind, seq) FILTER (WHERE kind IN ('resolved', 'reopened'))
                  AS closing_kind,
-             arg_max(actor, seq) FILTER (WHERE kind IN ('resolved', 'reopened'))
-                 AS closing_actor,
+             -- (arg_max skips a null argument: the machine's resolve has no actor)
+             nullif(arg_max(coalesce(actor, ''), seq)
+                    FILTER (WHERE kind IN ('resolved', 'reopened')), '') AS closing_actor,
              arg_max(at_ms, seq) FILTER (WHERE kind = 'resolved') AS closed_ms
       FROM incident_events WHERE incident_id IN (SELECT unnest($1::VARCHAR[]))
       GROUP BY incident_id) last USING (incident_id)

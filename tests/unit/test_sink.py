@@ -58,6 +58,54 @@ def test_incident_row_reflects_the_latest_lifecycle_event(sink: DuckDBSink) -> N
     assert rows == [("resolved", 3, 20000, 20000)]
 
 
+def action(incident: str, seq: int, kind: str, status: str, at_ms: int, actor: str,
+           phase: str, **extra: Any) -> dict[str, Any]:
+    return {**lifecycle(incident, seq, kind, status, at_ms), "action_id": f"act_{seq:016x}",
+            "actor": actor, "phase": phase, **extra}
+
+
+def test_people_s_actions_give_the_response_columns_and_rows(sink: DuckDBSink) -> None:
+    """MTTA from the first response (here an investigation, before any acknowledge), MTTR
+    from the resolve; who mitigated and who resolved; one incident_actions row per action,
+    in any batch order; a machine resolve after a reopen is nobody's."""
+    sink.write(incident_events=[
+        lifecycle("inc_a", 1, "opened", "active", 1_000),
+        action("inc_a", 3, "annotated", "active", 9_000, "bo", "investigating",
+               note="pool?"),
+        action("inc_a", 2, "investigating", "active", 4_000, "ana", "investigating")])
+    sink.write(incident_events=[
+        action("inc_a", 4, "mitigated", "active", 10_000, "bo", "mitigated"),
+        action("inc_a", 5, "resolved", "resolved", 16_000, "cy", "resolved")])
+    columns = ("phase, acknowledged_by, acknowledged_ms, mitigated_by, mitigated_ms, "
+               "resolved_by, mtta_ms, mttr_ms, resolved_ms")
+    assert read(sink, f"SELECT {columns} FROM incidents") == [
+        ("resolved", "ana", 4_000, "bo", 10_000, "cy", 3_000, 15_000, 16_000)]
+    assert read(sink, "SELECT seq, kind, actor, note FROM incident_actions ORDER BY seq") \
+        == [(2, "investigating", "ana", None), (3, "annotated", "bo", "pool?"),
+            (4, "mitigated", "bo", None), (5, "resolved", "cy", None)]
+    assert sink.action("act_0000000000000004") is not None
+    assert [a["seq"] for a in sink.actions("inc_a")] == [2, 3, 4, 5]
+    row = sink.incident("inc_a")
+    assert row is not None and row["mtta_ms"] == 3_000
+    sink.write(incident_events=[
+        action("inc_a", 6, "reopened", "active", 20_000, "ana", "triggered")])
+    assert read(sink, "SELECT status, resolved_by, mttr_ms FROM incidents") == \
+        [("active", None, None)]
+    sink.write(incident_events=[lifecycle("inc_a", 7, "resolved", "resolved", 30_000)])
+    assert read(sink, "SELECT resolved_by, mttr_ms, acknowledged_by FROM incidents") == \
+        [(None, 29_000, "ana")]
+    assert read(sink, "SELECT incidents, resolved, acknowledged, resolved_by_people, "
+                      "median_mtta_ms FROM service_response") == [(1, 1, 1, 0, 3_000.0)]
+
+
+def test_an_incident_nobody_acted_on_has_no_response_columns(sink: DuckDBSink) -> None:
+    sink.write(incident_events=[lifecycle("inc_a", 1, "opened", "active", 1_000),
+                                lifecycle("inc_a", 2, "resolved", "resolved", 5_000)])
+    assert read(sink, "SELECT phase, acknowledged_by, mtta_ms, resolved_by, mttr_ms "
+                      "FROM incidents") == [("triggered", None, None, None, 4_000)]
+    assert read(sink, "SELECT count(*) FROM incident_actions") == [(0,)]
+
+
 def test_window_upserts_keep_the_latest_absolute_count(sink: DuckDBSink) -> None:
     row = {"env": "prod", "family": "f", "service": "s", "step": "p", "error_code": "E",
            "bucket_start_ms": 0, "bucket_ms": 30000}
