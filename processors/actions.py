@@ -137,24 +137,33 @@ def _text(body: dict[str, Any], name: str, limit: int, required: bool) -> str | 
     return value or None
 
 
-def request_fields(body: Any) -> dict[str, str | None]:
+MAX_AT_MS = 2**53  # an action's time: epoch milliseconds, as every time on the wire
+
+
+def request_fields(body: Any) -> dict[str, Any]:
     """The fields of a ``POST /v1/incidents/{id}/actions`` body, checked (CommandError
     naming the first that is wrong): ``action``, ``by``, and ``note`` (required by
-    ``annotate``), ``title`` and ``status`` (required by ``hypothesis``)."""
+    ``annotate``), ``title`` and ``status`` (required by ``hypothesis``), and ``at_ms``
+    (optional: when it happened, for an action recorded after the fact; None when the
+    body has none, and the worker's clock dates it)."""
     if not isinstance(body, dict):
         raise CommandError('body must be a JSON object: {"action": ..., "by": ...}')
-    unknown = sorted(set(body) - {"action", "by", "note", "title", "status"})
+    unknown = sorted(set(body) - {"action", "by", "note", "title", "status", "at_ms"})
     if unknown:
         raise CommandError(f"unknown field {unknown[0]!r}")
     action = body.get("action")
     if action not in TRANSITIONS:
         raise CommandError(f"action must be one of {', '.join(ACTIONS)}")
-    out: dict[str, str | None] = {
+    at_ms = body.get("at_ms")
+    if at_ms is not None and (type(at_ms) is not int or not 0 <= at_ms < MAX_AT_MS):
+        raise CommandError("at_ms must be epoch milliseconds, a non-negative integer")
+    out: dict[str, Any] = {
         "action": action,
         "by": _text(body, "by", MAX_ACTOR, True),
         "note": _text(body, "note", MAX_NOTE, action == "annotate"),
         "title": _text(body, "title", MAX_TITLE, action == "hypothesis"),
         "status": None,
+        "at_ms": at_ms,
     }
     status = body.get("status")
     if action == "hypothesis":
@@ -168,8 +177,7 @@ def request_fields(body: Any) -> dict[str, str | None]:
     return out
 
 
-def action_id(incident_id: str, key: str | None, fields: dict[str, str | None],
-              seq: int) -> str:
+def action_id(incident_id: str, key: str | None, fields: dict[str, Any], seq: int) -> str:
     """``act_`` + 16 hex of sha256: of the incident and the client's Idempotency-Key when
     there is one (a retry with the same key is the same action), else of the incident,
     the sequence it was asked at and the request's fields (a retry before the incident
@@ -197,7 +205,7 @@ def decode_command(data: bytes) -> Command:
         if not isinstance(raw.get(name), str) or not raw[name]:
             raise CommandError(f"{name} must be a non-empty string")
     at_ms = raw.get("at_ms")
-    if type(at_ms) is not int or not 0 <= at_ms < 2**53:
+    if type(at_ms) is not int or not 0 <= at_ms < MAX_AT_MS:
         raise CommandError("at_ms must be a non-negative integer")
     return Command(raw["action_id"], raw["incident_id"], str(fields["action"]),
                    str(fields["by"]), at_ms, raw["service"], raw["env"], fields["note"],

@@ -12,6 +12,11 @@ text in every target (untrusted text stays text):
   mentions; formatting characters are shown as themselves.
 - PagerDuty note: plain text, control characters removed, length capped.
 
+People's text in a report's ``response`` section (names, hypothesis titles, notes) is
+untrusted text like the rest and goes through the same helper for each target; in Slack
+and the PagerDuty note it is also kept to one line (as :func:`md` does), so a note cannot
+forge lines of its own.
+
 Links Tocsin itself builds (provider URLs) are written only when they are http(s) URLs,
 and escaped like any other text.
 """
@@ -27,6 +32,9 @@ CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MENTION = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 ZWJ = "\u200d"
 PAGERDUTY_NOTE_MAX = 25_000
+NOTES_SHOWN = 5  # the latest notes a rendering shows; the rest are counted
+HYPOTHESES_SHOWN = 8
+NOTE_SHOWN_MAX = 500  # characters of a note a rendering shows
 
 
 def iso(ms: int | None) -> str:
@@ -109,10 +117,110 @@ def spread_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _one_line(text: object) -> str:
+    return str(text).replace("\n", " ").replace("\r", " ")
+
+
+def _clip(text: object, most: int) -> str:
+    s = str(text)
+    return s if len(s) <= most else s[:most - 1] + "…"
+
+
+def _more(shown: int, total: int, what: str, which: str) -> str:
+    """How many of ``total`` are shown, in plain words ("" when all are)."""
+    more = total - shown
+    return f"{which} {shown} of {total}, {more} more {what} not shown" if more > 0 else ""
+
+
+def _response(report: dict[str, Any]) -> dict[str, Any] | None:
+    """What a rendering shows of the report's ``response`` (people's actions, ADR 0016),
+    as raw values each renderer escapes: the phase, who acknowledged, mitigated and
+    resolved and when, the first hypotheses, the latest notes and how many were left
+    out. None when the report has no response section."""
+    r = report.get("response")
+    if r is None:
+        return None
+    hypotheses = list(r.get("hypotheses") or ())
+    notes = list(r.get("notes") or ())
+    shown_notes = notes[max(len(notes) - NOTES_SHOWN, 0):]
+    total = max(int(r.get("notes_total", len(notes))), len(notes))
+    return {
+        "phase": r.get("phase"),
+        "who": [(label, r[key]["by"], r[key]["at_ms"]) for key, label in (
+            ("acknowledged", "Acknowledged"), ("mitigated", "Mitigated"),
+            ("resolved", "Resolved")) if r.get(key)],
+        "hypotheses": hypotheses[:HYPOTHESES_SHOWN],
+        "hypotheses_more": _more(min(len(hypotheses), HYPOTHESES_SHOWN), len(hypotheses),
+                                 "hypotheses", "first"),
+        "notes": [{**n, "note": _clip(n["note"], NOTE_SHOWN_MAX)} for n in shown_notes],
+        "notes_more": _more(len(shown_notes), total, "notes", "latest"),
+    }
+
+
+def _markdown_response(view: dict[str, Any]) -> list[str]:
+    lines = ["", "## Response", "", f"- **Phase:** {md(view['phase'])}",
+             *[f"- **{label}:** {md(by)} at {iso(at_ms)}" for label, by, at_ms in view["who"]]]
+    if view["hypotheses"]:
+        more = f" ({md(view['hypotheses_more'])})" if view["hypotheses_more"] else ""
+        lines += ["", f"### Hypotheses{more}", "",
+                  *[f"- **{md(h['status'])}** · {md(h['title'])} · by {md(h['by'])} at "
+                    f"{iso(h['at_ms'])} (proposed by {md(h['proposed_by'])})"
+                    for h in view["hypotheses"]]]
+    if view["notes"]:
+        more = f" ({md(view['notes_more'])})" if view["notes_more"] else ""
+        lines += ["", f"### Notes{more}", "",
+                  *[f"- {iso(n['at_ms'])} · {md(n['by'])} ({md(n['kind'])}): {md(n['note'])}"
+                    for n in view["notes"]]]
+    return lines
+
+
+def _slack_response(view: dict[str, Any]) -> list[dict[str, Any]]:
+    def text(s: object) -> str:
+        return slack(_one_line(s))
+
+    fields = [{"type": "mrkdwn", "text": f"*Phase*\n{text(view['phase'])}"[:2000]},
+              *[{"type": "mrkdwn", "text": f"*{label}*\n{text(by)} at {iso(at_ms)}"[:2000]}
+                for label, by, at_ms in view["who"]]]
+    blocks: list[dict[str, Any]] = [{"type": "section", "fields": fields}]
+    if view["hypotheses"]:
+        more = f" ({text(view['hypotheses_more'])})" if view["hypotheses_more"] else ""
+        body = "\n".join(f"• *{text(h['status'])}* {text(h['title'])} (by {text(h['by'])} at "
+                         f"{iso(h['at_ms'])}; proposed by {text(h['proposed_by'])})"
+                         for h in view["hypotheses"])
+        blocks.append({"type": "section", "text": {
+            "type": "mrkdwn", "text": f"*Hypotheses*{more}\n{body}"[:3000]}})
+    if view["notes"]:
+        more = f" ({text(view['notes_more'])})" if view["notes_more"] else ""
+        body = "\n".join(f"• {iso(n['at_ms'])} *{text(n['by'])}* ({text(n['kind'])}): "
+                         f"{text(n['note'])}" for n in view["notes"])
+        blocks.append({"type": "section", "text": {
+            "type": "mrkdwn", "text": f"*Notes*{more}\n{body}"[:3000]}})
+    return blocks
+
+
+def _pagerduty_response(view: dict[str, Any]) -> list[str]:
+    who = "".join(f"; {label.lower()} by {_one_line(by)} at {iso(at_ms)}"
+                  for label, by, at_ms in view["who"])
+    lines = [f"Response: phase {_one_line(view['phase'])}{who}"]
+    if view["hypotheses"]:
+        more = f" ({view['hypotheses_more']})" if view["hypotheses_more"] else ""
+        lines += [f"Hypotheses{more}:",
+                  *[f"- {_one_line(h['status'])}: {_one_line(h['title'])} (by "
+                    f"{_one_line(h['by'])} at {iso(h['at_ms'])}; proposed by "
+                    f"{_one_line(h['proposed_by'])})" for h in view["hypotheses"]]]
+    if view["notes"]:
+        more = f" ({view['notes_more']})" if view["notes_more"] else ""
+        lines += [f"Notes{more}:",
+                  *[f"- {iso(n['at_ms'])} {_one_line(n['by'])} ({_one_line(n['kind'])}): "
+                    f"{_one_line(n['note'])}" for n in view["notes"]]]
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     inc, cause = report["incident"], report["cause"]
     family, verdict, reason = _headline(report)
     w = inc["window"]
+    view = _response(report)
     lines = [
         f"# Incident {md(inc['id'])}: {md(family)}",
         "",
@@ -122,6 +230,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"(rule `{md(cause['rule_id'])}` v{cause['rule_version']})",
         f"- **Window:** {w['count']} errors, baseline {w['baseline']}, lift "
         f"{w['lift'] if w['lift'] is not None else 'n/a'}, peak {w['peak']}",
+        *(_markdown_response(view) if view is not None else []),
         "",
         "## Next checks",
         "",
@@ -158,6 +267,7 @@ def slack_blocks(report: dict[str, Any]) -> dict[str, Any]:
                          for e in report["evidence"])
     checks = "\n".join(f"{n}. {slack(c)}" for n, c in enumerate(report["next_checks"], 1))
     spread = "\n".join(f"• {slack(line)}" for line in spread_lines(report))
+    view = _response(report)
     return {
         "text": plain(f"Incident {inc['id']} on {family}: {verdict}")[:3000],
         "blocks": [
@@ -170,6 +280,7 @@ def slack_blocks(report: dict[str, Any]) -> dict[str, Any]:
                 {"type": "mrkdwn", "text": f"*Rule*\n{slack(cause['rule_id'])}"},
             ]},
             {"type": "section", "text": {"type": "mrkdwn", "text": slack(reason)[:3000]}},
+            *(_slack_response(view) if view is not None else []),
             {"type": "section", "text": {"type": "mrkdwn",
                                          "text": f"*Next checks*\n{checks}"[:3000]}},
             {"type": "section", "text": {"type": "mrkdwn",
@@ -186,9 +297,11 @@ def pagerduty_note(report: dict[str, Any]) -> str:
     """A PagerDuty incident note: plain text."""
     inc = report["incident"]
     family, verdict, reason = _headline(report)
+    view = _response(report)
     lines = [f"Tocsin triage {inc['id']} ({family})",
              f"Likely cause: {verdict}: {reason}",
              f"Onset {iso(inc['onset_ms'])}, status {inc['status']}",
+             *(_pagerduty_response(view) if view is not None else []),
              "Next checks:", *[f"- {c}" for c in report["next_checks"]],
              *spread_lines(report),
              f"Report {report['report_hash']}"]

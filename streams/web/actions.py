@@ -38,6 +38,7 @@ from tocsin.streams.kafka.headers import ACTION
 log = logging.getLogger("tocsin.actions")
 
 Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]]], Awaitable[Any]]
+FUTURE_MS = 60_000  # how far past the worker's clock a given at_ms may lie
 REFUSED = re.compile(r"^action (act_[0-9a-f]{16}) refused: (\S+): (.*)$", re.S)
 INCIDENT_FIELDS = ("incident_id", "env", "service", "step", "error_code", "family",
                    "status", "phase", "seq", "onset_ms", "updated_ms", "resolved_ms",
@@ -93,8 +94,13 @@ class ActionDesk:
         refusal = check(str(fields["action"]), str(incident.get("phase") or "triggered"))
         if refusal is not None:
             return _refused(incident_id, refusal)
+        now = self.clock()
+        at_ms = fields["at_ms"] if fields["at_ms"] is not None else now
+        if at_ms > now + FUTURE_MS:
+            return Answer(400, {"error": f"at_ms is in the future (more than "
+                                         f"{FUTURE_MS // 1000} s past the worker's clock)"})
         command = Command(act_id, incident_id, str(fields["action"]), str(fields["by"]),
-                          self.clock(), incident["service"], incident["env"],
+                          at_ms, incident["service"], incident["env"],
                           fields["note"], fields["title"], fields["status"])
         waiter = self._waiting.get(act_id)
         if waiter is None or waiter.done():

@@ -25,7 +25,10 @@ def demo(*args: str) -> dict[str, Any]:
 def test_the_wide_event_demo_opens_resolves_and_reports_dependency() -> None:
     result = demo()
     assert result["family"] == "checkout:payment.charge:PMT_502"
-    assert result["lifecycle"] == ["opened", "recovering", "resolved"]
+    # The on-call acknowledges through the actions API, 90 s after onset (a fixed time,
+    # so the report with its response section keeps its pinned hash).
+    assert result["lifecycle"] == ["opened", "acknowledged", "recovering", "resolved"]
+    assert (result["acknowledged_by"], result["mtta_ms"]) == ("demo-oncall", 90_000)
     assert (result["cause"], result["cause_rule"]) == ("dependency", "dependency_signal")
     assert {k: result[k] for k in GOLDEN["events"]} == GOLDEN["events"]
 

@@ -132,6 +132,24 @@ def _encoded(events: Iterator[dict[str, Any]]) -> Iterator[tuple[bytes | None, b
         yield e["service"].encode(), orjson.dumps(e)
 
 
+DEMO_ACK = {"action": "acknowledge", "by": "demo-oncall",
+            "note": "looking at the payment gateway",
+            # A fixed time, 90 s after onset: the report (with who acknowledged, when) keeps
+            # its pinned hash on every run; a live acknowledgement takes the worker's clock.
+            "at_ms": DEMO_ONSET_MS + 90_000}
+
+
+def _acknowledge(worker: Worker, incident_id: str) -> dict[str, Any]:
+    """The on-call's acknowledgement, through the actions API (ADR 0016), answered once
+    detection decided it. One Idempotency-Key: the same action however often it is sent."""
+    reply = worker.request("POST", f"/v1/incidents/{incident_id}/actions", DEMO_ACK,
+                           headers={"Idempotency-Key": "demo-ack"}, timeout_s=30)
+    if reply.status != 200:
+        raise DemoError(f"the acknowledgement was answered {reply.status}: "
+                        f"{reply.body[:300]!r}")
+    return dict(reply.json())
+
+
 class DemoError(RuntimeError):
     """The demo could not finish; the message says where, with the worker's last words."""
 
@@ -249,6 +267,9 @@ def _events_scenario(session: Session, console: Console, status: Status) -> dict
     incident = session.wait("SELECT * FROM incidents ORDER BY onset_ms LIMIT 1")[0]
     detect_s = time.monotonic() - sent_at
     console.log(f"incident {incident['incident_id']} opened on {incident['family']}")
+    status.update("acknowledging it, as the person on call would")
+    ack = _acknowledge(session.worker, incident["incident_id"])
+    console.log(f"acknowledged by {ack['by']} (phase {ack['phase']}, seq {ack['seq']})")
     status.update("publishing 15 min of recovery traffic")
     asyncio.run(publish(session.bootstrap, "tocsin.events",
                         _encoded(traffic(DEMO_T0_MS + 2_580_000, 900, spike=False)), report))
@@ -261,7 +282,9 @@ def _events_scenario(session: Session, console: Console, status: Status) -> dict
     triage = session.final_report(incident["incident_id"])
     console.print(markdown(triage), markup=False, highlight=False)
     return {**_summary(incident, events, triage), "events_published": report.sent,
-            "detect_seconds": round(detect_s, 3)}
+            "detect_seconds": round(detect_s, 3),
+            "acknowledged_by": incident["acknowledged_by"], "mtta_ms": incident["mtta_ms"],
+            "mttr_ms": incident["mttr_ms"]}
 
 
 TRACE_FAMILY = "checkout:POST /api/checkout:HTTP_502"
