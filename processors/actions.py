@@ -152,7 +152,7 @@ def request_fields(body: Any) -> dict[str, Any]:
     if unknown:
         raise CommandError(f"unknown field {unknown[0]!r}")
     action = body.get("action")
-    if action not in TRANSITIONS:
+    if type(action) is not str or action not in TRANSITIONS:
         raise CommandError(f"action must be one of {', '.join(ACTIONS)}")
     at_ms = body.get("at_ms")
     if at_ms is not None and (type(at_ms) is not int or not 0 <= at_ms < MAX_AT_MS):
@@ -196,7 +196,8 @@ def decode_command(data: bytes) -> Command:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise CommandError(f"not JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("v") != COMMAND_VERSION:
+    if not isinstance(raw, dict) or type(raw.get("v")) is not int \
+            or raw["v"] != COMMAND_VERSION:
         raise CommandError(f"not an action command of version {COMMAND_VERSION}")
     fields = request_fields({"action": raw.get("action"), "by": raw.get("actor"),
                              "note": raw.get("note"), "title": raw.get("title"),

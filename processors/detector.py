@@ -322,10 +322,12 @@ class PartitionDetector:
         incident.status_since_ms = at_ms
         _, count, base = self._evaluate(fs, bucket_index(at_ms, cfg.bucket_ms))
         out.append(event(incident, fs.family, "resolved", at_ms, count, base, fs.last_error_ms))
-        self._close(fs, incident)
+        self._close(fs, incident, count, base)
 
-    def _close(self, fs: FamilyState, incident: OpenIncident) -> None:
+    def _close(self, fs: FamilyState, incident: OpenIncident, count: int, base: float
+               ) -> None:
         """The family's incident resolved: kept by id for people's later actions."""
+        incident.closed_at = [fs.last_error_ms, count, base]
         fs.incident = None
         services = self.open_by_service[fs.family.service]
         services.discard(fs.family)
@@ -371,12 +373,19 @@ class PartitionDetector:
         incident.phase = next_phase(command.action, incident.phase)
         incident.actions.append(command.action_id)
         del incident.actions[:-ACTIONS_KEPT]
+        count, base, last_error_ms = 0, 0.0, incident.onset_ms
+        if fs is not None and fs.incident is incident:  # open: the family's numbers now
+            clock = self.clocks.get(family.service, command.at_ms)
+            _, count, base = self._evaluate(fs, bucket_index(clock, self.config.bucket_ms))
+            last_error_ms = fs.last_error_ms
+        elif incident.closed_at is not None:  # resolved: its numbers when it resolved
+            last_error_ms, count, base = incident.closed_at
         if command.action == "resolve":
             incident.status = "resolved"
             incident.status_since_ms = command.at_ms
             incident.held = False
             if fs is not None and fs.incident is incident:
-                self._close(fs, incident)
+                self._close(fs, incident, count, base)
                 fs.armed = False
         elif command.action == "reopen":
             assert fs is not None
@@ -384,14 +393,13 @@ class PartitionDetector:
             incident.status = "active"
             incident.status_since_ms = command.at_ms
             incident.held = True
+            incident.closed_at = None
             fs.incident = incident
             self.open_by_service.setdefault(family.service, set()).add(family)
             self._idle_check_ms = None
-        count, base, last_error_ms = 0, 0.0, incident.onset_ms
-        if fs is not None:
             clock = self.clocks.get(family.service, command.at_ms)
             _, count, base = self._evaluate(fs, bucket_index(clock, self.config.bucket_ms))
-            last_error_ms = fs.last_error_ms
+            last_error_ms = max(last_error_ms, fs.last_error_ms)
         kind: Kind = ACTION_TRANSITIONS[command.action].kind  # type: ignore[assignment]
         return [event(incident, family, kind, command.at_ms, count, base, last_error_ms,
                       action_id=command.action_id, actor=command.actor, note=command.note,

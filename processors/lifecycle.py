@@ -92,12 +92,16 @@ class OpenIncident:
     phase: str = "triggered"
     held: bool = False  # reopened by a person: only a person resolves it again
     actions: list[str] = field(default_factory=list)  # the last ACTIONS_KEPT applied
+    # When it resolved: its family's last error, window count and baseline then (what a
+    # later action on the resolved incident reports, whatever the family did since)
+    closed_at: list[Any] | None = None
 
     def to_list(self) -> list[Any]:
         return [
             self.incident_id, self.onset_ms, self.status, self.seq,
             self.status_since_ms, self.peak_count, self.error_count, self.downstream,
             list(self.sample_traces), self.phase, self.held, list(self.actions),
+            self.closed_at,
         ]
 
     @classmethod

@@ -24,6 +24,7 @@ from tests.integration.harness import (
     produce_events,
     steady,
 )
+from tests.integration.test_http_api import check as documented
 
 SERVICES = ("checkout", "cart", "search")
 
@@ -66,8 +67,12 @@ def call(worker: WorkerProc, method: str, path: str, body: Any = None,
 
 def act(worker: WorkerProc, incident_id: str, key: str, **body: Any
         ) -> tuple[int, dict[str, Any]]:
-    return call(worker, "POST", f"/v1/incidents/{incident_id}/actions", body,
-                {"Idempotency-Key": key})
+    """POST an action; its answer must be one the OpenAPI document describes."""
+    status, answer = call(worker, "POST", f"/v1/incidents/{incident_id}/actions", body,
+                          {"Idempotency-Key": key})
+    documented("/v1/incidents/{incident_id}/actions", "POST", status,
+               json.dumps(answer).encode())
+    return status, answer
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +119,7 @@ def test_actions_move_the_incident_and_land_in_duckdb_and_the_report(run: dict[s
 
     status, shown = call(worker, "GET", f"/v1/incidents/{inc}")
     assert status == 200
+    documented("/v1/incidents/{incident_id}", "GET", status, json.dumps(shown).encode())
     assert [a["kind"] for a in shown["actions"]] == [
         "acknowledged", "hypothesis", "investigating", "hypothesis", "annotated",
         "mitigated", "resolved"]

@@ -121,7 +121,8 @@ def test_every_route_the_server_answers_is_documented(worker: WorkerProc) -> Non
     documented = set(OPENAPI["paths"])
     served = {"/healthz", "/livez", "/readyz", "/metrics", "/openapi.json", "/v1/query",
               "/v1/signals", "/v1/signals/{provider}", "/v1/incidents",
-              "/v1/incidents/{incident_id}/report", "/v1/traces"}
+              "/v1/incidents/{incident_id}/report", "/v1/traces", "/v1/incidents/{incident_id}",
+              "/v1/incidents/{incident_id}/actions"}
     assert served == documented
     status, body, _ = call(worker, "GET", "/openapi.json")
     assert status == 200 and json.loads(body) == OPENAPI
