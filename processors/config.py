@@ -21,6 +21,13 @@ class DetectorConfig(BaseModel):
         None, ge=0, description="MIN_RATE: errors per minute floor (off by default)"
     )
     resolve_after_ms: int = Field(120_000, ge=0, description="RESOLVE_AFTER: quiet time")
+    min_active_ms: int = Field(
+        300_000, ge=0, description="MIN_ACTIVE: an incident stays active this long after it "
+        "opened or reopened before it may recover")
+    rearm_ratio: float = Field(
+        0.5, gt=0, le=1, description="REARM: an active incident recovers, and a family "
+        "whose incident resolved re-arms, only below this share of the open thresholds "
+        "(MIN_COUNT, MIN_RATE; lift 1 + REARM x (MIN_LIFT - 1)); 1 = no hysteresis")
     idle_grace_ms: int = Field(
         300_000, ge=0, description="how far a silent service may lag its partition"
     )

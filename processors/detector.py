@@ -217,6 +217,23 @@ class PartitionDetector:
             return False, count, base
         return True, count, base
 
+    def _holds(self, fs: FamilyState, index: int) -> bool:
+        """Whether the window ending at bucket ``index`` is still at or above the re-arm
+        thresholds (ADR 0002, hysteresis): REARM x MIN_COUNT errors, a lift of
+        1 + REARM x (MIN_LIFT - 1) over the baseline, REARM x MIN_RATE. An active incident
+        recovers, and a family whose incident resolved re-arms, only once it does not."""
+        cfg = self.config
+        share = cfg.rearm_ratio
+        width = cfg.buckets_per_window
+        count = window_sum(fs.buckets, index, width)
+        if count < share * cfg.min_count:
+            return False
+        base = baseline(fs.buckets, index, width, cfg.baseline_windows)
+        if base > 0 and count < (1 + share * (cfg.min_lift - 1)) * base:
+            return False
+        rate = cfg.min_rate_per_min
+        return rate is None or count * 60_000 >= share * rate * cfg.window_ms
+
     def _count_error(self, t_ms: int, family: Family, downstream: str | None,
                      trace_id: str | None, out: list[IncidentEvent]) -> None:
         cfg = self.config
@@ -245,9 +262,9 @@ class PartitionDetector:
             incident.error_count += 1
         qualifies, count, base = self._evaluate(fs, now_index)
         if incident is None:
-            if not qualifies:
+            if not fs.armed and not self._holds(fs, now_index):
                 fs.armed = True
-            elif fs.armed:
+            if qualifies and fs.armed:
                 self._open(fs, clock, count, base, out)
             return
         incident.peak_count = max(incident.peak_count, count)
@@ -289,7 +306,7 @@ class PartitionDetector:
             return
         cfg = self.config
         first = bucket_index(before, cfg.bucket_ms) + 1
-        last = min(bucket_index(t_ms, cfg.bucket_ms), first + cfg.buckets_per_window - 1)
+        now_index = bucket_index(t_ms, cfg.bucket_ms)
         for family in sorted(open_families):
             fs = self.families[family]
             incident = fs.incident
@@ -297,19 +314,36 @@ class PartitionDetector:
             if incident.held:
                 continue  # reopened by a person: a person resolves it
             if incident.status == "active":
-                for index in range(first, last + 1):
-                    qualifies, count, base = self._evaluate(fs, index)
-                    if not qualifies:
-                        at_ms = index * cfg.bucket_ms
-                        incident.status = "recovering"
-                        incident.status_since_ms = at_ms
-                        out.append(
-                            event(incident, family, "recovering", at_ms, count, base,
-                                  fs.last_error_ms)
-                        )
-                        break
+                # Not before MIN_ACTIVE since it (re)opened, and only below the re-arm
+                # thresholds: a family hovering at its threshold stays one incident. A
+                # window past the first boundary checked holds no bucket not seen there.
+                settled = -(-(incident.status_since_ms + cfg.min_active_ms) // cfg.bucket_ms)
+                start = max(first, settled)
+                for index in range(start, min(now_index, start + cfg.buckets_per_window - 1)
+                                   + 1):
+                    if self._holds(fs, index):
+                        continue
+                    _, count, base = self._evaluate(fs, index)
+                    at_ms = index * cfg.bucket_ms
+                    incident.status = "recovering"
+                    incident.status_since_ms = at_ms
+                    out.append(event(incident, family, "recovering", at_ms, count, base,
+                                     fs.last_error_ms))
+                    break
             if incident.status == "recovering":
-                due = max(fs.last_error_ms + cfg.resolve_after_ms, incident.status_since_ms)
+                # The quiet stretch: RESOLVE_AFTER with the window below the re-arm level.
+                # A boundary where it is back above restarts it (below MIN to reopen).
+                quiet = incident.status_since_ms
+                start = max(first, quiet // cfg.bucket_ms + 1)
+                for index in range(start, min(now_index, start + cfg.buckets_per_window - 1)
+                                   + 1):
+                    at_ms = index * cfg.bucket_ms
+                    if at_ms > quiet + cfg.resolve_after_ms:
+                        break
+                    if self._holds(fs, index):
+                        quiet = at_ms
+                incident.status_since_ms = quiet
+                due = quiet + cfg.resolve_after_ms
                 if t_ms >= due:
                     self._resolve(fs, incident, due, out)
 
@@ -320,9 +354,11 @@ class PartitionDetector:
         incident.status = "resolved"
         incident.phase = "resolved"
         incident.status_since_ms = at_ms
-        _, count, base = self._evaluate(fs, bucket_index(at_ms, cfg.bucket_ms))
+        index = bucket_index(at_ms, cfg.bucket_ms)
+        _, count, base = self._evaluate(fs, index)
         out.append(event(incident, fs.family, "resolved", at_ms, count, base, fs.last_error_ms))
         self._close(fs, incident, count, base)
+        fs.armed = not self._holds(fs, index)
 
     def _close(self, fs: FamilyState, incident: OpenIncident, count: int, base: float
                ) -> None:
@@ -386,7 +422,8 @@ class PartitionDetector:
             incident.held = False
             if fs is not None and fs.incident is incident:
                 self._close(fs, incident, count, base)
-                fs.armed = False
+                clock = self.clocks.get(family.service, command.at_ms)
+                fs.armed = not self._holds(fs, bucket_index(clock, self.config.bucket_ms))
         elif command.action == "reopen":
             assert fs is not None
             del self.closed[incident.incident_id]

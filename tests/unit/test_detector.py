@@ -81,25 +81,42 @@ def test_recovers_when_the_window_no_longer_qualifies_and_resolves_after_quiet_t
     assert [e.kind for e in out] == ["opened", "recovering", "resolved"]
     last_error = T0 + 40 * MIN + 500 + 29_000
     recovering, resolved = out[1], out[2]
-    # The trailing 10-minute window drains below MIN_COUNT at a 30 s boundary ...
+    # The trailing 10-minute window drains below the re-arm level (2.5 errors) at a 30 s
+    # boundary ...
     assert recovering.at_ms % 30_000 == 0
     assert last_error + 9 * MIN < recovering.at_ms <= last_error + 10 * MIN + 30_000
-    # ... and by then RESOLVE_AFTER (2 min) has long passed: resolved at once.
-    assert resolved.at_ms == recovering.at_ms
+    assert recovering.window_count <= 2
+    # ... and stays below it for RESOLVE_AFTER (2 min), the quiet stretch.
+    assert resolved.at_ms == recovering.at_ms + 2 * MIN
     assert resolved.peak_count == 30 and resolved.error_count == 30
     assert [e.seq for e in out] == [1, 2, 3]
 
 
-def test_resolve_waits_for_resolve_after_from_the_last_error() -> None:
-    cfg = DetectorConfig(window_ms=60_000, resolve_after_ms=5 * MIN)
+# The lifecycle's own rules, without the flapping damper (tested in test_flapping.py)
+NO_HYSTERESIS = {"min_active_ms": 0, "rearm_ratio": 1.0}
+
+
+def test_resolve_waits_resolve_after_below_the_re_arm_level() -> None:
+    """The quiet stretch starts when the window falls below the re-arm level (here, with
+    REARM 1, below MIN_COUNT: the last errors leave the 1-minute window at 41:00), and a
+    boundary back above it restarts it."""
+    cfg = DetectorConfig(window_ms=60_000, resolve_after_ms=5 * MIN, **NO_HYSTERESIS)
     events = merged(healthy("checkout", T0, 60), errors(PAY, T0 + 40 * MIN, 10))
     out = run(events, cfg)
     assert [e.kind for e in out] == ["opened", "recovering", "resolved"]
-    assert out[2].at_ms == T0 + 40 * MIN + 9_000 + 5 * MIN
+    assert out[1].at_ms == T0 + 41 * MIN
+    assert out[2].at_ms == out[1].at_ms + 5 * MIN
+    # Three errors while recovering (not enough to reopen, enough to hold above the
+    # re-arm level of a 0.5 share): the stretch restarts at the last boundary whose
+    # window still holds them (43:30), so it resolves 5 minutes after that.
+    held = run(merged(events, errors(PAY, T0 + 43 * MIN, 3)),
+               DetectorConfig(window_ms=60_000, resolve_after_ms=5 * MIN, min_active_ms=0))
+    assert [e.kind for e in held] == ["opened", "recovering", "resolved"]
+    assert held[2].at_ms == T0 + 43 * MIN + 30_000 + 5 * MIN
 
 
 def test_reopens_from_recovering_and_keeps_the_id() -> None:
-    cfg = DetectorConfig(window_ms=60_000, resolve_after_ms=5 * MIN)
+    cfg = DetectorConfig(window_ms=60_000, resolve_after_ms=5 * MIN, **NO_HYSTERESIS)
     events = merged(healthy("checkout", T0, 60), errors(PAY, T0 + 40 * MIN, 10),
                     errors(PAY, T0 + 43 * MIN, 10))
     out = run(events, cfg)
@@ -110,7 +127,8 @@ def test_reopens_from_recovering_and_keeps_the_id() -> None:
 
 
 def test_a_family_that_spikes_again_after_resolving_gets_a_new_id() -> None:
-    cfg = DetectorConfig(window_ms=60_000, baseline_windows=0, resolve_after_ms=MIN)
+    cfg = DetectorConfig(window_ms=60_000, baseline_windows=0, resolve_after_ms=MIN,
+                         **NO_HYSTERESIS)
     events = merged(healthy("checkout", T0, 30), errors(PAY, T0 + 5 * MIN, 6),
                     errors(PAY, T0 + 9 * MIN, 6))
     out = run(events, cfg)
