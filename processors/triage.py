@@ -189,9 +189,17 @@ class Triage:
         current = self.incidents.get(incident_id)
         if current is not None and current.seq >= event["seq"]:
             return
-        self.incidents[incident_id] = incident_state(event, self.downstreams.get(incident_id))
+        state = self.incidents[incident_id] = incident_state(
+            event, self.downstreams.get(incident_id))
         self.horizon_ms = max(self.horizon_ms, int(event["at_ms"]))
         self.dirty.add(incident_id)
+        if current is not None and self._window_end(state) < self._window_end(current):
+            # The window closed in (it resolved): the traces it counted while it reached
+            # further go, and the kept ones are counted again, so its traces are those of
+            # its final window whatever order summaries and lifecycle arrived in.
+            self.blasts.pop(incident_id, None)
+            self.opening_blasts.pop(incident_id, None)
+            self._counted.pop(incident_id, None)
         self._route_kept_traces(incident_id)
 
     def apply_signal(self, signal: Any) -> None:
@@ -287,11 +295,15 @@ class Triage:
             if incident.family in summary.families and self._in_window(incident, end_ms):
                 self._count_trace(incident_id, summary, end_ms)
 
+    def _window_end(self, incident: IncidentState) -> int:
+        """The last trace end an incident counts: when it resolved, else its last error
+        plus the correlation window (ADR 0012)."""
+        return incident.resolved_ms if incident.resolved_ms is not None \
+            else incident.last_error_ms + self.config.correlation_window_ms
+
     def _in_window(self, incident: IncidentState, t_ms: int) -> bool:
         window = self.config.correlation_window_ms
-        end = incident.resolved_ms if incident.resolved_ms is not None \
-            else incident.last_error_ms + window
-        return incident.facts.onset_ms - window <= t_ms <= end
+        return incident.facts.onset_ms - window <= t_ms <= self._window_end(incident)
 
     def _count_trace(self, incident_id: str, summary: TraceSummary, end_ms: int) -> None:
         service = self.incidents[incident_id].facts.service

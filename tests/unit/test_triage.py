@@ -257,3 +257,31 @@ def test_failing_traces_through_a_downstream_decide_dependency() -> None:
     assert report["next_checks"][0].startswith("Check payment: checkout POST /api/checkout")
     assert report["next_checks"][1] == (f"Open trace {sample}: 5 of 5 failing traces start "
                                         "failing in payment.")
+
+
+def test_traces_after_the_resolve_do_not_count_in_any_order() -> None:
+    """While an incident is open its window reaches its last error plus the correlation
+    window; once it resolves, it ends there. Traces counted while it reached further go
+    when it resolves, so the final report does not depend on whether a summary came before
+    or after the resolve (ADR 0012)."""
+    failing = sorted(max(s.end_ms for s in c.spans) for c in _closed_traces() if c.failing)
+    resolved_at = failing[2]  # two of the five failing traces end after it
+    opened = {**PAYMENT, **{k: LIFECYCLE[0][k] for k in (
+        "seq", "kind", "status", "window_count", "peak_count", "error_count")},
+        "at_ms": ONSET + 4_000, "onset_ms": ONSET + 4_000, "last_error_ms": ONSET + 6_000}
+    resolved = {**opened, "seq": 2, "kind": "resolved", "status": "resolved",
+                "at_ms": resolved_at}
+    finals = []
+    for order in ("traces, opened, resolved", "opened, traces, resolved",
+                  "opened, resolved, traces"):
+        triage = Triage()
+        for step in order.split(", "):
+            if step == "traces":
+                for c in _closed_traces():
+                    triage.apply_trace(c)
+            else:
+                triage.apply_incident_event(opened if step == "opened" else resolved)
+        triage.flush()
+        finals.append(triage.report("inc_payment"))
+    assert finals[0]["snapshots"]["blast"]["affected_requests"] == 3
+    assert canonical_json(finals[0]) == canonical_json(finals[1]) == canonical_json(finals[2])
