@@ -212,6 +212,35 @@ def test_the_cli_shows_and_acts_through_the_worker(run: dict[str, Any]) -> None:
         assert "Traceback" not in wrong.stderr
 
 
+def test_garbage_commands_are_dead_letters_and_detection_goes_on(run: dict[str, Any]
+                                                                   ) -> None:
+    """Anyone who can write the events topic can write a command: what is not one, or
+    names no incident detection holds, is a dead letter with its reason."""
+    from tests.integration.test_poison import publish
+    from tocsin.processors.actions import Command
+    from tocsin.streams.kafka.headers import ACTION
+
+    worker = run["worker"]
+    action = [(ACTION, b"1")]
+    stranger = Command("act_00000000000000aa", "inc_00000000000000ff", "acknowledge",
+                       "mallory", T0_MS, "checkout", "prod").to_bytes()
+    publish(run["broker"], run["names"].events, [
+        (b"checkout", b"\xff\x00 not json", action),
+        (b"checkout", b'{"v": 1, "action": [], "actor": "x"}', action),
+        (b"checkout", b'{"v": true, "action": "acknowledge"}', action),
+        (b"checkout", stranger, action)])
+    def letters() -> list[dict[str, Any]] | None:
+        found = worker.query("SELECT reason FROM dead_letters WHERE reason LIKE "
+                             "'action command:%' OR reason LIKE '%incident.unknown%'")
+        return found if len(found) >= 4 else None
+
+    rows = worker.wait_for(letters, 60, "four dead-lettered commands")
+    reasons = [r["reason"] for r in rows]
+    assert sum(r.startswith("action command: ") for r in reasons) == 3, reasons
+    assert any("refused: incident.unknown" in r for r in reasons), reasons
+    assert worker.health()["status"] == "ok"  # type: ignore[index]
+
+
 TABLES_SQL = {
     "incident_events": "SELECT * FROM incident_events ORDER BY incident_id, seq",
     "incident_actions": "SELECT * FROM incident_actions ORDER BY incident_id, seq",
@@ -241,8 +270,10 @@ def test_a_replay_of_the_log_decides_every_action_the_same(
         assert len(worker.query(TABLES_SQL["incident_actions"])) >= 9
         # The reopen the API let through and detection refused is a dead letter, naming
         # the rule, in both.
-        assert [r["reason"].split(": ")[1] for r in worker.query(TABLES_SQL["dead_letters"])
-                if "refused" in r["reason"]] == ["lifecycle.one_open_per_family"]
+        assert sorted(r["reason"].split(": ")[1]
+                      for r in worker.query(TABLES_SQL["dead_letters"])
+                      if "refused" in r["reason"]) == ["incident.unknown",
+                                                       "lifecycle.one_open_per_family"]
         want = worker.query(LATEST_REPORTS)
         replay.wait_for(lambda: replay.query(LATEST_REPORTS) == want, 60,
                         "the replay's latest reports equal the run's")
