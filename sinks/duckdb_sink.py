@@ -96,6 +96,11 @@ CREATE TABLE IF NOT EXISTS evidence (
 CREATE SEQUENCE IF NOT EXISTS report_order;
 CREATE TABLE IF NOT EXISTS signal_deliveries (
     delivery VARCHAR, signal_id VARCHAR, PRIMARY KEY (delivery, signal_id));
+CREATE TABLE IF NOT EXISTS notifications (
+    notification_id VARCHAR PRIMARY KEY, channel VARCHAR, incident_id VARCHAR,
+    seq INTEGER, kind VARCHAR, status VARCHAR, attempts INTEGER, last_status INTEGER,
+    last_error VARCHAR, created_ms BIGINT, next_try_ms BIGINT, delivered_ms BIGINT,
+    report_hash VARCHAR, event VARCHAR);
 CREATE TABLE IF NOT EXISTS dead_letters (
     source_topic VARCHAR, source_partition INTEGER, source_offset BIGINT,
     reason VARCHAR, size_bytes INTEGER, dlq_partition INTEGER, dlq_offset BIGINT,
@@ -155,6 +160,13 @@ EVENT_COLUMNS = (
     ("sample_trace_ids", "VARCHAR[]"), ("phase", "VARCHAR"), ("action_id", "VARCHAR"),
     ("actor", "VARCHAR"), ("note", "VARCHAR"), ("title", "VARCHAR"),
     ("hypothesis_status", "VARCHAR"),
+)
+NOTIFICATION_COLUMNS = (
+    ("notification_id", "VARCHAR"), ("channel", "VARCHAR"), ("incident_id", "VARCHAR"),
+    ("seq", "INTEGER"), ("kind", "VARCHAR"), ("status", "VARCHAR"), ("attempts", "INTEGER"),
+    ("last_status", "INTEGER"), ("last_error", "VARCHAR"), ("created_ms", "BIGINT"),
+    ("next_try_ms", "BIGINT"), ("delivered_ms", "BIGINT"), ("report_hash", "VARCHAR"),
+    ("event", "VARCHAR"),  # the lifecycle event told, as JSON
 )
 ACTION_COLUMNS = (
     ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("action_id", "VARCHAR"),
@@ -347,6 +359,65 @@ class DuckDBSink:
             row = cur.fetchone()
             names = [d[0] for d in cur.description or ()]
         return dict(zip(names, row, strict=True)) if row is not None else None
+
+    # ------------------------------------------------------------ notifications (ADR 0017)
+
+    def notifications_found(self, rows: Sequence[Mapping[str, Any]],
+                            positions: Mapping[tuple[str, int], int]) -> None:
+        """New notifications (pending) and the notifier's read positions, in one
+        transaction: what was read is what is owed. A notification already held keeps its
+        row (a lifecycle change read again after a crash owes nothing new)."""
+        with self._lock:
+            con = self.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if rows:
+                    con.execute(_insert_sql("notifications", NOTIFICATION_COLUMNS,
+                                            "OR IGNORE"),
+                                _columns(rows, NOTIFICATION_COLUMNS))
+                items = sorted(positions.items())
+                if items:
+                    con.execute(
+                        'INSERT OR REPLACE INTO positions SELECT unnest($1::VARCHAR[]), '
+                        'unnest($2::INTEGER[]), unnest($3::BIGINT[])',
+                        [[t for (t, _), _ in items], [p for (_, p), _ in items],
+                         [o for _, o in items]])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self._generation += 1
+            self._after_commit()
+
+    def notification_tried(self, row: Mapping[str, Any]) -> None:
+        """One attempt's outcome: status, attempts, last status and error, next try."""
+        with self._lock:
+            self.con.execute(
+                "UPDATE notifications SET status = $2, attempts = $3, last_status = $4, "
+                "last_error = $5, next_try_ms = $6, delivered_ms = $7, report_hash = $8 "
+                "WHERE notification_id = $1",
+                [row["notification_id"], row["status"], row["attempts"], row["last_status"],
+                 row["last_error"], row["next_try_ms"], row["delivered_ms"],
+                 row["report_hash"]])
+            self._generation += 1
+            self._after_commit()
+
+    def pending_notifications(self) -> list[dict[str, Any]]:
+        """Notifications owed, oldest first (a restart takes them up again)."""
+        with self._lock:
+            cur = self.con.execute("SELECT * FROM notifications WHERE status = 'pending' "
+                                   "ORDER BY created_ms, incident_id, seq, channel")
+            names = [d[0] for d in cur.description or ()]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def report_for(self, incident_id: str, seq: int) -> str | None:
+        """The latest report version of an incident that knows its change ``seq``."""
+        with self._lock:
+            row = self.con.execute(
+                "SELECT body FROM triage_reports WHERE incident_id = $1 AND "
+                "incident_seq >= $2 ORDER BY written_seq DESC LIMIT 1",
+                [incident_id, seq]).fetchone()
+        return str(row[0]) if row is not None else None
 
     def report_keys(self) -> set[tuple[str, str]]:
         """(incident_id, report_hash) of every report version held."""

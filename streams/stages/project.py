@@ -451,7 +451,7 @@ class Projection:
                         reason)
             await self._dead_letter(rec, reason, where)
         await asyncio.to_thread(self._write, rows)
-        if self.on_written is not None and (rows.events or rows.letters):
+        if self.on_written is not None and rows.count():
             self.on_written(rows.events, rows.letters)
         self.metrics.stages["projection_marks_skipped"] += rows.marks
         self.metrics.stages["projection_signals_redelivered"] += rows.signals.redelivered

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,7 @@ from tocsin.streams.query import QueryService
 from tocsin.streams.stages.checkpoints import TableCheckpoints
 from tocsin.streams.stages.detect import Detection
 from tocsin.streams.stages.handoff import HandOff
+from tocsin.streams.stages.notify import Notifier
 from tocsin.streams.stages.project import Projection
 from tocsin.streams.stages.spans import SpanIntake
 from tocsin.streams.stages.traces import TraceStage
@@ -76,6 +77,7 @@ class Worker(mode.Service):
         self._producers: list[AIOKafkaProducer] = []
         self.intake: Intake | None = None
         self.actions: ActionDesk | None = None
+        self.notifier: Notifier | None = None
         self.spans: SpanIntake | None = None
         self.access = Access(settings.api_tokens, settings.intake_tokens)
         self.broker_ok = True
@@ -96,6 +98,8 @@ class Worker(mode.Service):
             parts["triage"] = bool(self.triage and self.triage.ready.is_set())
         if s.role in ("all", "project") and self.sink is not None:
             parts["projection"] = bool(self.projection and self.projection.running.is_set())
+            if s.notify.channels():
+                parts["notifier"] = bool(self.notifier and self.notifier.running.is_set())
         if all(parts.values()):
             self.started_once = True
         return parts
@@ -119,12 +123,19 @@ class Worker(mode.Service):
             self.intake = Intake(s, producer, self.metrics)
         if s.role in ("all", "project") and self.sink is not None:
             self.projection = Projection(s, self.bootstrap, self.sink, self.metrics)
+            told: list[Callable[..., None]] = []
             if s.http_port > 0:
                 # Operator actions: taken where the projection is, decided by detection
                 self.actions = ActionDesk(self.sink, partial(_send, producer),
                                           s.topics.events,
                                           timeout_s=s.action_timeout_ms / 1000)
-                self.projection.on_written = self.actions.written
+                told.append(self.actions.written)
+            if s.notify.channels():
+                self.notifier = Notifier(s, self.bootstrap, self.sink, self.metrics)
+                told.append(self.notifier.written)
+                self._runs.append(asyncio.ensure_future(self._guard(self.notifier.run())))
+            if told:
+                self.projection.on_written = partial(_tell, told)
             self._runs.append(asyncio.ensure_future(self._guard(self.projection.run())))
         if s.role in ("all", "detect"):
             handoff, events_handoff = HandOff(), HandOff()
@@ -200,6 +211,8 @@ class Worker(mode.Service):
             self.detection.stop()
         if self.projection is not None:
             self.projection.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         for stage in (self.spans, self.traces, self.triage):
             if stage is not None:
                 stage.stop()
@@ -210,6 +223,11 @@ class Worker(mode.Service):
             await self.queries.close()
         if self.sink is not None:
             self.sink.close()
+
+
+def _tell(listeners: list[Callable[..., None]], *written: Any) -> None:
+    for listener in listeners:
+        listener(*written)
 
 
 async def _send(producer: AIOKafkaProducer, topic: str, value: bytes, key: bytes,

@@ -29,6 +29,35 @@ class Topics(BaseModel):
     summaries: str = "tocsin.trace-summaries"  # failing traces, key = service
 
 
+class NotifySettings(BaseModel):
+    """Where incidents are told (ADR 0017); a channel is on when its URL or key is set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slack_webhook_url: str | None = Field(None, description="a Slack incoming webhook URL")
+    pagerduty_routing_key: str | None = Field(
+        None, description="a PagerDuty Events API v2 integration (routing) key")
+    pagerduty_url: str = Field("https://events.pagerduty.com/v2/enqueue",
+                               description="the Events API v2 endpoint (tests point it "
+                               "at a local receiver)")
+    webhook_url: str | None = Field(None, description="a generic webhook URL")
+    webhook_secret: str | None = Field(
+        None, description="HMAC-SHA256 key of the webhook's X-Tocsin-Signature")
+    timeout_ms: int = Field(10_000, ge=100, description="one delivery attempt's time limit")
+    attempts: int = Field(8, ge=1, le=100, description="attempts before a notification "
+                          "is marked failed")
+    backoff_ms: int = Field(1_000, ge=1, description="the first retry's wait; it doubles")
+    backoff_cap_ms: int = Field(300_000, ge=1, description="the longest wait between tries")
+    report_wait_ms: int = Field(
+        30_000, ge=0, description="how long a notification waits for the report of its "
+        "lifecycle change before it goes without one")
+
+    def channels(self) -> list[str]:
+        return [c for c, on in (("slack", self.slack_webhook_url),
+                                ("pagerduty", self.pagerduty_routing_key),
+                                ("webhook", self.webhook_url)) if on]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TOCSIN_", env_nested_delimiter="__", frozen=True, extra="forbid"
@@ -69,6 +98,7 @@ class Settings(BaseSettings):
     retention_ms: int = Field(72 * 3600 * 1000, description="events/windows/dlq retention")
     incident_retention_ms: int = Field(168 * 3600 * 1000)
     detector: DetectorConfig = DetectorConfig()
+    notify: NotifySettings = NotifySettings()
     intake_tokens: dict[str, str | dict[str, Any]] = Field(
         default_factory=dict, description="source name -> bearer token (the name a provider "
         "or 'otlp') or {token, providers, kinds, traces}; empty = no auth (ADR 0014)")

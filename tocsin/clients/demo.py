@@ -10,6 +10,7 @@ incident id and report hash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from rich.status import Status
 
 from tocsin.clients.otel_workload import proto, workload
 from tocsin.clients.produce import ProduceReport, publish
+from tocsin.clients.receiver import WebhookReceiver
 from tocsin.processors.render import markdown
 from tocsin.streams.kafka.broker import EmbeddedBroker
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics
@@ -200,7 +202,8 @@ def run_demo(db: str | None = None, console: Console | None = None,
     worker: Worker | None = None
     try:
         with console.status("starting the embedded broker (Tansu)") as status, \
-                EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+                EmbeddedBroker(log_path=workdir / "broker.log") as broker, \
+                contextlib.ExitStack() as stack:
             status.update("creating topics")
             asyncio.run(ensure_topics(broker.bootstrap, [
                 TopicSpec("tocsin.events", 6, 72 * 3600 * 1000),
@@ -208,13 +211,18 @@ def run_demo(db: str | None = None, console: Console | None = None,
             status.update("starting a worker")
             # A span partition that is caught up holds the merge back for 10 s, not 2:
             # the demo's pinned id and hash must survive a slow machine (ADR 0011).
+            # Notifications go to a signed webhook on this machine (ADR 0017).
+            receiver = stack.enter_context(WebhookReceiver(DEMO_SECRET))
             worker = Worker(broker.bootstrap, db_path, log_path=workdir / "worker.log",
-                            env={"TOCSIN_SPANS_IDLE_MS": "10000"}).start()
+                            env={"TOCSIN_SPANS_IDLE_MS": "10000",
+                                 "TOCSIN_NOTIFY__WEBHOOK_URL": receiver.url,
+                                 "TOCSIN_NOTIFY__WEBHOOK_SECRET": DEMO_SECRET}).start()
             worker.wait_ready(45)
             console.log(f"broker on {broker.bootstrap}, worker up, DuckDB at {db_path}")
             session = Session(broker.bootstrap, worker)
             scenario = _traces_scenario if traces else _events_scenario
             result = scenario(session, console, status)
+            result["notifications"] = _told(receiver, result, console)
             status.update("stopping the worker")
             worker.stop(20)
             worker = None
@@ -226,6 +234,28 @@ def run_demo(db: str | None = None, console: Console | None = None,
         if db is None:
             shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+DEMO_SECRET = "demo-webhook-secret"
+
+
+def _told(receiver: WebhookReceiver, result: dict[str, Any], console: Console
+          ) -> list[dict[str, Any]]:
+    """What the local webhook receiver was told about the demo's incident, in order: one
+    delivery per lifecycle change, each with its id and whether its signature held."""
+    def about(received: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in received if r["body"]
+                and r["body"]["event"]["incident_id"] == result["incident_id"]]
+
+    changes = len(result["lifecycle"])
+    got = about(receiver.wait(lambda received: len(about(received)) >= changes, 30))
+    told = [{"kind": r["body"]["event"]["kind"], "notification_id": r["id"],
+             "signature_valid": r["signature_valid"]}
+            for r in sorted(got, key=lambda r: r["body"]["event"]["seq"])]
+    console.log("webhook told: " + ", ".join(
+        f"{t['kind']} ({'signed' if t['signature_valid'] else 'BAD SIGNATURE'})"
+        for t in told))
+    return told
 
 
 def _summary(incident: dict[str, Any], events: list[dict[str, Any]],
