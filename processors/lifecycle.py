@@ -71,8 +71,12 @@ class IncidentEvent:
         return f"{self.incident_id}:{self.seq}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The event as it goes on the wire (the news fields of ``updated`` events, which
+        triage makes, empty: ADR 0018)."""
         out = asdict(self)
         out["sample_trace_ids"] = list(self.sample_trace_ids)
+        out.update(added=[], removed=[], news_signature=None, news_cause=None,
+                   report_hash=None)
         return out
 
 

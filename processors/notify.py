@@ -43,9 +43,14 @@ SUMMARY_MAX = 1024  # PagerDuty's payload.summary limit
 CUSTOM_NOTE_MAX = 8_000  # of the rendering sent as custom details
 
 
-def notification_id(channel: str, incident_id: str, seq: int) -> str:
-    material = f"{channel}|{incident_id}|{seq}".encode()
-    return "ntf_" + hashlib.sha256(material).hexdigest()[:16]
+def notification_id(channel: str, incident_id: str, seq: int,
+                    news_signature: str | None = None) -> str:
+    """One per channel and lifecycle change; for news (``updated``, ADR 0018), which
+    shares the seq of the change before it, one per channel and news."""
+    material = f"{channel}|{incident_id}|{seq}"
+    if news_signature is not None:
+        material += f"|{news_signature}"
+    return "ntf_" + hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def wanted(channel: str, kind: str) -> bool:
@@ -64,7 +69,11 @@ def _what(event: dict[str, Any]) -> str:
     if kind == "opened":
         return f"Incident opened on {family}"
     if kind == "updated":
-        return f"New evidence on {family}"
+        what = [f"{n} {w}" for n, w in ((len(event.get("added") or ()), "added"),
+                                        (len(event.get("removed") or ()), "removed")) if n]
+        if event.get("news_cause"):
+            what.append(f"cause {event['news_cause']}")
+        return f"New evidence on {family}" + (f" ({', '.join(what)})" if what else "")
     return f"{kind.capitalize()}{by}: {family}"
 
 

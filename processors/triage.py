@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from tocsin.processors.classify import ClassifierConfig, IncidentFacts, classify
+from tocsin.processors.news import COOLDOWN_MS, Basis, basis, cooled, news
 from tocsin.processors.report import (
     IncidentState,
     Opening,
@@ -57,6 +58,7 @@ class TriageConfig:
     traces_per_family: int = 2_000  # failing trace summaries kept per family, newest
     incident_retention_ms: int = 168 * 3_600_000  # resolved incidents 168 h
     max_signals: int = 50_000  # folded signals held; beyond, oldest resolved dropped first
+    news_cooldown_ms: int = COOLDOWN_MS  # the same news is told again only after this
 
     def __post_init__(self) -> None:
         if self.max_signals < 1:
@@ -170,11 +172,19 @@ class Triage:
         self._trace_docs: dict[tuple[int, str], tuple[TraceSummary, Any]] = {}
         # Operator actions by incident, by seq (ADR 0016): whatever order they arrive in
         self.actions: dict[str, dict[int, dict[str, Any]]] = {}
+        # News (ADR 0018): each incident's last version reduced to what news is measured
+        # against, the news told (signature -> event time), and the `updated` events made
+        # since the last take_updates()
+        self.news_basis: dict[str, Basis] = {}
+        self.news_told: dict[str, dict[str, int]] = {}
+        self.updates: list[dict[str, Any]] = []
 
     # Each input marks the incidents it touches; flush() evaluates each of them once.
 
     def apply_incident_event(self, event: Mapping[str, Any],
                              downstream: str | None = None) -> None:
+        if event["kind"] == "updated":
+            return  # news this fold (or another partition's) told: no change of state
         incident_id = event["incident_id"]
         if downstream is not None:
             self.downstreams[incident_id] = downstream
@@ -351,6 +361,8 @@ class Triage:
             self.opening_blasts.pop(incident_id, None)
             self._counted.pop(incident_id, None)
             self.actions.pop(incident_id, None)
+            self.news_basis.pop(incident_id, None)
+            self.news_told.pop(incident_id, None)
         horizon = self.horizon_ms - cfg.signal_retention_ms
         for family in list(self.traces):
             kept = self.traces[family]
@@ -396,7 +408,48 @@ class Triage:
             if self.last_hash.get(incident_id) != report["report_hash"]:
                 self.last_hash[incident_id] = report["report_hash"]
                 out.append(report)
+                self._news(incident_id, report)
         return out
+
+    def _news(self, incident_id: str, report: dict[str, Any]) -> None:
+        """An ``updated`` event when a new version of an open incident tells something
+        its previous one did not (ADR 0018), unless the same news was told within the
+        cooldown. The first version (the opening) is not news."""
+        after = basis(report)
+        before = self.news_basis.get(incident_id)
+        self.news_basis[incident_id] = after
+        incident = self.incidents[incident_id]
+        if before is None or incident.status == "resolved":
+            return
+        found = news(before, after)
+        if found is None:
+            return
+        at_ms = int(report["generated_at_ms"])
+        told = self.news_told.setdefault(incident_id, {})
+        if not cooled(told, found["signature"], at_ms, self.config.news_cooldown_ms):
+            return
+        told[found["signature"]] = at_ms
+        f = incident.facts
+        self.updates.append({
+            "incident_id": incident_id, "seq": incident.seq, "kind": "updated",
+            "status": incident.status, "env": f.env, "service": f.service, "step": f.step,
+            "error_code": f.error_code, "family": incident.family, "onset_ms": f.onset_ms,
+            "at_ms": at_ms, "window_count": incident.window_count,
+            "baseline": incident.baseline, "lift": incident.lift,
+            "peak_count": incident.peak_count, "error_count": incident.error_count,
+            "last_error_ms": incident.last_error_ms, "rule": "spike.v1",
+            "downstream": f.downstream, "sample_trace_ids": list(incident.sample_traces),
+            "phase": incident.phase, "action_id": None, "actor": None, "note": None,
+            "title": None, "hypothesis_status": None, "added": found["added"],
+            "removed": found["removed"], "news_signature": found["signature"],
+            "news_cause": None if found["cause"] is None
+            else f"{found['cause']['from']} -> {found['cause']['to']}",
+            "report_hash": report["report_hash"]})
+
+    def take_updates(self) -> list[dict[str, Any]]:
+        """The ``updated`` events made since the last call, in the order made."""
+        updates, self.updates = self.updates, []
+        return updates
 
     # ------------------------------------------------------------------ state
 
@@ -438,6 +491,9 @@ class Triage:
             "signals_dropped": self.signals_dropped,
             "actions": {k: [[seq, a] for seq, a in sorted(v.items())]
                         for k, v in sorted(self.actions.items())},
+            "news_basis": {k: b.to_list() for k, b in sorted(self.news_basis.items())},
+            "news_told": {k: dict(sorted(v.items())) for k, v in sorted(self.news_told.items())},
+            "updates": list(self.updates),
         }
         self._trace_docs = kept_docs
         return snap
@@ -474,6 +530,11 @@ class Triage:
         triage.signals_dropped = int(snap["signals_dropped"])
         triage.actions = {k: {int(seq): dict(a) for seq, a in v}
                           for k, v in snap.get("actions", {}).items()}
+        triage.news_basis = {k: Basis.from_list(v)
+                             for k, v in snap.get("news_basis", {}).items()}
+        triage.news_told = {k: {sig: int(at) for sig, at in v.items()}
+                            for k, v in snap.get("news_told", {}).items()}
+        triage.updates = list(snap.get("updates", []))
         triage._by_age = sorted((f.last_seen_ms, k) for k, f in triage.signals.items())
         triage._resolved_by_age = sorted((f.last_seen_ms, k)
                                          for k, f in triage.signals.items()

@@ -10,7 +10,7 @@ from typing import Any
 
 from tocsin.processors.signals.model import Signal
 from tocsin.processors.traces.blast import TraceSummary
-from tocsin.processors.triage import Triage
+from tocsin.processors.triage import Triage, TriageConfig
 
 MAX_DELIVERIES = 200_000
 """Deliveries remembered for idempotency: a retry later than this many keyed signals
@@ -77,8 +77,8 @@ class TriageLoop:
                 "redelivered": self.redelivered}
 
     @classmethod
-    def restore(cls, snap: dict[str, Any]) -> TriageLoop:
-        loop = cls(Triage.restore(snap["triage"]))
+    def restore(cls, snap: dict[str, Any], config: TriageConfig | None = None) -> TriageLoop:
+        loop = cls(Triage.restore(snap["triage"], config))
         loop.provenance = dict(snap["provenance"])
         loop.deliveries = OrderedDict((tuple(k), None) for k in snap["deliveries"])
         loop.redelivered = int(snap["redelivered"])

@@ -275,8 +275,10 @@ class WideEventDecoder:
 # ---------------------------------------------------------------------- incident events
 
 
-_V2_DEFAULTS = {"phase": "triggered", "action_id": None, "actor": None, "note": None,
-                "title": None, "hypothesis_status": None}
+_V2_DEFAULTS: dict[str, Any] = {
+    "phase": "triggered", "action_id": None, "actor": None, "note": None, "title": None,
+    "hypothesis_status": None, "added": [], "removed": [], "news_signature": None,
+    "news_cause": None, "report_hash": None}
 
 
 def encode_incident(record: Mapping[str, Any], encoding: Encoding) -> bytes:
@@ -290,7 +292,7 @@ def decode_incident(data: bytes, registry_lookup: Callable[[int], AvroSchema] | 
     if data[:1] == b"\xc3":
         v1 = avro_schema(INCIDENT_EVENT_V1)
         if data[:10] == v1.header:  # written before v2: read as v2 reads it
-            return {**_V2_DEFAULTS, **v1.decode_soe(data)}
+            return {**_V2_DEFAULTS, "added": [], "removed": [], **v1.decode_soe(data)}
         return avro_schema(INCIDENT_EVENT).decode_soe(data)
     if data[:1] == CONFLUENT_MAGIC and registry_lookup is not None and len(data) > 5:
         return registry_lookup(int.from_bytes(data[1:5], "big")).decode_body(data[5:])

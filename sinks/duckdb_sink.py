@@ -96,6 +96,11 @@ CREATE TABLE IF NOT EXISTS evidence (
 CREATE SEQUENCE IF NOT EXISTS report_order;
 CREATE TABLE IF NOT EXISTS signal_deliveries (
     delivery VARCHAR, signal_id VARCHAR, PRIMARY KEY (delivery, signal_id));
+CREATE TABLE IF NOT EXISTS incident_updates (
+    incident_id VARCHAR, seq INTEGER, news_signature VARCHAR, at_ms BIGINT,
+    added VARCHAR[], removed VARCHAR[], news_cause VARCHAR, report_hash VARCHAR,
+    status VARCHAR, phase VARCHAR, env VARCHAR, service VARCHAR, family VARCHAR,
+    PRIMARY KEY (incident_id, seq, news_signature));
 CREATE TABLE IF NOT EXISTS notifications (
     notification_id VARCHAR PRIMARY KEY, channel VARCHAR, incident_id VARCHAR,
     seq INTEGER, kind VARCHAR, status VARCHAR, attempts INTEGER, last_status INTEGER,
@@ -160,6 +165,12 @@ EVENT_COLUMNS = (
     ("sample_trace_ids", "VARCHAR[]"), ("phase", "VARCHAR"), ("action_id", "VARCHAR"),
     ("actor", "VARCHAR"), ("note", "VARCHAR"), ("title", "VARCHAR"),
     ("hypothesis_status", "VARCHAR"),
+)
+UPDATE_COLUMNS = (
+    ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("news_signature", "VARCHAR"),
+    ("at_ms", "BIGINT"), ("added", "VARCHAR[]"), ("removed", "VARCHAR[]"),
+    ("news_cause", "VARCHAR"), ("report_hash", "VARCHAR"), ("status", "VARCHAR"),
+    ("phase", "VARCHAR"), ("env", "VARCHAR"), ("service", "VARCHAR"), ("family", "VARCHAR"),
 )
 NOTIFICATION_COLUMNS = (
     ("notification_id", "VARCHAR"), ("channel", "VARCHAR"), ("incident_id", "VARCHAR"),
@@ -430,6 +441,7 @@ class DuckDBSink:
         self,
         *,
         incident_events: Sequence[Mapping[str, Any]] = (),
+        incident_updates: Sequence[Mapping[str, Any]] = (),
         family_windows: Sequence[Mapping[str, Any]] = (),
         step_windows: Sequence[Mapping[str, Any]] = (),
         dead_letters: Sequence[Mapping[str, Any]] = (),
@@ -456,6 +468,9 @@ class DuckDBSink:
                         con.execute(_insert_sql("incident_actions", ACTION_COLUMNS,
                                                 "OR IGNORE"),
                                     _columns(actions, ACTION_COLUMNS))
+                if incident_updates:
+                    con.execute(_insert_sql("incident_updates", UPDATE_COLUMNS, "OR IGNORE"),
+                                _columns(incident_updates, UPDATE_COLUMNS))
                 if family_windows:
                     con.execute(
                         _insert_sql("family_windows", FAMILY_WINDOW_COLUMNS, "OR REPLACE"),

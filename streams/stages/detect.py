@@ -241,7 +241,8 @@ class Detection(PartitionedStage[PartitionRun]):
             try:
                 value = decode_incident(rec.value or b"",
                                         self.registry.lookup if self.registry else None)
-                self.emitted.add(f"{value['incident_id']}:{value['seq']}")
+                if value["kind"] != "updated":  # triage's news, not a change of ours
+                    self.emitted.add(f"{value['incident_id']}:{value['seq']}")
             except (SchemaError, KeyError):
                 continue
 

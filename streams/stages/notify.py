@@ -153,7 +153,9 @@ class Notifier:
                     if not wanted(channel, kind):
                         continue
                     rows.append({
-                        "notification_id": notification_id(channel, incident_id, seq),
+                        "notification_id": notification_id(
+                            channel, incident_id, seq,
+                            event.get("news_signature") if kind == "updated" else None),
                         "channel": channel, "incident_id": incident_id, "seq": seq,
                         "kind": kind, "status": "pending", "attempts": 0,
                         "last_status": None, "last_error": None, "created_ms": now,

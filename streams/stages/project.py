@@ -40,7 +40,13 @@ from tocsin.processors.signals.model import Signal
 from tocsin.processors.triage import Folded, fold
 from tocsin.schemas.codec import SchemaError, decode_incident
 from tocsin.schemas.signal_wire import decode_signal
-from tocsin.sinks.duckdb_sink import EVENT_COLUMNS, EVIDENCE_COLUMNS, REPORT_COLUMNS, DuckDBSink
+from tocsin.sinks.duckdb_sink import (
+    EVENT_COLUMNS,
+    EVIDENCE_COLUMNS,
+    REPORT_COLUMNS,
+    UPDATE_COLUMNS,
+    DuckDBSink,
+)
 from tocsin.sinks.report_rows import report_rows, signal_row
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER, header, mark_of
@@ -297,6 +303,7 @@ class Rows:
     """One batch read into rows, and the records it could not read."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # news (ADR 0018)
     families: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     letters: list[dict[str, Any]] = field(default_factory=list)
@@ -309,7 +316,7 @@ class Rows:
 
     def count(self) -> int:
         """Rows this batch writes (signals once folded)."""
-        return len(self.events) + len(self.families) + len(self.steps) + \
+        return len(self.events) + len(self.updates) + len(self.families) + len(self.steps) + \
             len(self.letters) + len(self.signals.rows) + len(self.reports) + \
             len(self.evidence)
 
@@ -333,6 +340,11 @@ def read_batch(batch: Batch, topics: Topics, lookup: Any = None) -> Rows:
             try:
                 if tp.topic == topics.incidents:
                     event = decode_incident(rec.value or b"", lookup)
+                    if event.get("kind") == "updated":
+                        _fits(event, UPDATE_COLUMNS, ("incident_id", "seq", "news_signature"),
+                              _MS_BOUND)
+                        out.updates.append(event)
+                        continue
                     _fits(event, EVENT_COLUMNS, ("incident_id", "seq"), _MS_BOUND)
                     out.events.append(event)
                 elif tp.topic == topics.windows:
@@ -458,7 +470,8 @@ class Projection:
         self.metrics.rows_projected += rows.count()
 
     def _write(self, rows: Rows) -> None:
-        self.sink.write(incident_events=rows.events, family_windows=rows.families,
+        self.sink.write(incident_events=rows.events, incident_updates=rows.updates,
+                        family_windows=rows.families,
                         step_windows=rows.steps, dead_letters=rows.letters,
                         signal_fold=rows.signals if rows.signals else None,
                         reports=rows.reports, evidence=rows.evidence,

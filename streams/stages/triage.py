@@ -34,8 +34,9 @@ from aiokafka.partitioner import murmur2
 
 from tocsin.processors.report import canonical_json
 from tocsin.processors.traces.summary import SummaryError, decode_summary
+from tocsin.processors.triage import Triage, TriageConfig
 from tocsin.processors.triage_loop import TriageLoop
-from tocsin.schemas.codec import SchemaError, decode_incident
+from tocsin.schemas.codec import SchemaError, decode_incident, encode_incident
 from tocsin.schemas.signal_wire import decode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER
@@ -123,6 +124,8 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         self._summary_partitions = 1
         self._assigned: dict[int, TriageRun] = {}  # prepared, not installed yet
         self._outbox: list[tuple[TriageRun, str, str, bytes, bytes]] = []
+        self._news_outbox: list[tuple[TriageRun, dict[str, Any]]] = []
+        self.config = TriageConfig(news_cooldown_ms=settings.news_cooldown_ms)
         self._lock = asyncio.Lock()
 
     def stop(self) -> None:
@@ -210,10 +213,10 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in sorted(assigned, key=lambda t: t.partition):
             saved = await self.store.load(tp.partition)
             if saved is None:
-                run = TriageRun(TriageLoop(), 0, {}, {})
+                run = TriageRun(TriageLoop(Triage(self.config)), 0, {}, {})
             else:
                 state, offset = saved
-                loop = TriageLoop.restore(state["loop"])
+                loop = TriageLoop.restore(state["loop"], self.config)
                 run = TriageRun(loop, offset, dict(state["positions"]),
                                 {int(k): int(v) for k, v in state["reports_from"].items()},
                                 dict(state.get("on_topic", loop.triage.last_hash)))
@@ -285,7 +288,9 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
                     kind, value, delivery = decoded
                     where = _where(rec)
                     if kind == "incident":
-                        if self.owner_of(value["service"]) == p:
+                        # `updated` events are triage's own news (ADR 0018), not changes
+                        if self.owner_of(value["service"]) == p \
+                                and value["kind"] != "updated":
                             run.loop.apply_incident(value, where)
                     else:
                         run.loop.apply_signal(value, delivery, where)
@@ -335,11 +340,16 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         version differs (a restart coalesces the versions it re-read)."""
         for run in self.runs.values():
             reports = run.loop.flush()
+            updates = run.loop.triage.take_updates()
             self.metrics.signals_dropped = max(self.metrics.signals_dropped,
                                                run.loop.triage.signals_dropped)
             if run.catch_up is None:
                 for report in reports:
                     self._send(run, report)
+                # News goes out only once caught up: what a restart re-reads was told
+                # before it (or, made after the last checkpoint, is not told: ADR 0018).
+                for update in updates:
+                    self._news_outbox.append((run, update))
         self._end_catch_up()
         await self._send_outbox()
 
@@ -365,15 +375,26 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
                              provenance))
 
     async def _send_outbox(self) -> None:
-        """The queued versions, in the order they were made."""
+        """The queued versions, in the order they were made, then the news they carried
+        (an `updated` event on the incidents topic names its report version)."""
         assert self.producer is not None
         outbox, self._outbox = self._outbox, []
+        news, self._news_outbox = self._news_outbox, []
         for run, incident_id, report_hash, body, provenance in outbox:
             run.pending.append(await self.producer.send(
                 self.settings.topics.reports, body, key=incident_id.encode(),
                 headers=[("tocsin.report_hash", report_hash.encode()),
                          (PROVENANCE_HEADER, provenance)]))
             self.metrics.reports_published += 1
+        for run, update in news:
+            event_id = f"{update['incident_id']}:{update['seq']}:{update['news_signature']}"
+            run.pending.append(await self.producer.send(
+                self.settings.topics.incidents,
+                encode_incident(update, self.settings.incident_encoding),
+                key=update["incident_id"].encode(),
+                headers=[("tocsin.event_id", event_id.encode()),
+                         ("tocsin.kind", b"updated")]))
+            self.metrics.lifecycle["updated"] += 1
 
     async def checkpoint(self) -> None:
         """Every run's checkpoint now (the stage's own loop does this on its interval)."""

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     incident_retention_ms: int = Field(168 * 3600 * 1000)
     detector: DetectorConfig = DetectorConfig()
     notify: NotifySettings = NotifySettings()
+    news_cooldown_ms: int = Field(
+        15 * 60_000, ge=0, description="the same news on an incident (an `updated` event "
+        "with the same signature) is told again only after this much event time (ADR 0018)")
     intake_tokens: dict[str, str | dict[str, Any]] = Field(
         default_factory=dict, description="source name -> bearer token (the name a provider "
         "or 'otlp') or {token, providers, kinds, traces}; empty = no auth (ADR 0014)")

@@ -252,3 +252,40 @@ def test_a_sigkill_between_answer_and_record_tells_it_again_with_the_same_id(
         assert ids == [rows[0]["notification_id"]] * 2
     finally:
         worker.stop()
+
+
+def test_news_on_an_open_incident_is_told_once(broker: str, tmp_path: Path,
+                                               receiver: Receiver) -> None:
+    """An alert correlated with an open incident is news: triage publishes an `updated`
+    event naming it, Slack and the webhook are told, DuckDB keeps it; the same alert
+    again (a re-evaluation) is not news (ADR 0018)."""
+    names = Names.fresh("ntfn")
+    produce_events(broker, names.events, opening_log(T0_MS), partitions=3)
+    env = notify_env(receiver)
+    env.pop("TOCSIN_NOTIFY__PAGERDUTY_ROUTING_KEY")
+    worker = start(broker, names, tmp_path / "news.duckdb", env)
+    try:
+        inc = worker.wait_rows("SELECT incident_id, onset_ms FROM incidents", 60)[0]
+        wait(worker, lambda: len(receiver.on("/hook")) >= 1, "the opening told")
+        alert = {"type": "alert", "service": "checkout", "env": "prod",
+                 "title": "checkout 5xx above 5%", "event_time_ms": inc["onset_ms"] + 60_000}
+        for _ in range(2):  # the second is the same alert again: occurrences, not news
+            assert worker.request("POST", "/v1/signals", alert).status == 202
+        hooks = wait(worker, lambda: [h for h in receiver.on("/hook")
+                                      if h["body"]["event"]["kind"] == "updated"],
+                     "an updated event told")
+        event = hooks[0]["body"]["event"]
+        assert event["incident_id"] == inc["incident_id"]
+        assert [line.split(":")[0] for line in event["added"]] == ["alert"]
+        slack = wait(worker, lambda: [s for s in receiver.on("/slack")
+                                      if "New evidence" in s["body"]["text"]],
+                     "Slack told of the news")
+        assert "1 added" in slack[0]["body"]["blocks"][0]["text"]["text"]
+        rows = worker.wait_rows("SELECT added, news_signature FROM incident_updates", 30)
+        assert rows[0]["added"] == event["added"]
+        worker.wait_settled(60)
+        assert len([h for h in receiver.on("/hook")
+                    if h["body"]["event"]["kind"] == "updated"]) == 1
+        assert len(worker.query("SELECT * FROM incident_updates")) == 1
+    finally:
+        assert worker.stop() == 0

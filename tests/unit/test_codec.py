@@ -145,13 +145,19 @@ def test_incident_events_round_trip(encoding: str) -> None:
               "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": "payment",
               "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"], "phase": "triggered",
               "action_id": None, "actor": None, "note": None, "title": None,
-              "hypothesis_status": None}
+              "hypothesis_status": None, "added": [], "removed": [],
+              "news_signature": None, "news_cause": None, "report_hash": None}
     assert decode_incident(encode_incident(record, encoding)) == record  # type: ignore[arg-type]
     assert avro_schema(INCIDENT_EVENT).fields == list(record)
     action = {**record, "seq": 2, "kind": "hypothesis", "phase": "investigating",
               "action_id": "act_0123456789abcdef", "actor": "ana", "note": "pool size?",
               "title": "the pool is too small", "hypothesis_status": "proposed"}
     assert decode_incident(encode_incident(action, encoding)) == action  # type: ignore[arg-type]
+    news = {**record, "seq": 3, "kind": "updated", "added": ["alert:sig_1"],
+            "removed": ["deploy:sig_2"], "news_signature": "news_0123456789abcdef",
+            "news_cause": "deploy/deploy_before_onset -> dependency/dependency_signal",
+            "report_hash": "sha256:" + "0" * 64}
+    assert decode_incident(encode_incident(news, encoding)) == news  # type: ignore[arg-type]
 
 
 def test_incident_events_written_as_v1_read_as_v2_reads_them() -> None:
@@ -167,7 +173,9 @@ def test_incident_events_written_as_v1_read_as_v2_reads_them() -> None:
     assert data[:10] != avro_schema(INCIDENT_EVENT).header
     assert decode_incident(data) == {**v1, "phase": "triggered", "action_id": None,
                                      "actor": None, "note": None, "title": None,
-                                     "hypothesis_status": None}
+                                     "hypothesis_status": None, "added": [], "removed": [],
+                                     "news_signature": None, "news_cause": None,
+                                     "report_hash": None}
 
 
 def test_single_object_header_matches_the_avro_spec_example() -> None:

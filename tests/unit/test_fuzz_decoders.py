@@ -399,7 +399,8 @@ INCIDENT = {"incident_id": "inc_0123456789abcdef", "seq": 1, "kind": "opened",
             "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": "payment",
             "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"], "phase": "triggered",
             "action_id": None, "actor": None, "note": None, "title": None,
-            "hypothesis_status": None}
+            "hypothesis_status": None, "added": [], "removed": [], "news_signature": None,
+            "news_cause": None, "report_hash": None}
 
 
 def incident_lookup(schema_id: int) -> AvroSchema:
