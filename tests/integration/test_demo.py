@@ -31,7 +31,7 @@ def test_the_wide_event_demo_opens_resolves_and_reports_dependency() -> None:
     assert (result["acknowledged_by"], result["mtta_ms"]) == ("demo-oncall", 90_000)
     # A local webhook receiver was told every change, signed (ADR 0017).
     told = result["notifications"]
-    assert [t["kind"] for t in told] == result["lifecycle"]
+    assert [t["kind"] for t in told if t["kind"] != "updated"] == result["lifecycle"]
     assert all(t["signature_valid"] is True for t in told)
     assert len({t["notification_id"] for t in told}) == len(told)
     assert (result["cause"], result["cause_rule"]) == ("dependency", "dependency_signal")
@@ -45,7 +45,9 @@ def test_the_trace_demo_names_payment_as_origin_from_spans_alone() -> None:
         "checkout:POST /api/checkout:HTTP_502", "frontend:GET /cart/checkout:HTTP_502",
         "payment:POST /api/charge:shop.payment.PaymentDeclinedError"]
     assert result["lifecycle"] == ["opened", "recovering", "resolved"]
-    assert [t["kind"] for t in result["notifications"]] == result["lifecycle"]
+    # News (a failing family joining, ADR 0018) may come between, as batching has it.
+    assert [t["kind"] for t in result["notifications"]
+            if t["kind"] != "updated"] == result["lifecycle"]
     assert result["origin"] == {"service": "payment", "step": "POST /api/charge"}
     assert result["path"] == ["frontend", "checkout", "payment"]
     assert (result["cause"], result["cause_rule"]) == ("dependency", "trace_downstream")

@@ -247,11 +247,14 @@ def _told(receiver: WebhookReceiver, result: dict[str, Any], console: Console
         return [r for r in received if r["body"]
                 and r["body"]["event"]["incident_id"] == result["incident_id"]]
 
-    changes = len(result["lifecycle"])
-    got = about(receiver.wait(lambda received: len(about(received)) >= changes, 30))
+    def changes(received: list[dict[str, Any]]) -> int:  # news (`updated`) aside
+        return sum(r["body"]["event"]["kind"] != "updated" for r in about(received))
+
+    got = about(receiver.wait(lambda r: changes(r) >= len(result["lifecycle"]), 30))
     told = [{"kind": r["body"]["event"]["kind"], "notification_id": r["id"],
              "signature_valid": r["signature_valid"]}
-            for r in sorted(got, key=lambda r: r["body"]["event"]["seq"])]
+            for r in sorted(got, key=lambda r: (r["body"]["event"]["seq"],
+                                                 r["body"]["event"]["kind"] == "updated"))]
     console.log("webhook told: " + ", ".join(
         f"{t['kind']} ({'signed' if t['signature_valid'] else 'BAD SIGNATURE'})"
         for t in told))
