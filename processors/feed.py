@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tocsin.processors.detector import PartitionDetector, VersionChanged
+from tocsin.processors.detector import PartitionDetector
+from tocsin.processors.detector_state import VersionChanged
 from tocsin.processors.family import failing_downstream, family_of
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.signals.model import Signal

@@ -26,12 +26,8 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from tocsin.processors.actions import CommandError, Refusal, decode_command
-from tocsin.processors.detector import (
-    FamilyWindow,
-    PartitionDetector,
-    StepWindow,
-    VersionChanged,
-)
+from tocsin.processors.detector import PartitionDetector
+from tocsin.processors.detector_state import FamilyWindow, StepWindow, VersionChanged
 from tocsin.processors.feed import deploy_delivery, deploy_signal, feed
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.mapping import load_mapping, mapped_decoder

@@ -33,20 +33,20 @@ from typing import Any, TypeAlias
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from tocsin.processors.detector import FamilyWindow, StepWindow
+from tocsin.processors.detector_state import FamilyWindow, StepWindow
 from tocsin.processors.report import verify
 from tocsin.processors.signals.model import FIELDS as SIGNAL_FIELDS
 from tocsin.processors.signals.model import Signal
 from tocsin.processors.triage import Folded, fold
 from tocsin.schemas.codec import SchemaError, decode_incident
 from tocsin.schemas.signal_wire import decode_signal
-from tocsin.sinks.duckdb_sink import (
+from tocsin.sinks.duckdb_schema import (
     EVENT_COLUMNS,
     EVIDENCE_COLUMNS,
     REPORT_COLUMNS,
     UPDATE_COLUMNS,
-    DuckDBSink,
 )
+from tocsin.sinks.duckdb_sink import DuckDBSink
 from tocsin.sinks.report_rows import report_rows, signal_row
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, PROVENANCE_HEADER, header, mark_of

@@ -8,7 +8,8 @@ import random
 from typing import Any
 
 from tocsin.processors.config import DetectorConfig
-from tocsin.processors.detector import PartitionDetector, VersionChanged
+from tocsin.processors.detector import PartitionDetector
+from tocsin.processors.detector_state import VersionChanged
 from tocsin.processors.family import failing_downstream, family_of
 from tocsin.processors.feed import TELLS_TIME_ONLY, deploy_delivery, deploy_signal, feed
 from tocsin.processors.lifecycle import IncidentEvent

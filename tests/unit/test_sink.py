@@ -9,7 +9,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from tocsin.sinks.duckdb_sink import SCHEMA_VERSION, DuckDBSink
+from tocsin.sinks.duckdb_schema import SCHEMA_VERSION
+from tocsin.sinks.duckdb_sink import DuckDBSink
 
 
 def lifecycle(incident: str, seq: int, kind: str, status: str, at_ms: int) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tocsin.processors.config import DetectorConfig
-from tocsin.processors.detector import FamilyState, PartitionDetector
+from tocsin.processors.detector import PartitionDetector
+from tocsin.processors.detector_state import FamilyState
 from tocsin.processors.family import Family
 
 FAM = Family("prod", "svc", "op", "E")
