@@ -108,6 +108,12 @@ class ActionDesk:
         try:
             await self.send(self.events_topic, command.to_bytes(),
                             incident["service"].encode(), [(ACTION, b"1")])
+        except Exception as exc:  # noqa: BLE001 - the broker's refusal, whatever its class
+            self._waiting.pop(act_id, None)
+            log.warning("action %s not written: %s", act_id, exc)
+            return Answer(503, {"error": f"the action could not be written to the log "
+                                         f"({type(exc).__name__}); try again"})
+        try:
             return await asyncio.wait_for(asyncio.shield(waiter), self.timeout_s)
         except TimeoutError:
             return Answer(202, {"incident_id": incident_id, "action_id": act_id,
@@ -125,7 +131,7 @@ class ActionDesk:
         if not self._waiting:
             return
         for event in events:
-            waiter = self._waiting.get(str(event.get("action_id")))
+            waiter = self._waiting.pop(str(event.get("action_id")), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(Answer(200, {
                     **{k: event.get(k) for k in ("incident_id", "status", "phase", "seq")},
@@ -133,7 +139,7 @@ class ActionDesk:
                     "by": event.get("actor"), "at_ms": event["at_ms"]}))
         for letter in letters:
             found = REFUSED.match(str(letter.get("reason") or ""))
-            waiter = self._waiting.get(found.group(1)) if found else None
+            waiter = self._waiting.pop(found.group(1), None) if found else None
             if found and waiter is not None and not waiter.done():
                 waiter.set_result(_refused(None, Refusal(found.group(2), found.group(3))))
 

@@ -124,3 +124,23 @@ def test_the_same_key_is_the_same_action_and_another_key_another() -> None:
         submit(d, {"action": "acknowledge", "by": "ana"}, key=key)
         ids.append(orjson.loads(sent.records[0][1])["action_id"])
     assert ids[0] == ids[1] != ids[2]
+
+
+def test_a_broker_that_does_not_take_the_command_is_a_503_and_nothing_waits() -> None:
+    async def refuse(*_: Any) -> None:
+        raise ConnectionError("broker away")
+
+    d = ActionDesk(Lookup(), refuse, "events", timeout_s=5, clock=lambda: 1)
+    answer = asyncio.run(d.submit("inc_1", {"action": "acknowledge", "by": "ana"}, "k"))
+    assert answer.status == 503 and "could not be written" in answer.body["error"]
+    assert d._waiting == {}
+
+
+def test_a_decision_after_the_answer_timed_out_leaves_no_waiter_behind() -> None:
+    d, _ = desk(timeout_s=0.01)
+    answer = submit(d, {"action": "acknowledge", "by": "ana"})
+    assert answer.status == 202 and len(d._waiting) == 1
+    d.written([{"action_id": answer.body["action_id"], "incident_id": "inc_1", "seq": 2,
+                "status": "active", "phase": "acknowledged", "kind": "acknowledged",
+                "actor": "ana", "at_ms": 1}], [])
+    assert d._waiting == {}
