@@ -76,6 +76,7 @@ class Notifier:
         self.policy = RetryPolicy(self.cfg.backoff_ms, self.cfg.backoff_cap_ms,
                                   self.cfg.attempts)
         self.running = asyncio.Event()
+        self.positioned = asyncio.Event()  # its read position is known (and recorded)
         self.wake = asyncio.Event()  # new rows, a new report, a delivery done
         self._stopping = asyncio.Event()
         self._owed: dict[str, dict[str, Any]] = {}  # pending rows by notification id
@@ -105,12 +106,21 @@ class Notifier:
                    for p in await wait_partitions(consumer, topic, 20.0)]
             consumer.assign(tps)
             saved = await asyncio.to_thread(self.sink.positions)
-            for tp in tps:
-                offset = saved.get((POSITION_PREFIX + topic, tp.partition))
-                if offset is None:
+            mine = {tp: saved.get((POSITION_PREFIX + topic, tp.partition)) for tp in tps}
+            if all(offset is None for offset in mine.values()):
+                # The first start tells what happens from now on, not the topic's history
+                # (a pager added to a running Tocsin is not flooded); recorded at once,
+                # so a restart before the first change still reads from here.
+                ends = await consumer.end_offsets(tps)
+                mine = {tp: int(ends[tp]) for tp in tps}
+                await asyncio.to_thread(self.sink.notifications_found, [], {
+                    (POSITION_PREFIX + topic, tp.partition): int(ends[tp]) for tp in tps})
+            for tp, offset in mine.items():
+                if offset is None:  # a partition added since: all of it is new
                     await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, offset)
+            self.positioned.set()
             for row in await asyncio.to_thread(self.sink.pending_notifications):
                 self._owed[row["notification_id"]] = row
             dispatcher = asyncio.ensure_future(self._dispatch(session))

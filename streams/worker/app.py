@@ -149,6 +149,10 @@ class Worker(mode.Service):
             self.triage = TriageStage(s, self.bootstrap, TableCheckpoints(
                 self.app, self.stages_table, "triage"), self.metrics)
             self._runs.append(asyncio.ensure_future(self._guard(self.triage.run())))
+            if self.notifier is not None:
+                # A first start tells changes from its position on: it is taken before
+                # this process's detection makes any.
+                await self.notifier.positioned.wait()
             self.detection = Detection(
                 s, self.bootstrap, TableCheckpoints(self.app, self.table), self.metrics)
             self.detection.handoff = events_handoff

@@ -289,3 +289,30 @@ def test_news_on_an_open_incident_is_told_once(broker: str, tmp_path: Path,
         assert len(worker.query("SELECT * FROM incident_updates")) == 1
     finally:
         assert worker.stop() == 0
+
+
+def test_a_first_start_tells_what_happens_from_then_on_not_the_history(
+        broker: str, tmp_path: Path, receiver: Receiver) -> None:
+    """A channel added to a Tocsin that already has incidents: the old ones are not told
+    (no flood of stale pages); the next change is."""
+    names = Names.fresh("ntff")
+    produce_events(broker, names.events, opening_log(T0_MS), partitions=3)
+    db = tmp_path / "f.duckdb"
+    before = start(broker, names, db, {})
+    inc = before.wait_rows("SELECT incident_id FROM incidents", 60)[0]["incident_id"]
+    before.wait_settled(60)
+    assert before.stop() == 0
+    env = notify_env(receiver)
+    env.pop("TOCSIN_NOTIFY__SLACK_WEBHOOK_URL")
+    env.pop("TOCSIN_NOTIFY__PAGERDUTY_ROUTING_KEY")
+    worker = start(broker, names, db, env)
+    try:
+        reply = worker.request("POST", f"/v1/incidents/{inc}/actions",
+                               {"action": "acknowledge", "by": "ana"})
+        assert reply.status == 200, reply.body
+        told = wait(worker, lambda: receiver.on("/hook"), "the acknowledgement told")
+        worker.wait_settled(60)
+        assert [h["body"]["event"]["kind"] for h in receiver.on("/hook")] == \
+            ["acknowledged"], told
+    finally:
+        assert worker.stop() == 0
