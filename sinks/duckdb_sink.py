@@ -23,7 +23,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -150,21 +151,11 @@ class DuckDBSink:
         """New notifications (pending) and the notifier's read positions, in one
         transaction: what was read is what is owed. A notification already held keeps its
         row (a lifecycle change read again after a crash owes nothing new)."""
-        with self._lock:
-            con = self.con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                if rows:
-                    con.execute(insert_sql("notifications", NOTIFICATION_COLUMNS,
-                                            "OR IGNORE"),
-                                column_arrays(rows, NOTIFICATION_COLUMNS))
-                _write_positions(con, positions)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            self._generation += 1
-            self._after_commit()
+        with self._transaction() as con:
+            if rows:
+                con.execute(insert_sql("notifications", NOTIFICATION_COLUMNS, "OR IGNORE"),
+                            column_arrays(rows, NOTIFICATION_COLUMNS))
+            _write_positions(con, positions)
 
     def notification_tried(self, row: Mapping[str, Any]) -> None:
         """One attempt's outcome: status, attempts, last status and error, next try."""
@@ -220,66 +211,73 @@ class DuckDBSink:
     ) -> None:
         """Apply one batch and its input positions atomically. ``signals`` are rows
         upserted as given; ``signal_fold`` folds occurrences onto the held rows."""
+        with self._transaction() as con:
+            if incident_events:
+                con.execute(insert_sql("incident_events", EVENT_COLUMNS, "OR IGNORE"),
+                            column_arrays(incident_events, EVENT_COLUMNS))
+                touched = sorted({str(e["incident_id"]) for e in incident_events})
+                con.execute(REBUILD_INCIDENTS, [touched])
+                actions = [e for e in incident_events if e.get("action_id")]
+                if actions:
+                    con.execute(insert_sql("incident_actions", ACTION_COLUMNS,
+                                            "OR IGNORE"),
+                                column_arrays(actions, ACTION_COLUMNS))
+            if incident_updates:
+                con.execute(insert_sql("incident_updates", UPDATE_COLUMNS, "OR IGNORE"),
+                            column_arrays(incident_updates, UPDATE_COLUMNS))
+            if family_windows:
+                con.execute(
+                    insert_sql("family_windows", FAMILY_WINDOW_COLUMNS, "OR REPLACE"),
+                    column_arrays(_last_by(family_windows,
+                                           ("env", "family", "bucket_start_ms")),
+                                  FAMILY_WINDOW_COLUMNS))
+            if step_windows:
+                con.execute(
+                    insert_sql("step_windows", STEP_WINDOW_COLUMNS, "OR REPLACE"),
+                    column_arrays(_last_by(step_windows,
+                                      ("env", "service", "step", "bucket_start_ms")),
+                             STEP_WINDOW_COLUMNS))
+            if signals:
+                con.execute(insert_sql("signals", SIGNAL_COLUMNS, "OR REPLACE"),
+                            column_arrays(_last_by(signals, ("signal_id",)), SIGNAL_COLUMNS))
+            if signal_fold is not None:
+                _fold_signals(con, signal_fold)
+            if reports:
+                # written_seq numbers the versions in the order they were read (one
+                # incident's versions are in topic order), never in a scan's order.
+                base = con.execute("SELECT coalesce(max(written_seq), 0) "
+                                   "FROM triage_reports").fetchone()
+                first = int(base[0] if base else 0) + 1
+                ordered = [{**row, "written_seq": first + i}
+                           for i, row in enumerate(reports)]
+                con.execute(insert_sql("triage_reports", SEQUENCED_REPORT_COLUMNS,
+                                        "OR IGNORE"),
+                            column_arrays(ordered, SEQUENCED_REPORT_COLUMNS))
+            if evidence:
+                con.execute(insert_sql("evidence", EVIDENCE_COLUMNS, "OR IGNORE"),
+                            column_arrays(evidence, EVIDENCE_COLUMNS))
+            if dead_letters:
+                con.execute(insert_sql("dead_letters", DEAD_LETTER_COLUMNS, "OR IGNORE"),
+                            column_arrays(dead_letters, DEAD_LETTER_COLUMNS))
+            for topic, partition, stale, high in log_epochs:
+                # A log that restarted below the stored position: a new epoch of that
+                # partition, its history kept (ADR 0014).
+                con.execute(
+                    'INSERT INTO log_epochs SELECT $1, $2, coalesce(max(epoch), 0) + 1, '
+                    '$3, $4 FROM log_epochs WHERE topic = $1 AND "partition" = $2',
+                    [topic, partition, stale, high])
+            if positions:
+                _write_positions(con, positions)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The writer's connection inside one transaction, under the lock: committed when
+        the block ends, rolled back if it raises; a committed batch is a new generation."""
         with self._lock:
             con = self.con
             con.execute("BEGIN TRANSACTION")
             try:
-                if incident_events:
-                    con.execute(insert_sql("incident_events", EVENT_COLUMNS, "OR IGNORE"),
-                                column_arrays(incident_events, EVENT_COLUMNS))
-                    touched = sorted({str(e["incident_id"]) for e in incident_events})
-                    con.execute(REBUILD_INCIDENTS, [touched])
-                    actions = [e for e in incident_events if e.get("action_id")]
-                    if actions:
-                        con.execute(insert_sql("incident_actions", ACTION_COLUMNS,
-                                                "OR IGNORE"),
-                                    column_arrays(actions, ACTION_COLUMNS))
-                if incident_updates:
-                    con.execute(insert_sql("incident_updates", UPDATE_COLUMNS, "OR IGNORE"),
-                                column_arrays(incident_updates, UPDATE_COLUMNS))
-                if family_windows:
-                    con.execute(
-                        insert_sql("family_windows", FAMILY_WINDOW_COLUMNS, "OR REPLACE"),
-                        column_arrays(_last_by(family_windows,
-                                               ("env", "family", "bucket_start_ms")),
-                                      FAMILY_WINDOW_COLUMNS))
-                if step_windows:
-                    con.execute(
-                        insert_sql("step_windows", STEP_WINDOW_COLUMNS, "OR REPLACE"),
-                        column_arrays(_last_by(step_windows,
-                                          ("env", "service", "step", "bucket_start_ms")),
-                                 STEP_WINDOW_COLUMNS))
-                if signals:
-                    con.execute(insert_sql("signals", SIGNAL_COLUMNS, "OR REPLACE"),
-                                column_arrays(_last_by(signals, ("signal_id",)), SIGNAL_COLUMNS))
-                if signal_fold is not None:
-                    _fold_signals(con, signal_fold)
-                if reports:
-                    # written_seq numbers the versions in the order they were read (one
-                    # incident's versions are in topic order), never in a scan's order.
-                    base = con.execute("SELECT coalesce(max(written_seq), 0) "
-                                       "FROM triage_reports").fetchone()
-                    first = int(base[0] if base else 0) + 1
-                    ordered = [{**row, "written_seq": first + i}
-                               for i, row in enumerate(reports)]
-                    con.execute(insert_sql("triage_reports", SEQUENCED_REPORT_COLUMNS,
-                                            "OR IGNORE"),
-                                column_arrays(ordered, SEQUENCED_REPORT_COLUMNS))
-                if evidence:
-                    con.execute(insert_sql("evidence", EVIDENCE_COLUMNS, "OR IGNORE"),
-                                column_arrays(evidence, EVIDENCE_COLUMNS))
-                if dead_letters:
-                    con.execute(insert_sql("dead_letters", DEAD_LETTER_COLUMNS, "OR IGNORE"),
-                                column_arrays(dead_letters, DEAD_LETTER_COLUMNS))
-                for topic, partition, stale, high in log_epochs:
-                    # A log that restarted below the stored position: a new epoch of that
-                    # partition, its history kept (ADR 0014).
-                    con.execute(
-                        'INSERT INTO log_epochs SELECT $1, $2, coalesce(max(epoch), 0) + 1, '
-                        '$3, $4 FROM log_epochs WHERE topic = $1 AND "partition" = $2',
-                        [topic, partition, stale, high])
-                if positions:
-                    _write_positions(con, positions)
+                yield con
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
