@@ -153,8 +153,7 @@ class DuckDBSink:
         row (a lifecycle change read again after a crash owes nothing new)."""
         with self._transaction() as con:
             if rows:
-                con.execute(insert_sql("notifications", NOTIFICATION_COLUMNS, "OR IGNORE"),
-                            column_arrays(rows, NOTIFICATION_COLUMNS))
+                _insert(con, "notifications", NOTIFICATION_COLUMNS, rows, "OR IGNORE")
             _write_positions(con, positions)
 
     def notification_tried(self, row: Mapping[str, Any]) -> None:
@@ -213,33 +212,26 @@ class DuckDBSink:
         upserted as given; ``signal_fold`` folds occurrences onto the held rows."""
         with self._transaction() as con:
             if incident_events:
-                con.execute(insert_sql("incident_events", EVENT_COLUMNS, "OR IGNORE"),
-                            column_arrays(incident_events, EVENT_COLUMNS))
+                _insert(con, "incident_events", EVENT_COLUMNS, incident_events, "OR IGNORE")
                 touched = sorted({str(e["incident_id"]) for e in incident_events})
                 con.execute(REBUILD_INCIDENTS, [touched])
                 actions = [e for e in incident_events if e.get("action_id")]
                 if actions:
-                    con.execute(insert_sql("incident_actions", ACTION_COLUMNS,
-                                            "OR IGNORE"),
-                                column_arrays(actions, ACTION_COLUMNS))
+                    _insert(con, "incident_actions", ACTION_COLUMNS, actions, "OR IGNORE")
             if incident_updates:
-                con.execute(insert_sql("incident_updates", UPDATE_COLUMNS, "OR IGNORE"),
-                            column_arrays(incident_updates, UPDATE_COLUMNS))
+                _insert(con, "incident_updates", UPDATE_COLUMNS, incident_updates,
+                        "OR IGNORE")
             if family_windows:
-                con.execute(
-                    insert_sql("family_windows", FAMILY_WINDOW_COLUMNS, "OR REPLACE"),
-                    column_arrays(_last_by(family_windows,
-                                           ("env", "family", "bucket_start_ms")),
-                                  FAMILY_WINDOW_COLUMNS))
+                _insert(con, "family_windows", FAMILY_WINDOW_COLUMNS,
+                        _last_by(family_windows, ("env", "family", "bucket_start_ms")),
+                        "OR REPLACE")
             if step_windows:
-                con.execute(
-                    insert_sql("step_windows", STEP_WINDOW_COLUMNS, "OR REPLACE"),
-                    column_arrays(_last_by(step_windows,
-                                      ("env", "service", "step", "bucket_start_ms")),
-                             STEP_WINDOW_COLUMNS))
+                _insert(con, "step_windows", STEP_WINDOW_COLUMNS,
+                        _last_by(step_windows, ("env", "service", "step", "bucket_start_ms")),
+                        "OR REPLACE")
             if signals:
-                con.execute(insert_sql("signals", SIGNAL_COLUMNS, "OR REPLACE"),
-                            column_arrays(_last_by(signals, ("signal_id",)), SIGNAL_COLUMNS))
+                _insert(con, "signals", SIGNAL_COLUMNS, _last_by(signals, ("signal_id",)),
+                        "OR REPLACE")
             if signal_fold is not None:
                 _fold_signals(con, signal_fold)
             if reports:
@@ -250,15 +242,11 @@ class DuckDBSink:
                 first = int(base[0] if base else 0) + 1
                 ordered = [{**row, "written_seq": first + i}
                            for i, row in enumerate(reports)]
-                con.execute(insert_sql("triage_reports", SEQUENCED_REPORT_COLUMNS,
-                                        "OR IGNORE"),
-                            column_arrays(ordered, SEQUENCED_REPORT_COLUMNS))
+                _insert(con, "triage_reports", SEQUENCED_REPORT_COLUMNS, ordered, "OR IGNORE")
             if evidence:
-                con.execute(insert_sql("evidence", EVIDENCE_COLUMNS, "OR IGNORE"),
-                            column_arrays(evidence, EVIDENCE_COLUMNS))
+                _insert(con, "evidence", EVIDENCE_COLUMNS, evidence, "OR IGNORE")
             if dead_letters:
-                con.execute(insert_sql("dead_letters", DEAD_LETTER_COLUMNS, "OR IGNORE"),
-                            column_arrays(dead_letters, DEAD_LETTER_COLUMNS))
+                _insert(con, "dead_letters", DEAD_LETTER_COLUMNS, dead_letters, "OR IGNORE")
             for topic, partition, stale, high in log_epochs:
                 # A log that restarted below the stored position: a new epoch of that
                 # partition, its history kept (ADR 0014).
@@ -330,6 +318,13 @@ class DuckDBSink:
             self.con.close()
 
 
+def _insert(con: duckdb.DuckDBPyConnection, table: str,
+            columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]],
+            verb: str) -> None:
+    """Rows into a table as column arrays (``INSERT <verb> ... SELECT unnest(...)``)."""
+    con.execute(insert_sql(table, columns, verb), column_arrays(rows, columns))
+
+
 def _write_positions(con: duckdb.DuckDBPyConnection,
                      positions: Mapping[tuple[str, int], int]) -> None:
     """Upsert consumed positions (inside the caller's transaction)."""
@@ -366,8 +361,7 @@ def _fold_signals(con: duckdb.DuckDBPyConnection, batch: SignalFold) -> None:
             [[d for d, _ in pairs], [i for _, i in pairs]]).fetchall()}
     rows, applied = batch.fold(held, seen)
     if rows:
-        con.execute(insert_sql("signals", SIGNAL_COLUMNS, "OR REPLACE"),
-                    column_arrays(_last_by(rows, ("signal_id",)), SIGNAL_COLUMNS))
+        _insert(con, "signals", SIGNAL_COLUMNS, _last_by(rows, ("signal_id",)), "OR REPLACE")
     if applied:
         con.execute("INSERT OR IGNORE INTO signal_deliveries "
                     "SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[])",

@@ -29,26 +29,25 @@ from tests.integration.test_http_api import check as documented
 SERVICES = ("checkout", "cart", "search")
 
 
-def opening_log(start_ms: int) -> list[dict[str, Any]]:
-    """40 min healthy, then 2 min where checkout's payment.charge fails: it opens and stays
-    open (no quiet time after it)."""
-    log = steady(start_ms, 2400, SERVICES)
+def quiet_then_failing(start_ms: int, quiet_s: int) -> list[dict[str, Any]]:
+    """``quiet_s`` seconds healthy, then 2 min where checkout's payment.charge fails, and
+    nothing after (the incident stays open)."""
+    log = steady(start_ms, quiet_s, SERVICES)
     for s in range(120):
-        t = start_ms + 2_400_000 + s * 1000
+        t = start_ms + quiet_s * 1000 + s * 1000
         log.append(event(t, "checkout", "payment.charge", error="PMT_502"))
         log.append(event(t + 1, "cart", "GET /"))
     return log
+
+
+def opening_log(start_ms: int) -> list[dict[str, Any]]:
+    """40 min healthy, then the family fails: it opens and stays open."""
+    return quiet_then_failing(start_ms, 2400)
 
 
 def calm_then_spike(start_ms: int) -> list[dict[str, Any]]:
-    """20 quiet minutes (the window drains: the family re-arms), then the family fails
-    again for 2 minutes."""
-    log = steady(start_ms, 1200, SERVICES)
-    for s in range(120):
-        t = start_ms + 1_200_000 + s * 1000
-        log.append(event(t, "checkout", "payment.charge", error="PMT_502"))
-        log.append(event(t + 1, "cart", "GET /"))
-    return log
+    """20 quiet minutes (the window drains: the family re-arms), then it fails again."""
+    return quiet_then_failing(start_ms, 1200)
 
 
 def call(worker: WorkerProc, method: str, path: str, body: Any = None,
