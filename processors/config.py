@@ -6,6 +6,8 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tocsin.processors.timeline import TimelineConfig
+
 
 class DetectorConfig(BaseModel):
     """Spike detection and lifecycle settings (ADR 0002, ADR 0003)."""
@@ -32,12 +34,32 @@ class DetectorConfig(BaseModel):
         300_000, ge=0, description="how far a silent service may lag its partition"
     )
     max_families: int = Field(20_000, ge=1, description="tracked families per partition")
+    timeline_before_ms: int = Field(
+        300_000, ge=0, description="the incident timeline starts this long before onset")
+    timeline_after_ms: int = Field(
+        600_000, ge=0, description="the incident timeline ends this long after resolution")
+    timeline_max_points: int = Field(
+        360, ge=2, description="points a timeline keeps; a longer incident's middle points "
+        "are left out of the series (truncated) and still counted in its summary")
 
     @model_validator(mode="after")
     def _window_is_whole_buckets(self) -> DetectorConfig:
         if self.window_ms % self.bucket_ms:
             raise ValueError("window_ms must be a whole number of bucket_ms")
+        head = self.timeline_max_points // 2
+        tail = self.timeline_max_points - head
+        if head <= self.timeline_before_ms // self.bucket_ms or tail <= max(
+                self.retained_buckets, self.timeline_after_ms // self.bucket_ms):
+            raise ValueError(
+                "timeline_max_points must keep the buffer before onset in its first half, "
+                "and the window after resolution and the lateness horizon (window x "
+                "(baseline_windows + 1)) in its second half: raise it, or shorten those")
         return self
+
+    @property
+    def timeline(self) -> TimelineConfig:
+        return TimelineConfig(self.timeline_before_ms, self.timeline_after_ms,
+                              self.timeline_max_points)
 
     @property
     def buckets_per_window(self) -> int:

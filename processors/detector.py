@@ -14,6 +14,7 @@ service that went silent for longer than ``idle_grace_ms``.
 
 from __future__ import annotations
 
+from math import frexp
 from typing import Any
 
 from tocsin.processors.actions import TRANSITIONS as ACTION_TRANSITIONS
@@ -35,9 +36,10 @@ from tocsin.processors.lifecycle import (
     event,
     incident_id,
 )
+from tocsin.processors.timeline import HUGE_MS, SUB, TOP_BIN, ZERO_BIN, Timeline
 from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
 
-SNAPSHOT_VERSION = 5
+SNAPSHOT_VERSION = 6
 NONE: list[IncidentEvent] = []
 
 StepKey = tuple[str, str, str]
@@ -59,7 +61,8 @@ class PartitionDetector:
         self.clocks: dict[str, int] = {}
         self.watermark_ms: int | None = None
         self.open_by_service: dict[str, set[Family]] = {}
-        self.steps: dict[StepKey, dict[int, list[int]]] = {}  # [requests, errors, gen]
+        # [requests, errors, generation, duration histogram] by bucket index
+        self.steps: dict[StepKey, dict[int, list[Any]]] = {}
         self.counters = Counters()
         self._dirty_families: set[tuple[Family, int]] = set()
         self._dirty_steps: set[tuple[StepKey, int]] = set()
@@ -73,6 +76,10 @@ class PartitionDetector:
         self.sources: dict[str, tuple[int, int]] = {}
         # Resolved incidents by id, for people's later actions, oldest resolved first
         self.closed: dict[str, tuple[Family, OpenIncident]] = {}
+        # Timelines being drawn (ADR 0019), by incident id: open incidents', and resolved
+        # ones' until their window after resolution is over (by service: those due)
+        self.timelines: dict[str, tuple[Family, Timeline]] = {}
+        self.timeline_due: dict[str, set[str]] = {}
         self._bucket_ms = config.bucket_ms
         self._buckets_per_window = config.buckets_per_window
 
@@ -81,6 +88,7 @@ class PartitionDetector:
     def observe(
         self, t_ms: int, env: str, service: str, step: str, family: Family | None,
         downstream: str | None = None, trace_id: str | None = None,
+        duration_ms: float | None = None,
     ) -> list[IncidentEvent]:
         """Feed one counted wide event (not suppressed); ``family`` is None when it is ok.
 
@@ -89,7 +97,7 @@ class PartitionDetector:
         out = self._out
         self._advance(service, t_ms, out)
         self._advance_watermark(t_ms, out)
-        self._count_step(t_ms, (env, service, step), family is not None)
+        self._count_step(t_ms, (env, service, step), family is not None, duration_ms)
         if family is not None:
             self._count_error(t_ms, family, downstream, trace_id, out)
         if out:
@@ -208,7 +216,8 @@ class PartitionDetector:
         if incident.status == "recovering" and qualifies:
             incident.status = "active"
             incident.status_since_ms = clock
-            out.append(event(incident, family, "reopened", clock, count, base, fs.last_error_ms))
+            out.append(event(incident, family, "reopened", clock, count, base, fs.last_error_ms,
+                             timeline=self._view(incident.incident_id)))
 
     def _open(
         self, fs: FamilyState, clock: int, count: int, base: float, out: list[IncidentEvent]
@@ -227,7 +236,9 @@ class PartitionDetector:
         )
         self.open_by_service.setdefault(family.service, set()).add(family)
         self._idle_check_ms = None
-        out.append(event(fs.incident, family, "opened", clock, count, base, fs.last_error_ms))
+        self._start_timeline(family, fs.incident.incident_id, clock)
+        out.append(event(fs.incident, family, "opened", clock, count, base, fs.last_error_ms,
+                         timeline=self._view(fs.incident.incident_id)))
 
     def _advance(self, service: str, t_ms: int, out: list[IncidentEvent]) -> None:
         """Move a service's clock forward; evaluate its open incidents at each bucket
@@ -238,6 +249,9 @@ class PartitionDetector:
         self.clocks[service] = t_ms
         if before is None:
             return
+        drawing = self.timeline_due.get(service)
+        if drawing is not None:
+            self._complete_timelines(service, t_ms, drawing, out)
         open_families = self.open_by_service.get(service)
         if not open_families:
             return
@@ -265,7 +279,8 @@ class PartitionDetector:
                     incident.status = "recovering"
                     incident.status_since_ms = at_ms
                     out.append(event(incident, family, "recovering", at_ms, count, base,
-                                     fs.last_error_ms))
+                                     fs.last_error_ms,
+                                     timeline=self._view(incident.incident_id)))
                     break
             if incident.status == "recovering":
                 # The quiet stretch: RESOLVE_AFTER with the window below the re-arm level.
@@ -293,7 +308,9 @@ class PartitionDetector:
         incident.status_since_ms = at_ms
         index = bucket_index(at_ms, cfg.bucket_ms)
         _, count, base = self._evaluate(fs, index)
-        out.append(event(incident, fs.family, "resolved", at_ms, count, base, fs.last_error_ms))
+        self._timeline_resolved(incident.incident_id, at_ms)
+        out.append(event(incident, fs.family, "resolved", at_ms, count, base, fs.last_error_ms,
+                         timeline=self._view(incident.incident_id)))
         self._close(fs, incident, count, base)
         fs.armed = not self._holds(fs, index)
 
@@ -353,7 +370,11 @@ class PartitionDetector:
             last_error_ms = fs.last_error_ms
         elif incident.closed_at is not None:  # resolved: its numbers when it resolved
             last_error_ms, count, base = incident.closed_at
+        timeline = None
         if command.action == "resolve":
+            if fs is not None and fs.incident is incident:
+                self._timeline_resolved(incident.incident_id, command.at_ms)
+                timeline = self._view(incident.incident_id)
             incident.status = "resolved"
             incident.status_since_ms = command.at_ms
             incident.held = False
@@ -374,10 +395,13 @@ class PartitionDetector:
             clock = self.clocks.get(family.service, command.at_ms)
             _, count, base = self._evaluate(fs, bucket_index(clock, self.config.bucket_ms))
             last_error_ms = max(last_error_ms, fs.last_error_ms)
+            self._timeline_reopened(family, incident.incident_id, command.at_ms)
+            timeline = self._view(incident.incident_id)
         kind: Kind = ACTION_TRANSITIONS[command.action].kind  # type: ignore[assignment]
         return [event(incident, family, kind, command.at_ms, count, base, last_error_ms,
                       action_id=command.action_id, actor=command.actor, note=command.note,
-                      title=command.title, hypothesis_status=command.hypothesis_status)]
+                      title=command.title, hypothesis_status=command.hypothesis_status,
+                      timeline=timeline)]
 
     def _incident(self, command: Command
                   ) -> tuple[Family, OpenIncident, FamilyState | None] | Refusal:
@@ -409,23 +433,25 @@ class PartitionDetector:
         return family, incident, fs
 
     def _advance_watermark(self, t_ms: int, out: list[IncidentEvent]) -> None:
-        """Move services with open incidents that fell silent for longer than the grace."""
+        """Move services with open incidents, or timelines not complete yet, that fell
+        silent for longer than the grace."""
         if self.watermark_ms is not None and t_ms <= self.watermark_ms:
             return
         self.watermark_ms = t_ms
-        if not self.open_by_service:
+        if not self.open_by_service and not self.timeline_due:
             return
         horizon = t_ms - self.config.idle_grace_ms
         if self._idle_check_ms is not None and horizon <= self._idle_check_ms:
             return
-        for service in sorted(self.open_by_service):
+        for service in sorted(self.open_by_service.keys() | self.timeline_due.keys()):
             if self.clocks[service] < horizon:
                 self._advance(service, horizon, out)
         self._idle_check_ms = min(
-            (self.clocks[s] for s in self.open_by_service), default=None
-        )
+            (self.clocks[s] for s in self.open_by_service.keys() | self.timeline_due.keys()),
+            default=None)
 
-    def _count_step(self, t_ms: int, key: StepKey, failed: bool) -> None:
+    def _count_step(self, t_ms: int, key: StepKey, failed: bool,
+                    duration_ms: float | None) -> None:
         """The hottest line of Tocsin: one call per wide event, kept to dict lookups."""
         bucket_ms = self._bucket_ms
         index = t_ms // bucket_ms
@@ -437,13 +463,94 @@ class PartitionDetector:
             buckets = self.steps[key] = {}
         cell = buckets.get(index)
         if cell is None:
-            cell = buckets[index] = [0, 0, -1]
+            cell = buckets[index] = [0, 0, -1, {}]
         if cell[2] != self._generation:  # [requests, errors, generation last marked dirty]
             cell[2] = self._generation
             self._dirty_steps.add((key, index))
         cell[0] += 1
         if failed:
             cell[1] += 1
+        if duration_ms is not None:  # timeline.duration_bin, inlined
+            if 0.0 < duration_ms < HUGE_MS:
+                mantissa, exponent = frexp(duration_ms)
+                b = exponent * SUB + int(mantissa * 2 * SUB) - SUB
+            else:
+                b = TOP_BIN if duration_ms >= HUGE_MS else ZERO_BIN
+            hist = cell[3]
+            hist[b] = hist.get(b, 0) + 1
+
+    # ------------------------------------------------------------------ timelines
+
+    def _start_timeline(self, family: Family, incident_id: str, since_ms: int) -> None:
+        self.timelines[incident_id] = (
+            family, Timeline.start(since_ms, self.config.timeline, self._bucket_ms))
+
+    def _draw(self, incident_id: str) -> Timeline | None:
+        """Bring a timeline up to its service's clock from the family's and the step's
+        buckets (absolute counts: drawing again only brings them up to date)."""
+        drawn = self.timelines.get(incident_id)
+        if drawn is None:
+            return None
+        family, timeline = drawn
+        timeline.advance(self.clocks[family.service] // self._bucket_ms)
+        fs = self.families.get(family)
+        if fs is not None:
+            for index, errors in fs.buckets.items():
+                timeline.put_errors(index, errors)
+        cells = self.steps.get((family.env, family.service, family.step))
+        if cells is not None:
+            for index, cell in cells.items():
+                timeline.put_step(index, cell[0], cell[3])
+        timeline.settle()
+        return timeline
+
+    def _view(self, incident_id: str, complete: bool = False) -> dict[str, Any] | None:
+        timeline = self._draw(incident_id)
+        return None if timeline is None else timeline.view(complete)
+
+    def _timeline_resolved(self, incident_id: str, at_ms: int) -> None:
+        drawn = self.timelines.get(incident_id)
+        if drawn is not None:
+            family, timeline = drawn
+            timeline.resolve(at_ms)
+            self.timeline_due.setdefault(family.service, set()).add(incident_id)
+            self._idle_check_ms = None
+
+    def _timeline_reopened(self, family: Family, incident_id: str, at_ms: int) -> None:
+        """A person reopened: its timeline goes on, or (complete already) a new one starts
+        from the reopening."""
+        drawn = self.timelines.get(incident_id)
+        if drawn is None:
+            self._start_timeline(family, incident_id, at_ms)
+            return
+        drawn[1].reopen()
+        due = self.timeline_due.get(family.service)
+        if due is not None:
+            due.discard(incident_id)
+            if not due:
+                del self.timeline_due[family.service]
+
+    def _complete_timelines(self, service: str, t_ms: int, due: set[str],
+                            out: list[IncidentEvent]) -> None:
+        """Publish the timelines of the service whose window after resolution is over."""
+        for held_id in sorted(due):
+            family, timeline = self.timelines[held_id]
+            due_ms = timeline.due_ms
+            assert due_ms is not None
+            if t_ms < due_ms:
+                continue
+            view = self._view(held_id, complete=True)
+            del self.timelines[held_id]
+            due.discard(held_id)
+            kept = self.closed.get(held_id)
+            if kept is None:  # forgotten (MAX_CLOSED): nothing left to describe it
+                continue
+            incident = kept[1]
+            last_error_ms, count, base = incident.closed_at or (incident.onset_ms, 0, 0.0)
+            out.append(event(incident, family, "timeline", due_ms, count, base, last_error_ms,
+                             timeline=view))
+        if not due:
+            del self.timeline_due[service]
 
     # ------------------------------------------------------------------ bounds
 
@@ -462,6 +569,8 @@ class PartitionDetector:
         is indistinguishable from a new one."""
         cfg = self.config
         self._flush_dirty()
+        for drawn_id in self.timelines:  # before their buckets go
+            self._draw(drawn_id)
         for family in [f for f, fs in self.families.items() if self._evictable(fs)]:
             del self.families[family]
             self.counters.families_evicted += 1
@@ -540,8 +649,12 @@ class PartitionDetector:
             ],
             "closed": [[*family, incident.to_list()]
                        for family, incident in self.closed.values()],
-            "steps": [[*k, sorted((i, c[:2]) for i, c in b.items())]
+            "steps": [[*k, sorted((i, [c[0], c[1], sorted(c[3].items())])
+                                  for i, c in b.items())]
                       for k, b in sorted(self.steps.items())],
+            "timelines": [[incident_id, *family, timeline.to_list()]
+                          for incident_id, (family, timeline) in sorted(
+                              self.timelines.items())],
             "versions": [[*k, v] for k, v in sorted(self.versions.items())],
             "sources": [[k, *v] for k, v in sorted(self.sources.items())],
             "counters": self.counters.as_dict(),
@@ -567,7 +680,15 @@ class PartitionDetector:
                 det.open_by_service.setdefault(service, set()).add(family)
             det.families[family] = fs
         for env, service, step, buckets in snap["steps"]:
-            det.steps[(env, service, step)] = {int(i): [*c, -1] for i, c in buckets}
+            det.steps[(env, service, step)] = {
+                int(i): [r, e, -1, {int(b): int(n) for b, n in h}]
+                for i, (r, e, h) in buckets}
+        for drawn_id, env, service, step, code, raw in snap["timelines"]:
+            family = Family(env, service, step, code)
+            timeline = Timeline.from_list(raw, config.timeline, config.bucket_ms)
+            det.timelines[drawn_id] = (family, timeline)
+            if timeline.end is not None:
+                det.timeline_due.setdefault(service, set()).add(drawn_id)
         det.counters = Counters(**snap["counters"])
         det.versions = {(service, env): list(v) for service, env, v in snap["versions"]}
         det.sources = {k: (int(o), int(i)) for k, o, i in snap["sources"]}

@@ -39,7 +39,8 @@ def feed(detector: PartitionDetector, event: Mapping[str, Any]
     family = family_of(event)
     return changed, detector.observe(
         t_ms, event["env"], service, event["step"], family,
-        failing_downstream(event) if family is not None else None, event.get("trace_id"))
+        failing_downstream(event) if family is not None else None, event.get("trace_id"),
+        event.get("duration_ms"))
 
 
 def deploy_signal(changed: VersionChanged) -> Signal:

@@ -18,7 +18,7 @@ from tocsin.processors.family import Family
 RULE = "spike.v1"
 
 Kind = Literal["opened", "recovering", "reopened", "resolved", "acknowledged",
-               "investigating", "mitigated", "annotated", "hypothesis"]
+               "investigating", "mitigated", "annotated", "hypothesis", "timeline"]
 Status = Literal["active", "recovering", "resolved"]
 ACTIONS_KEPT = 32  # action ids an incident remembers, so a command read twice applies once
 
@@ -65,6 +65,9 @@ class IncidentEvent:
     note: str | None = None
     title: str | None = None
     hypothesis_status: str | None = None
+    # The incident timeline so far (ADR 0019), on the changes that move the lifecycle;
+    # complete on the `timeline` event, once the window after resolution is over
+    timeline: dict[str, Any] | None = None
 
     @property
     def event_id(self) -> str:
@@ -126,6 +129,7 @@ def event(
     window_count: int,
     base: float,
     last_error_ms: int,
+    timeline: dict[str, Any] | None = None,
     **action: str | None,
 ) -> IncidentEvent:
     """Advance the incident's sequence and describe the change (``action``: an operator
@@ -152,5 +156,6 @@ def event(
         downstream=incident.downstream,
         sample_trace_ids=tuple(incident.sample_traces),
         phase=incident.phase,
+        timeline=timeline,
         **action,  # type: ignore[arg-type]
     )

@@ -19,6 +19,10 @@ forge lines of its own.
 
 Links Tocsin itself builds (provider URLs) are written only when they are http(s) URLs,
 and escaped like any other text.
+
+A report's ``timeline`` (ADR 0019; absent from older reports, which then render as before)
+is shown as a few figures per series, the same sentences in every target
+(:func:`timeline_lines`), after the incident's facts and before the response.
 """
 
 from __future__ import annotations
@@ -216,6 +220,115 @@ def _pagerduty_response(view: dict[str, Any]) -> list[str]:
     return lines
 
 
+# The timeline (ADR 0019): a few figures per series, the same in every rendering.
+
+TIMELINE_SERIES = (("errors", "errors per {bucket}"), ("requests", "requests per {bucket}"),
+                   ("error_rate", "error rate"), ("p50_ms", "p50"), ("p95_ms", "p95"))
+
+
+def clock(ms: int | None) -> str:
+    """The time of day of ``ms`` to the second, UTC: ``12:04:30Z``."""
+    return "-" if ms is None else iso(ms)[11:19] + "Z"
+
+
+def bucket_text(ms: int) -> str:
+    """A bucket's length in words: ``30 s``, ``1 min``."""
+    if ms % 60_000 == 0:
+        return f"{ms // 60_000} min"
+    return f"{ms // 1000} s" if ms % 1000 == 0 else f"{ms} ms"
+
+
+def _figure(value: float) -> str:
+    """A count or a mean of counts: whole numbers as such, small means to two digits."""
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
+
+
+def timeline_value(name: str, value: float | None) -> str:
+    """One figure of a timeline series, in its unit (``38.5%``, ``950 ms``)."""
+    if value is None:
+        return "n/a"
+    if name == "error_rate":
+        pct = value * 100
+        return f"{pct:.2g}%" if 0 < abs(pct) < 0.1 else f"{pct:.1f}%".replace(".0%", "%")
+    if name in ("p50_ms", "p95_ms"):
+        return f"{_figure(value)} ms"
+    return _figure(value)
+
+
+def timeline_notes(timeline: dict[str, Any]) -> list[str]:
+    """What the reader must know of how much the timeline holds."""
+    notes = []
+    if not timeline.get("complete"):
+        notes.append(f"(until {clock(timeline.get('to_ms'))}, not complete)")
+    if timeline.get("truncated"):
+        notes.append(f"(truncated: {timeline.get('omitted', 0)} points left out of the series)")
+    return notes
+
+
+def timeline_lines(timeline: dict[str, Any]) -> list[str]:
+    """One plain sentence per series that has data: its mean before the onset, its peak and
+    when, its mean after the resolution ("latest" while the incident is open), in the
+    series' unit (or the one value of a series that never changed); each renderer escapes
+    them. Nothing but the timeline's own figures."""
+    summary = timeline.get("summary") or {}
+    after = "after" if timeline.get("resolved_ms") is not None else "latest"
+    bucket = bucket_text(int(timeline.get("bucket_ms") or 0))
+    lines = []
+    for name, label in TIMELINE_SERIES:
+        s = summary.get(name)
+        if not s or s.get("max") is None or (name == "requests" and not s["max"]):
+            continue  # no value (requests: the step was never seen)
+        title = label.format(bucket=bucket)
+        if s.get("min") == s["max"]:
+            lines.append(f"{title} steady at {timeline_value(name, s['max'])}")
+            continue
+        parts = []
+        if s.get("start") is not None:
+            parts.append(f"{timeline_value(name, s['start'])} before")
+        parts.append(f"peak {timeline_value(name, s['max'])} at {clock(s.get('max_at_ms'))}")
+        if s.get("end") is not None:
+            parts.append(f"{timeline_value(name, s['end'])} {after}")
+        lines.append(f"{title} {', '.join(parts)}")
+    return lines or ["no points yet"]
+
+
+def _timeline(report: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """The timeline's notes (one string, "" when none) and lines; None without one."""
+    timeline = report.get("timeline")
+    if timeline is None:
+        return None
+    notes = " ".join(timeline_notes(timeline))
+    return (" " + notes if notes else ""), timeline_lines(timeline)
+
+
+def _markdown_timeline(report: dict[str, Any]) -> list[str]:
+    view = _timeline(report)
+    if view is None:
+        return []
+    notes, lines = view
+    return ["", f"## Timeline{md(notes)}", "", *[f"- {md(line)}" for line in lines]]
+
+
+def _slack_timeline(report: dict[str, Any]) -> list[dict[str, Any]]:
+    view = _timeline(report)
+    if view is None:
+        return []
+    notes, lines = view
+    body = "\n".join(f"• {slack(line)}" for line in lines)
+    return [{"type": "section", "text": {
+        "type": "mrkdwn", "text": f"*Timeline*{slack(notes)}\n{body}"[:3000]}}]
+
+
+def _pagerduty_timeline(report: dict[str, Any]) -> list[str]:
+    view = _timeline(report)
+    if view is None:
+        return []
+    notes, lines = view
+    return [f"Timeline{notes}:", *[f"- {line}" for line in lines]]
+
+
 def markdown(report: dict[str, Any]) -> str:
     inc, cause = report["incident"], report["cause"]
     family, verdict, reason = _headline(report)
@@ -230,6 +343,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"(rule `{md(cause['rule_id'])}` v{cause['rule_version']})",
         f"- **Window:** {w['count']} errors, baseline {w['baseline']}, lift "
         f"{w['lift'] if w['lift'] is not None else 'n/a'}, peak {w['peak']}",
+        *_markdown_timeline(report),
         *(_markdown_response(view) if view is not None else []),
         "",
         "## Next checks",
@@ -280,6 +394,7 @@ def slack_blocks(report: dict[str, Any]) -> dict[str, Any]:
                 {"type": "mrkdwn", "text": f"*Rule*\n{slack(cause['rule_id'])}"},
             ]},
             {"type": "section", "text": {"type": "mrkdwn", "text": slack(reason)[:3000]}},
+            *_slack_timeline(report),
             *(_slack_response(view) if view is not None else []),
             {"type": "section", "text": {"type": "mrkdwn",
                                          "text": f"*Next checks*\n{checks}"[:3000]}},
@@ -301,6 +416,7 @@ def pagerduty_note(report: dict[str, Any]) -> str:
     lines = [f"Tocsin triage {inc['id']} ({family})",
              f"Likely cause: {verdict}: {reason}",
              f"Onset {iso(inc['onset_ms'])}, status {inc['status']}",
+             *_pagerduty_timeline(report),
              *(_pagerduty_response(view) if view is not None else []),
              "Next checks:", *[f"- {c}" for c in report["next_checks"]],
              *spread_lines(report),

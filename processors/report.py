@@ -235,7 +235,8 @@ def snapshots(incident: IncidentState, traces: Traces | None) -> dict[str, Any]:
 
 def build(incident: IncidentState, signals: Sequence[SignalView], decision: Decision,
           as_of_ms: int, traces: Traces | None = None, opening: Opening | None = None,
-          trace_facts: TraceFacts | None = None, response: dict[str, Any] | None = None
+          trace_facts: TraceFacts | None = None, response: dict[str, Any] | None = None,
+          timeline: dict[str, Any] | None = None,
           ) -> dict[str, Any]:
     """The report, sealed with its two hashes. ``traces`` is (blast, propagation) from the
     incident's failing traces (ADR 0012); ``opening`` the same captured when it opened;
@@ -290,6 +291,8 @@ def build(incident: IncidentState, signals: Sequence[SignalView], decision: Deci
     }
     if response is not None:
         report["response"] = response
+    if timeline is not None:
+        report["timeline"] = timeline
     if traces is not None:
         for trace_id in traces[0].get("sample_traces") or ():
             report["evidence"].append({"kind": "trace", "id": trace_id, "source": "otlp",

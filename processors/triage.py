@@ -178,6 +178,8 @@ class Triage:
         self.news_basis: dict[str, Basis] = {}
         self.news_told: dict[str, dict[str, int]] = {}
         self.updates: list[dict[str, Any]] = []
+        # The latest timeline detection drew of each incident (ADR 0019): (seq, timeline)
+        self.timelines: dict[str, tuple[int, dict[str, Any]]] = {}
 
     # Each input marks the incidents it touches; flush() evaluates each of them once.
 
@@ -195,6 +197,12 @@ class Triage:
             actions = self.actions.setdefault(incident_id, {})
             if event["seq"] not in actions:
                 actions[event["seq"]] = {k: event.get(k) for k in ACTION_FIELDS}
+                self.dirty.add(incident_id)
+        timeline = event.get("timeline")
+        if timeline is not None:
+            drawn = self.timelines.get(incident_id)
+            if drawn is None or drawn[0] < event["seq"]:
+                self.timelines[incident_id] = (int(event["seq"]), timeline)
                 self.dirty.add(incident_id)
         current = self.incidents.get(incident_id)
         if current is not None and current.seq >= event["seq"]:
@@ -363,6 +371,7 @@ class Triage:
             self.actions.pop(incident_id, None)
             self.news_basis.pop(incident_id, None)
             self.news_told.pop(incident_id, None)
+            self.timelines.pop(incident_id, None)
         horizon = self.horizon_ms - cfg.signal_retention_ms
         for family in list(self.traces):
             kept = self.traces[family]
@@ -397,9 +406,11 @@ class Triage:
         opened = self.opened.get(incident_id)
         opening = None if opened is None else Opening(
             opened[0], opened[1], _traces(self.opening_blasts.get(incident_id)))
+        drawn = self.timelines.get(incident_id)
         return build(incident, evidence, decision, max(times), _traces(blast), opening,
                      trace_facts if decision.rule_id == "trace_downstream" else None,
-                     response_section(incident, actions))
+                     response_section(incident, actions),
+                     None if drawn is None else drawn[1])
 
     def _evaluate(self, incident_ids: list[str]) -> list[dict[str, Any]]:
         out = []
@@ -494,6 +505,7 @@ class Triage:
             "news_basis": {k: b.to_list() for k, b in sorted(self.news_basis.items())},
             "news_told": {k: dict(sorted(v.items())) for k, v in sorted(self.news_told.items())},
             "updates": list(self.updates),
+            "timelines": {k: [seq, t] for k, (seq, t) in sorted(self.timelines.items())},
         }
         self._trace_docs = kept_docs
         return snap
@@ -535,6 +547,8 @@ class Triage:
         triage.news_told = {k: {sig: int(at) for sig, at in v.items()}
                             for k, v in snap.get("news_told", {}).items()}
         triage.updates = list(snap.get("updates", []))
+        triage.timelines = {k: (int(seq), t) for k, (seq, t) in
+                            snap.get("timelines", {}).items()}
         triage._by_age = sorted((f.last_seen_ms, k) for k, f in triage.signals.items())
         triage._resolved_by_age = sorted((f.last_seen_ms, k)
                                          for k, f in triage.signals.items()

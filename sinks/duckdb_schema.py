@@ -4,11 +4,13 @@ its lifecycle events (ADR 0004, ADR 0016, ADR 0017, ADR 0018)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 # 2: signal_deliveries; signals.latest_occurrences (the projection folds signals itself).
-SCHEMA_VERSION = 3
+# 4: incident_timeline and incident_timeline_summary (ADR 0019).
+SCHEMA_VERSION = 4
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tocsin_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -81,6 +83,18 @@ CREATE TABLE IF NOT EXISTS notifications (
     seq INTEGER, kind VARCHAR, status VARCHAR, attempts INTEGER, last_status INTEGER,
     last_error VARCHAR, created_ms BIGINT, next_try_ms BIGINT, delivered_ms BIGINT,
     report_hash VARCHAR, event VARCHAR);
+CREATE TABLE IF NOT EXISTS incident_timeline (
+    incident_id VARCHAR, t_ms BIGINT, errors BIGINT, requests BIGINT, error_rate DOUBLE,
+    p50_ms DOUBLE, p95_ms DOUBLE, seq INTEGER,
+    PRIMARY KEY (incident_id, t_ms));
+CREATE TABLE IF NOT EXISTS incident_timeline_summary (
+    incident_id VARCHAR PRIMARY KEY, seq INTEGER, bucket_ms BIGINT, from_ms BIGINT,
+    to_ms BIGINT, onset_ms BIGINT, resolved_ms BIGINT, complete BOOLEAN,
+    truncated BOOLEAN, omitted BIGINT, points INTEGER,
+    peak_errors DOUBLE, peak_errors_ms BIGINT, peak_error_rate DOUBLE,
+    peak_error_rate_ms BIGINT, error_rate_start DOUBLE, error_rate_end DOUBLE,
+    peak_p95_ms DOUBLE, peak_p95_at_ms BIGINT, p95_start_ms DOUBLE, p95_end_ms DOUBLE,
+    summary VARCHAR);
 CREATE TABLE IF NOT EXISTS dead_letters (
     source_topic VARCHAR, source_partition INTEGER, source_offset BIGINT,
     reason VARCHAR, size_bytes INTEGER, dlq_partition INTEGER, dlq_offset BIGINT,
@@ -129,6 +143,45 @@ SELECT env, service, count(*) AS incidents,
        max(mttr_ms) AS max_mttr_ms
 FROM incidents GROUP BY env, service;
 """
+
+TIMELINE_COLUMNS = (
+    ("incident_id", "VARCHAR"), ("t_ms", "BIGINT"), ("errors", "BIGINT"),
+    ("requests", "BIGINT"), ("error_rate", "DOUBLE"), ("p50_ms", "DOUBLE"),
+    ("p95_ms", "DOUBLE"), ("seq", "INTEGER"),
+)
+TIMELINE_SUMMARY_COLUMNS = (
+    ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("bucket_ms", "BIGINT"),
+    ("from_ms", "BIGINT"), ("to_ms", "BIGINT"), ("onset_ms", "BIGINT"),
+    ("resolved_ms", "BIGINT"), ("complete", "BOOLEAN"), ("truncated", "BOOLEAN"),
+    ("omitted", "BIGINT"), ("points", "INTEGER"), ("peak_errors", "DOUBLE"),
+    ("peak_errors_ms", "BIGINT"), ("peak_error_rate", "DOUBLE"),
+    ("peak_error_rate_ms", "BIGINT"), ("error_rate_start", "DOUBLE"),
+    ("error_rate_end", "DOUBLE"), ("peak_p95_ms", "DOUBLE"), ("peak_p95_at_ms", "BIGINT"),
+    ("p95_start_ms", "DOUBLE"), ("p95_end_ms", "DOUBLE"), ("summary", "VARCHAR"),
+)
+
+
+def timeline_rows(event: Mapping[str, Any]
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary row and the point rows of the timeline an incident event carries."""
+    timeline = event["timeline"]
+    summary = timeline["summary"]
+    errors, rate, p95 = summary["errors"], summary["error_rate"], summary["p95_ms"]
+    ids = {"incident_id": event["incident_id"], "seq": event["seq"]}
+    head = {
+        **ids, **{k: timeline[k] for k in ("bucket_ms", "from_ms", "to_ms", "onset_ms",
+                                           "resolved_ms", "complete", "truncated",
+                                           "omitted")},
+        "points": len(timeline["points"]),
+        "peak_errors": errors["max"], "peak_errors_ms": errors["max_at_ms"],
+        "peak_error_rate": rate["max"], "peak_error_rate_ms": rate["max_at_ms"],
+        "error_rate_start": rate["start"], "error_rate_end": rate["end"],
+        "peak_p95_ms": p95["max"], "peak_p95_at_ms": p95["max_at_ms"],
+        "p95_start_ms": p95["start"], "p95_end_ms": p95["end"],
+        "summary": json.dumps(summary, sort_keys=True),
+    }
+    return head, [{**ids, **point} for point in timeline["points"]]
+
 
 EVENT_COLUMNS = (
     ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("kind", "VARCHAR"),

@@ -44,10 +44,13 @@ from tocsin.sinks.duckdb_schema import (
     SEQUENCED_REPORT_COLUMNS,
     SIGNAL_COLUMNS,
     STEP_WINDOW_COLUMNS,
+    TIMELINE_COLUMNS,
+    TIMELINE_SUMMARY_COLUMNS,
     UPDATE_COLUMNS,
     VIEWS,
     column_arrays,
     insert_sql,
+    timeline_rows,
 )
 
 # DuckDB's own automatic checkpoint (its default threshold) is replaced by ours, which
@@ -218,6 +221,7 @@ class DuckDBSink:
                 actions = [e for e in incident_events if e.get("action_id")]
                 if actions:
                     _insert(con, "incident_actions", ACTION_COLUMNS, actions, "OR IGNORE")
+                _write_timelines(con, incident_events)
             if incident_updates:
                 _insert(con, "incident_updates", UPDATE_COLUMNS, incident_updates,
                         "OR IGNORE")
@@ -323,6 +327,37 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str,
             verb: str) -> None:
     """Rows into a table as column arrays (``INSERT <verb> ... SELECT unnest(...)``)."""
     con.execute(insert_sql(table, columns, verb), column_arrays(rows, columns))
+
+
+def _write_timelines(con: duckdb.DuckDBPyConnection,
+                     events: Sequence[Mapping[str, Any]]) -> None:
+    """Each incident's latest timeline replaces the one held (ADR 0019): the newest by
+    seq, whatever order a replay delivers them in."""
+    latest: dict[str, Mapping[str, Any]] = {}
+    for e in events:
+        if e.get("timeline") is not None:
+            held = latest.get(e["incident_id"])
+            if held is None or held["seq"] < e["seq"]:
+                latest[e["incident_id"]] = e
+    if not latest:
+        return
+    ids = sorted(latest)
+    held_seq = dict(con.execute(
+        "SELECT incident_id, seq FROM incident_timeline_summary "
+        "WHERE incident_id IN (SELECT unnest($1::VARCHAR[]))", [ids]).fetchall())
+    newer = [i for i in ids if held_seq.get(i, -1) < latest[i]["seq"]]
+    if not newer:
+        return
+    con.execute("DELETE FROM incident_timeline WHERE incident_id IN "
+                "(SELECT unnest($1::VARCHAR[]))", [newer])
+    heads, points = [], []
+    for incident_id in newer:
+        head, rows = timeline_rows(latest[incident_id])
+        heads.append(head)
+        points.extend(rows)
+    _insert(con, "incident_timeline_summary", TIMELINE_SUMMARY_COLUMNS, heads, "OR REPLACE")
+    if points:
+        _insert(con, "incident_timeline", TIMELINE_COLUMNS, points, "OR REPLACE")
 
 
 def _write_positions(con: duckdb.DuckDBPyConnection,

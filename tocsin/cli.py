@@ -250,20 +250,29 @@ CLI_ACTIONS = ("acknowledge", "investigate", "mitigate", "resolve", "reopen", "n
               "running worker that holds --db).")
 @DB
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.option("--plot", is_flag=True, help="Plot the timeline of the incident's latest "
+              "report in the terminal (errors, requests, p50/p95 over time).")
 def incident(incident_id: str, action: str | None, text: str | None, by: str | None,
              note: str | None, hypothesis_status: str | None, worker: str | None,
-             db: str | None, as_json: bool) -> None:
-    """Show an incident, or act on it (ADR 0016).
+             db: str | None, as_json: bool, plot: bool) -> None:
+    """Show an incident, or act on it (ADR 0016), or plot its timeline (ADR 0019).
 
     \b
     tocsin incident ID
+    tocsin incident ID --plot
     tocsin incident ID acknowledge|investigate|mitigate|resolve|reopen --by NAME [--note TEXT]
     tocsin incident ID note TEXT --by NAME
     tocsin incident ID hypothesis TITLE --status proposed|confirmed|rejected --by NAME
     """
-    from tocsin.clients.incident import act, describe, show, worker_url
+    from tocsin.clients.incident import act, describe, latest_report, show, worker_url
     from tocsin.clients.query import QueryError
 
+    if plot and action is not None:
+        raise click.UsageError(f"--plot shows the incident's timeline; it takes no action "
+                               f"(run `tocsin incident {incident_id} {action} ...` on its own)")
+    if plot and as_json:
+        raise click.UsageError("--plot draws the timeline; --json prints the incident: "
+                               "choose one")
     if action is None:
         if by or note or text or hypothesis_status:
             raise click.UsageError("--by, --note and --status go with an action")
@@ -277,7 +286,9 @@ def incident(incident_id: str, action: str | None, text: str | None, by: str | N
         raise click.UsageError(f"{action} takes no TEXT or --status; a note is --note TEXT")
     try:
         base = worker_url(db or _settings().db, worker)
-        if action is None:
+        if plot:
+            status, body = latest_report(base, incident_id)
+        elif action is None:
             status, body = show(base, incident_id)
         else:
             request: dict[str, Any] = {"action": action, "by": by}
@@ -295,7 +306,20 @@ def incident(incident_id: str, action: str | None, text: str | None, by: str | N
         rule = f" (rule {body['rule']})" if body.get("rule") else ""
         click.echo(f"error: {body.get('error')}{rule}", err=True)
         sys.exit(1)
-    if as_json:
+    if plot:
+        import shutil
+
+        from tocsin.clients.plot import plot_timeline
+
+        timeline = body.get("timeline")
+        if not isinstance(timeline, dict):
+            click.echo(f"error: the latest report of {incident_id} has no timeline (reports "
+                       "written before timelines were kept have none); nothing to plot",
+                       err=True)
+            sys.exit(1)
+        width = min(max(shutil.get_terminal_size().columns, 60), 160)
+        click.echo(plot_timeline(timeline, width=width), nl=False)
+    elif as_json:
         click.echo(json.dumps(body, sort_keys=True))
     elif action is None:
         click.echo("\n".join(describe(body)))

@@ -155,6 +155,7 @@ def detected_event(span: Span, downstream: Peer | None = None) -> dict[str, Any]
         "env": span.env or DEFAULT_ENV, "step": step_of(span),
         "status": "error" if span.error else "ok", "service_version": span.service_version,
         "error_code": span.error_code, "trace_id": span.trace_id, "steps": [],
+        "duration_ms": span.duration_ms,
         "downstream": None if peer is None else
         {"service": peer.service, "endpoint": peer.endpoint, "kind": peer.kind},
     }

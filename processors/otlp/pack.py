@@ -1,10 +1,12 @@
-"""Span event packs, record version 2: several version-1 records (:mod:`.record`) of one
-span record bound for one partition, in one Kafka record (:func:`encode_span_pack`)::
+"""Span event packs, record version 2: several records (:mod:`.record`) of one span record
+bound for one partition, in one Kafka record (:func:`encode_span_pack`)::
 
     offset  size  field
     0       1     version, 2
     1       2     count of records, uint16, at least 1
-    3       ...   count times: uint32 byte length, then a version-1 record
+    3       ...   count times: uint32 byte length, then a record (version 3, as the
+                  encoder writes them now, or version 1, as older intakes did; a pack
+                  may mix them: each decodes by its own first byte)
 
 A Kafka record costs the intake and the detector more (batching, partitioning, headers,
 the merge) than the event it carries costs to encode; a span record's entry spans become
@@ -25,8 +27,8 @@ PACK_MAX = 0xFFFF  # records in one pack
 
 
 def encode_span_pack(records: list[bytes]) -> bytes:
-    """Version-1 records (from :func:`encode_span_event`) as one pack; 1 to
-    :data:`PACK_MAX` of them."""
+    """Records (from :func:`encode_span_event`) as one pack; 1 to :data:`PACK_MAX` of
+    them."""
     if not 1 <= len(records) <= PACK_MAX:
         raise RecordError(f"a pack holds 1 to {PACK_MAX} records, not {len(records)}")
     length = PACK_LENGTH.pack

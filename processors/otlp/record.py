@@ -1,36 +1,36 @@
 """The span path's internal event record: a compact binary form of the wide-event fields the
 detector reads, written and read only by Tocsin's own span stages (no schema, no registry).
 
-The span intake maps entry spans to ``wide_event.v1`` dicts (:mod:`.mapping`); sending them
-as JSON and validating them again with :class:`~tocsin.schemas.codec.WideEventDecoder`
-costs the span path more than the detection. This record carries exactly what the detector
-and :func:`~tocsin.processors.family.family_of` /
-:func:`~tocsin.processors.family.failing_downstream` read, plus the span position the
-detector deduplicates on (ADR 0011), and decodes to the values the JSON path gives.
+JSON costs the span path more than the detection. This record carries exactly what the
+detector reads of a ``wide_event.v1`` (:mod:`.mapping`), plus the span position it
+deduplicates on (ADR 0011), and decodes to the values the JSON path gives.
 
-Layout, version 1 (little endian; ``n`` = number of strings the flags announce, 4 to 10)::
+Layout, version 3 (little endian; ``n`` = number of strings the flags announce, 4 to 10)::
 
     offset  size  field
-    0       1     version, 1
+    0       1     version, 3
     1       8     event_time_ms, int64
     9       8     span record offset, uint64
     17      4     event index in that record, uint32
     21      16    trace_id as 16 raw bytes when flag 0x08, else zeros
-    37      1     flags: 0x01 service_version, 0x02 error_code, 0x04 trace_id,
+    37      8     duration_ms, float64; None as the quiet NaN 0x7FF8000000000000
+    45      1     flags: 0x01 service_version, 0x02 error_code, 0x04 trace_id,
                   0x08 trace_id raw at 21 (it was 32 lowercase hex digits),
                   0x10 downstream, 0x20 downstream.endpoint, 0x40 downstream.kind
                   (0x08 needs 0x04, 0x20/0x40 need 0x10; 0x80 is reserved, must be 0)
-    38      1     status: index into STATUSES (ok, error, timeout, partial, aborted,
-                  suppressed)
-    39      2*n   uint16: the UTF-8 byte length of each string below, in order
-    39+2n   ...   the strings' UTF-8 bytes, back to back: source ("topic:partition"),
+    46      1     status: index into STATUSES
+    47      2*n   uint16: the UTF-8 byte length of each string below, in order
+    47+2n   ...   the strings' UTF-8 bytes, back to back: source ("topic:partition"),
                   service, env, step, then those present of service_version,
                   error_code, trace_id (text form: 0x04 without 0x08),
                   downstream.service, downstream.endpoint, downstream.kind
 
+Version 1 is the same without duration_ms (read as None); the encoder writes version 3.
+Version 2 is a pack of records of either version (:mod:`.pack`).
+
 A flag set means the value is present (a string, possibly empty); unset means None. A
-typical entry span (ok, version, hex trace id) is ~100 bytes; a failing one with its
-downstream ~140.
+typical entry span (ok, version, hex trace id) is ~108 bytes; a failing one with its
+downstream ~148.
 
 Normalisation, as :func:`~tocsin.schemas.codec.validate_wide_event` does on the JSON path:
 ``env`` None becomes ``"prod"``, a missing ``status`` ``"ok"``; ``steps`` decodes as ``[]``
@@ -41,26 +41,23 @@ downstream.service, a status outside STATUSES, a time outside [0, 2**53), a non-
 where a string belongs) is refused by the encoder with :class:`RecordError`, and so are
 bytes that say so.
 
+``duration_ms``: a finite float is carried exactly; None, NaN and +-inf are written as
+None (the JSON path reads them back as ``null``); an int (the JSON path keeps it an int) or
+any other type is refused with :class:`RecordError` (the intake then sends JSON).
+
 Length cap: a string longer than :data:`MAX_STR_BYTES` (65,535) UTF-8 bytes keeps its first
-65,535 bytes, cut back to the last whole character. Deterministic, but it is the one place
-the record differs from the JSON path, which keeps such a value whole up to the detector's
-``max_record_bytes`` (256 KB by default): two services or steps alike in their first 64 KB
-count as one family here. A string that is not valid Unicode (lone surrogates, which orjson
-refuses to write too) is refused: :class:`RecordError`.
+65,535 bytes, cut back to a whole character: the one place the record differs from the JSON
+path (two steps alike in their first 64 KB count as one family). A string that is not
+valid Unicode (lone surrogates) is refused: :class:`RecordError`.
 
-Version 2 is a pack of version-1 records (:mod:`.pack`).
+On the wire (ADR 0015): records and packs go on the events topic with the
+``tocsin.span_source`` header; the detector reads a value as a record when it has that
+header and its first byte is one of :data:`VERSIONS` (no JSON, Avro single-object or
+Confluent-framed value starts with one).
 
-On the wire (ADR 0015): the span intake publishes records and packs on the events topic
-with the ``tocsin.span_source`` header, as it did the JSON events; the detector reads a value
-as a record when it has that header and its first byte is one of :data:`VERSIONS` (no
-JSON, Avro single-object or Confluent-framed value starts with one), so no other header
-is needed and every other value keeps the JSON/Avro path.
-
-Speed: the tail (from the flags on) depends only on the event's low-cardinality values
-(source, service, env, step, status, version, code, downstream), so both directions
-memoize it: :data:`MEMO_ENTRIES` tails of at most :data:`MEMO_TAIL_BYTES` each way, the
-memo cleared when full; a tail with a text trace id (unique) is not memoized. A hit
-returns what the miss computed from equal input, so the memo changes no result.
+Speed: the tail (from the flags on) depends only on low-cardinality values, so both
+directions memoize it (:data:`MEMO_ENTRIES` tails of at most :data:`MEMO_TAIL_BYTES`,
+cleared when full; not with a text trace id). A hit returns what the miss computed.
 """
 
 from __future__ import annotations
@@ -68,9 +65,11 @@ from __future__ import annotations
 import struct
 from binascii import unhexlify
 from collections.abc import Mapping
+from math import isfinite
 from typing import Any
 
-VERSION = 1
+VERSION = 3  # what the encoder writes
+VERSION_1 = 1  # still read: no duration_ms
 # First bytes kept for this record's versions: none starts a JSON value (`{`, `[`,
 # whitespace), an Avro single-object (0xC3) or a Confluent frame (0x00).
 VERSIONS = frozenset(range(1, 9))
@@ -90,9 +89,14 @@ F_DOWN = 0x10
 F_DOWN_ENDPOINT = 0x20
 F_DOWN_KIND = 0x40
 
-HEAD = struct.Struct("<BqQI16s")
-HEAD_SIZE = HEAD.size  # 37; the tail (flags, status, lengths, strings) follows
+HEAD = struct.Struct("<BqQI16sd")
+HEAD_SIZE = HEAD.size  # 45; the tail (flags, status, lengths, strings) follows
+HEAD_1 = struct.Struct("<BqQI16s")  # version 1: no duration_ms
+HEAD_1_SIZE = HEAD_1.size  # 37
+DURATION_AT = HEAD_1_SIZE  # duration_ms's 8 bytes in a version-3 record
 NO_TRACE = bytes(16)
+NO_DURATION_BYTES = bytes.fromhex("000000000000f87f")  # the quiet NaN 0x7FF8000000000000
+NO_DURATION: float = struct.unpack("<d", NO_DURATION_BYTES)[0]  # None in the record
 LENGTHS = tuple(struct.Struct("<" + "H" * n) for n in range(11))
 
 
@@ -214,8 +218,9 @@ def encode_span_event(event: Mapping[str, Any], source: str, offset: int, index:
                       ) -> bytes:
     """One wide event (as :func:`~tocsin.processors.otlp.wide_events` makes them) and the
     position of the span record it came from (``source`` = ``"topic:partition"``, record
-    ``offset``, event ``index``) as a version-1 record. Raises :class:`RecordError` for an
-    event the JSON path would refuse, or one with ``steps``."""
+    ``offset``, event ``index``) as a version-3 record. Raises :class:`RecordError` for an
+    event the JSON path would refuse, one with ``steps``, or one whose ``duration_ms`` is
+    not a float or None (module doc)."""
     get = event.get
     trace = get("trace_id")
     raw = NO_TRACE
@@ -248,12 +253,18 @@ def encode_span_event(event: Mapping[str, Any], source: str, offset: int, index:
     t_ms = get("event_time_ms")
     if t_ms.__class__ is not int or not 0 <= t_ms < MAX_TIME_MS:
         raise RecordError("event_time_ms: required, epoch milliseconds in [0, 2**53)")
+    duration = get("duration_ms")
+    if duration is None or (duration.__class__ is float and not isfinite(duration)):
+        duration = NO_DURATION  # orjson writes NaN and +-inf as null: None
+    elif duration.__class__ is not float:
+        raise RecordError(f"duration_ms: a float or None, got {type(duration).__name__} (an"
+                          " int stays an int on the JSON path)")
     if get("steps"):
         raise RecordError("steps: a span event record carries no steps")
     if offset.__class__ is not int or index.__class__ is not int:
         raise RecordError(f"offset, index: must be ints, got {offset!r}, {index!r}")
     try:
-        return HEAD.pack(VERSION, t_ms, offset, index, raw) + tail
+        return HEAD.pack(VERSION, t_ms, offset, index, raw, duration) + tail
     except struct.error:
         raise RecordError(f"offset, index: must fit uint64, uint32, got {offset}, "
                           f"{index}") from None
@@ -343,22 +354,34 @@ def _strings(tail: bytes) -> Strings:
 
 
 def decode_span_event(data: bytes) -> tuple[dict[str, Any], str, tuple[int, int]]:
-    """A version-1 record as ``(event, source, (offset, index))``: the event holds
-    event_time_ms, service, env, step, status, service_version, error_code, trace_id,
-    downstream and steps, with the values the JSON path's decoder gives. Any bytes that
-    are not such a record raise :class:`RecordError`, never another exception."""
+    """A version-3 or version-1 record as ``(event, source, (offset, index))``: the event
+    holds event_time_ms, service, env, step, status, service_version, error_code,
+    trace_id, duration_ms (None from version 1), downstream and steps, with the values the
+    JSON path's decoder gives. Any bytes that are not such a record raise
+    :class:`RecordError`, never another exception."""
     if data.__class__ is not bytes:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise RecordError(f"a record is bytes, got {type(data).__name__}")
         data = bytes(data)
     if not data:
         raise RecordError("truncated: empty record")
-    if data[0] != VERSION:
-        raise RecordError(f"unknown version {data[0]} (this reader knows {VERSION})")
-    if len(data) <= HEAD_SIZE:
+    first = data[0]
+    size = HEAD_SIZE if first == VERSION else HEAD_1_SIZE if first == VERSION_1 else 0
+    if not size:
+        raise RecordError(f"unknown version {first} (this reader knows 1 and 3)")
+    if len(data) <= size:
         raise RecordError(f"truncated: {len(data)} bytes, shorter than any record")
-    _, t_ms, offset, index, raw = HEAD.unpack_from(data)
-    tail = data[HEAD_SIZE:]
+    if first == VERSION:
+        _, t_ms, offset, index, raw, duration = HEAD.unpack_from(data)
+        if not isfinite(duration):
+            if data[DURATION_AT:HEAD_SIZE] != NO_DURATION_BYTES:
+                raise RecordError(f"duration_ms: {duration} (bytes {data[DURATION_AT:size].hex()})"
+                                  " is neither a finite float nor None's NaN")
+            duration = None
+    else:
+        _, t_ms, offset, index, raw = HEAD_1.unpack_from(data)
+        duration = None
+    tail = data[size:]
     source, service, env, step, status, version, code, trace, down = \
         _STRINGS.get(tail) or _strings(tail)
     if not 0 <= t_ms < MAX_TIME_MS:
@@ -370,7 +393,7 @@ def decode_span_event(data: bytes) -> tuple[dict[str, Any], str, tuple[int, int]
     return {
         "event_time_ms": t_ms, "service": service, "env": env, "step": step,
         "status": status, "service_version": version, "error_code": code,
-        "trace_id": trace, "steps": [],
+        "trace_id": trace, "duration_ms": duration, "steps": [],
         "downstream": None if down is None else
         {"service": down[0], "endpoint": down[1], "kind": down[2]},
     }, source, (offset, index)

@@ -12,10 +12,12 @@ import fastavro
 import orjson
 import pytest
 
+from tocsin.processors.timeline import Timeline, TimelineConfig, duration_bin
 from tocsin.schemas.codec import (
     AVRO_DIR,
     INCIDENT_EVENT,
     INCIDENT_EVENT_V1,
+    INCIDENT_EVENT_V2,
     WIDE_EVENT,
     AvroSchema,
     SchemaError,
@@ -23,6 +25,7 @@ from tocsin.schemas.codec import (
     avro_schema,
     decode_incident,
     encode_incident,
+    schema_text,
     validate_wide_event,
 )
 
@@ -146,7 +149,8 @@ def test_incident_events_round_trip(encoding: str) -> None:
               "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"], "phase": "triggered",
               "action_id": None, "actor": None, "note": None, "title": None,
               "hypothesis_status": None, "added": [], "removed": [],
-              "news_signature": None, "news_cause": None, "report_hash": None}
+              "news_signature": None, "news_cause": None, "report_hash": None,
+              "timeline": None}
     assert decode_incident(encode_incident(record, encoding)) == record  # type: ignore[arg-type]
     assert avro_schema(INCIDENT_EVENT).fields == list(record)
     action = {**record, "seq": 2, "kind": "hypothesis", "phase": "investigating",
@@ -158,6 +162,51 @@ def test_incident_events_round_trip(encoding: str) -> None:
             "news_cause": "deploy/deploy_before_onset -> dependency/dependency_signal",
             "report_hash": "sha256:" + "0" * 64}
     assert decode_incident(encode_incident(news, encoding)) == news  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("encoding", ["avro", "json"])
+def test_a_timeline_travels_whole_and_a_v2_reader_sees_its_event_as_updated(encoding: str
+                                                                            ) -> None:
+    """The timeline (ADR 0019) round-trips in both encodings, floats staying floats; a
+    reader of incident_event.v2 reads the `timeline` event as `updated`, which it skips."""
+    timeline = Timeline.start(600_000, TimelineConfig(), 30_000)
+    timeline.advance(25)
+    for i in range(10, 26):
+        timeline.put_errors(i, i - 10)
+        timeline.put_step(i, 40, {duration_bin(120.0 + i): 30, duration_bin(900.0): 10})
+    timeline.resolve(700_000)
+    record = {"incident_id": "inc_0123456789abcdef", "seq": 4, "kind": "timeline",
+              "status": "resolved", "env": "prod", "service": "s", "step": "p",
+              "error_code": "E", "family": "s:p:E", "onset_ms": 600_000, "at_ms": 1_320_000,
+              "window_count": 0, "baseline": 0.0, "lift": None, "peak_count": 5,
+              "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": None,
+              "sample_trace_ids": [], "phase": "resolved", "action_id": None, "actor": None,
+              "note": None, "title": None, "hypothesis_status": None, "added": [],
+              "removed": [], "news_signature": None, "news_cause": None,
+              "report_hash": None, "timeline": timeline.view(complete=True)}
+    data = encode_incident(record, encoding)  # type: ignore[arg-type]
+    assert decode_incident(data) == record
+    assert decode_incident(data)["timeline"]["summary"]["errors"]["max"] == 15.0
+    if encoding == "avro":
+        v2 = fastavro.parse_schema(json.loads(schema_text(INCIDENT_EVENT_V2)))
+        old = fastavro.schemaless_reader(io.BytesIO(data[10:]), avro_schema(
+            INCIDENT_EVENT).parsed, v2)
+        assert isinstance(old, dict)
+        assert old["kind"] == "updated" and "timeline" not in old
+
+
+def test_incident_events_written_as_v2_read_with_no_timeline() -> None:
+    v2 = {"incident_id": "inc_0123456789abcdef", "seq": 1, "kind": "acknowledged",
+          "status": "active", "env": "prod", "service": "s", "step": "p",
+          "error_code": "E", "family": "s:p:E", "onset_ms": 5, "at_ms": 5,
+          "window_count": 5, "baseline": 0.0, "lift": None, "peak_count": 5,
+          "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": None,
+          "sample_trace_ids": [], "phase": "acknowledged", "action_id": "act_1",
+          "actor": "ana", "note": None, "title": None, "hypothesis_status": None,
+          "added": [], "removed": [], "news_signature": None, "news_cause": None,
+          "report_hash": None}
+    data = avro_schema(INCIDENT_EVENT_V2).encode_soe(v2)
+    assert decode_incident(data) == {**v2, "timeline": None}
 
 
 def test_incident_events_written_as_v1_read_as_v2_reads_them() -> None:
@@ -175,7 +224,7 @@ def test_incident_events_written_as_v1_read_as_v2_reads_them() -> None:
                                      "actor": None, "note": None, "title": None,
                                      "hypothesis_status": None, "added": [], "removed": [],
                                      "news_signature": None, "news_cause": None,
-                                     "report_hash": None}
+                                     "report_hash": None, "timeline": None}
 
 
 def test_single_object_header_matches_the_avro_spec_example() -> None:

@@ -103,15 +103,18 @@ def test_resolve_waits_resolve_after_below_the_re_arm_level() -> None:
     cfg = DetectorConfig(window_ms=60_000, resolve_after_ms=5 * MIN, **NO_HYSTERESIS)
     events = merged(healthy("checkout", T0, 60), errors(PAY, T0 + 40 * MIN, 10))
     out = run(events, cfg)
-    assert [e.kind for e in out] == ["opened", "recovering", "resolved"]
+    assert [e.kind for e in out] == ["opened", "recovering", "resolved", "timeline"]
     assert out[1].at_ms == T0 + 41 * MIN
     assert out[2].at_ms == out[1].at_ms + 5 * MIN
+    # The timeline is complete 10 minutes (the window after resolution) later (ADR 0019)
+    assert out[3].at_ms == out[2].at_ms + 10 * MIN and out[3].seq == 4
+    assert out[3].timeline is not None and out[3].timeline["complete"]
     # Three errors while recovering (not enough to reopen, enough to hold above the
     # re-arm level of a 0.5 share): the stretch restarts at the last boundary whose
     # window still holds them (43:30), so it resolves 5 minutes after that.
     held = run(merged(events, errors(PAY, T0 + 43 * MIN, 3)),
                DetectorConfig(window_ms=60_000, resolve_after_ms=5 * MIN, min_active_ms=0))
-    assert [e.kind for e in held] == ["opened", "recovering", "resolved"]
+    assert [e.kind for e in held] == ["opened", "recovering", "resolved", "timeline"]
     assert held[2].at_ms == T0 + 43 * MIN + 30_000 + 5 * MIN
 
 
@@ -121,9 +124,9 @@ def test_reopens_from_recovering_and_keeps_the_id() -> None:
                     errors(PAY, T0 + 43 * MIN, 10))
     out = run(events, cfg)
     assert [e.kind for e in out] == ["opened", "recovering", "reopened", "recovering",
-                                     "resolved"]
+                                     "resolved", "timeline"]
     assert len({e.incident_id for e in out}) == 1
-    assert [e.seq for e in out] == [1, 2, 3, 4, 5]
+    assert [e.seq for e in out] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_family_that_spikes_again_after_resolving_gets_a_new_id() -> None:
@@ -186,7 +189,8 @@ def test_a_silent_service_is_moved_by_the_partition_watermark_after_the_grace() 
     events = merged(healthy("checkout", T0, 40), errors(PAY, T0 + 40 * MIN, 10),
                     healthy("search", T0, 70))  # checkout goes silent after its errors
     out = run(events, cfg)
-    assert [e.kind for e in out] == ["opened", "recovering", "resolved"]
+    # The watermark moves it on until its timeline completes, too (ADR 0019)
+    assert [e.kind for e in out] == ["opened", "recovering", "resolved", "timeline"]
 
 
 def test_snapshot_survives_json() -> None:

@@ -34,7 +34,7 @@ def test_a_family_hovering_at_its_threshold_is_one_incident_not_a_storm() -> Non
     assert len(opened(storm)) >= 10  # what the damper is for
     calm = run(hovering(), DetectorConfig(**COUNT_ONLY))  # type: ignore[arg-type]
     assert len(opened(calm)) == 1
-    assert [e.kind for e in calm] == ["opened", "recovering", "resolved"]
+    assert [e.kind for e in calm] == ["opened", "recovering", "resolved", "timeline"]
     # It recovers only once the pairs stop and the window falls to the re-arm level.
     last_pair = T0 + 10 * MIN + 44 * 4 * MIN + 1_000
     assert calm[1].at_ms > last_pair and calm[1].window_count <= 2
@@ -47,7 +47,7 @@ def test_an_incident_stays_active_for_min_active_before_it_recovers() -> None:
                     errors(PAY, T0 + 10 * MIN, 6))
     cfg = DetectorConfig(window_ms=MIN, **COUNT_ONLY)  # type: ignore[arg-type]
     out = run(events, cfg)
-    assert [e.kind for e in out] == ["opened", "recovering", "resolved"]
+    assert [e.kind for e in out] == ["opened", "recovering", "resolved", "timeline"]
     assert out[1].at_ms - out[0].at_ms >= cfg.min_active_ms
     assert out[1].at_ms - out[0].at_ms < cfg.min_active_ms + cfg.bucket_ms
     quick = run(events, DetectorConfig(window_ms=MIN, **COUNT_ONLY, **OFF))  # type: ignore[arg-type]
@@ -85,8 +85,8 @@ def test_hysteresis_is_relative_to_the_baseline_for_busy_families() -> None:
     background = [e for m in range(0, 120, 1) for e in errors(PAY, T0 + m * MIN, 2, 100)]
     spike = errors(PAY, T0 + 70 * MIN + 500, 60, 1000)
     out = run(merged(healthy("checkout", T0, 150, step="payment.charge"), background, spike))
-    assert [e.kind for e in out] == ["opened", "recovering", "resolved"] * 2
-    second = out[3:]
+    assert [e.kind for e in out] == ["opened", "recovering", "resolved", "timeline"] * 2
+    second = out[4:]
     assert T0 + 70 * MIN < second[0].at_ms < T0 + 71 * MIN
     assert second[2].at_ms < T0 + 110 * MIN  # while the background errors go on
     assert second[1].window_count < 2 * second[1].baseline

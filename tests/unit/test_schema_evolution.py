@@ -43,3 +43,13 @@ def test_the_checker_catches_an_incompatible_change() -> None:
     changed = avro.schema.parse(json.dumps(raw))
     released = load(AVRO / "released" / "wide_event.v1.avsc")
     assert not compatible(changed, released)
+
+
+@pytest.mark.parametrize("older", ["incident_event.v1.avsc", "incident_event.v2.avsc"])
+def test_incident_event_v3_reads_the_older_versions_and_v2_reads_v3(older: str) -> None:
+    """v3 adds the timeline (a field with a default) and the kind `timeline` (a v2 reader
+    takes the Kind enum's default, `updated`, which every stage skips): ADR 0019."""
+    v3 = load(AVRO / "incident_event.v3.avsc")
+    assert compatible(v3, load(AVRO / older)), f"v3 must read {older} data"
+    if older == "incident_event.v2.avsc":
+        assert compatible(load(AVRO / older), v3), "a v2 reader must read v3 data"

@@ -211,7 +211,7 @@ def test_broken_records_are_dead_lettered_with_their_reason_and_the_stage_goes_o
     other = [(SPAN_SOURCE, b"otlp_spans:7:99:0")]
     broken = [
         (key, value[:20], headers),  # truncated
-        (key, bytes([3]) + value[1:], headers),  # a version this reader does not know
+        (key, bytes([4]) + value[1:], headers),  # a version this reader does not know
         (key, value + b"\x00", headers),  # trailing garbage
         (key, value, other),  # its position is not its header's
         (key, bytes([1]) + b"\xff" * 50, headers),
@@ -221,7 +221,7 @@ def test_broken_records_are_dead_lettered_with_their_reason_and_the_stage_goes_o
     got = reasons(producer, settings.topics.dlq)
     assert len(got) == len(broken)
     assert all(r.startswith("span event record: ") for r in got), got
-    assert "truncated" in got[0] and "unknown version 3" in got[1]
+    assert "truncated" in got[0] and "unknown version 4" in got[1]
     assert "trailing garbage" in got[2]
     assert "differs from the span_source header's otlp_spans:7:99:0" in got[3]
     assert stage.metrics.events_in == len(good) - 1
@@ -372,7 +372,7 @@ def test_event_records_keep_each_partitions_order_and_send_json_alone() -> None:
     assert sorted(i for got in seen.values() for i in got) == list(range(40))
     assert all(got == sorted(got) for got in seen.values())
     # the one event of its partition goes as the bare record, not a pack of one
-    assert [value[0] for p, _, value, _ in out if p == 3] == [1]
+    assert [value[0] for p, _, value, _ in out if p == 3] == [3]
     assert [indexes for p, _, _, indexes in out if p == 3] == [[13]]
     # JSON splits its partition's pack: the records before and after go in two packs
     json_partition = next(p for p, _, v, _ in out if v[0] == ord("{"))

@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import random
+import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from tocsin.processors.family import failing_downstream, family_of
 from tocsin.processors.otlp import decode_batch, wide_events
 from tocsin.processors.otlp import record as rec
 from tocsin.processors.otlp.mapping import detected_event, entries, to_wide_event
+from tocsin.processors.otlp.pack import PACK_VERSION, decode_span_pack, encode_span_pack
 from tocsin.processors.otlp.record import (
     HEAD_SIZE,
     MAX_STR_BYTES,
@@ -37,7 +41,7 @@ OTEL = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "ote
 DECODE_JSON = WideEventDecoder()
 # What Detection._process reads of an event, and what family_of / failing_downstream read.
 DETECTOR_FIELDS = ("event_time_ms", "service", "env", "step", "status", "service_version",
-                   "trace_id", "error_code", "downstream", "steps")
+                   "trace_id", "error_code", "downstream", "duration_ms", "steps")
 
 
 def json_path(event: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +67,7 @@ def assert_same_as_json(event: dict[str, Any], source: str = "otlp_spans:3",
     assert set(decoded) == set(DETECTOR_FIELDS)
     for key in DETECTOR_FIELDS[:-1]:
         assert decoded[key] == expected.get(key), key
+        assert type(decoded[key]) is type(expected.get(key)), key
     # steps: a span's event has [] (compared exactly on real events); None or a missing
     # key reads the same in family_of / failing_downstream, and decodes as [].
     assert decoded["steps"] == (expected.get("steps") or [])
@@ -125,14 +130,14 @@ def test_real_events_cover_what_the_detector_distinguishes() -> None:
 def test_real_event_reads_the_same_as_the_json_path(name: str, event: dict[str, Any]) -> None:
     data = assert_same_as_json(event)
     assert decode_span_event(data)[0]["steps"] == json_path(event)["steps"] == []
-    assert 80 <= len(data) <= 150, len(data)
+    assert 88 <= len(data) <= 158, len(data)
 
 
 def test_typical_sizes() -> None:
     ok = next(e for _, e in ALL_REAL if e["status"] == "ok" and e["service_version"])
     failing = next(e for _, e in ALL_REAL if e["downstream"])
-    assert len(encode_span_event(ok, "otlp_spans:3", 1 << 40, 7)) < 110
-    assert len(encode_span_event(failing, "otlp_spans:3", 1 << 40, 7)) < 150
+    assert len(encode_span_event(ok, "otlp_spans:3", 1 << 40, 7)) < 118
+    assert len(encode_span_event(failing, "otlp_spans:3", 1 << 40, 7)) < 158
     assert len(encode_span_event(ok, "s:0", 0, 0)) < len(orjson.dumps(ok)) / 3
 
 
@@ -160,6 +165,7 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
                          | OPTIONAL | st.just("6762B34F4E26EA8E603235A1E58E1B1C")
                          | st.just("6762b34f 4e26ea8e603235a1e58e1b1")),
         "downstream": down, "steps": draw(st.sampled_from([[], None])),
+        "duration_ms": draw(st.none() | st.floats()),  # NaN and +-inf too: JSON's null
         "error_message": draw(OPTIONAL), "span_id": "00f067aa0ba902b7",
         "attributes": {"span.kind": "server"},
     }
@@ -198,7 +204,8 @@ def test_none_optionals_and_defaults() -> None:
     decoded, _, _ = decode_span_event(encode_span_event(event, "t:0", 0, 0))
     assert decoded == {"event_time_ms": 5, "service": "s", "env": "prod", "step": "GET /",
                        "status": "ok", "service_version": None, "error_code": None,
-                       "trace_id": None, "downstream": None, "steps": []}
+                       "trace_id": None, "duration_ms": None, "downstream": None,
+                       "steps": []}
     assert_same_as_json(event)
     partial = {"event_time_ms": 5, "service": "s", "step": "x", "status": "timeout",
                "downstream": {"service": "db"}}
@@ -227,7 +234,7 @@ def test_raw_trace_id_only_for_lowercase_hex() -> None:
 
 
 VALID = {"event_time_ms": 1, "service": "s", "step": "x", "env": "e", "status": "error",
-         "error_code": "E", "service_version": "1", "trace_id": "t",
+         "error_code": "E", "service_version": "1", "trace_id": "t", "duration_ms": 12.5,
          "downstream": {"service": "d", "endpoint": "/x", "kind": "http"}, "steps": []}
 REFUSED = [
     ({"service": ""}, True), ({"service": None}, True), ({"service": 3}, True),
@@ -239,6 +246,10 @@ REFUSED = [
     ({"error_code": 5}, True), ({"service_version": {"a": 1}}, True),
     ({"trace_id": 7}, True), ({"downstream": "x"}, True), ({"downstream": {}}, True),
     ({"downstream": {"service": ""}}, True), ({"downstream": {"service": "d", "kind": 1}}, True),
+    ({"duration_ms": "3"}, True), ({"duration_ms": True}, True),
+    ({"duration_ms": [1.0]}, True),
+    ({"duration_ms": 3}, False),  # valid, but the JSON path keeps an int an int
+    ({"duration_ms": 1 << 60}, False),
     ({"steps": [{"name": "a", "status": "error"}]}, False),  # valid, but not a span's
     ({"service": "\ud800"}, False),  # orjson refuses to write it: the JSON path cannot either
 ]
@@ -269,13 +280,24 @@ RECORD = encode_span_event(VALID, "otlp_spans:0", 99, 1)
 RAW_RECORD = encode_span_event({**VALID, "trace_id": "ab" * 16}, "otlp_spans:0", 99, 1)
 
 
-@pytest.mark.parametrize("version", [v for v in range(256) if v != 1])
+def as_version_1(data: bytes) -> bytes:
+    """A version-3 record as an older intake wrote it: version 1, no duration_ms."""
+    assert data[0] == rec.VERSION == 3
+    return b"\x01" + data[1:rec.DURATION_AT] + data[HEAD_SIZE:]
+
+
+V1_RECORD = as_version_1(RECORD)
+V1_RAW_RECORD = as_version_1(RAW_RECORD)
+
+
+@pytest.mark.parametrize("version", [v for v in range(256) if v not in (1, 3)])
 def test_unknown_version_is_named(version: int) -> None:
     with pytest.raises(RecordError, match=f"unknown version {version} "):
         decode_span_event(bytes([version]) + RECORD[1:])
 
 
-@pytest.mark.parametrize("data", [RECORD, RAW_RECORD])
+@pytest.mark.parametrize("data", [RECORD, RAW_RECORD, V1_RECORD, V1_RAW_RECORD],
+                         ids=["v3", "v3-raw", "v1", "v1-raw"])
 def test_every_truncation_and_any_trailing_byte_is_refused(data: bytes) -> None:
     for size in range(len(data)):
         with pytest.raises(RecordError, match="truncated"):
@@ -344,10 +366,11 @@ def roundtrip_or_error(data: bytes) -> None:
 def test_any_bytes_decode_or_raise_record_error(data: bytes) -> None:
     roundtrip_or_error(data)
     roundtrip_or_error(b"\x01" + data)
+    roundtrip_or_error(b"\x03" + data)
 
 
 @settings(max_examples=2_000, deadline=None)
-@given(st.sampled_from([RECORD, RAW_RECORD]), st.lists(
+@given(st.sampled_from([RECORD, RAW_RECORD, V1_RECORD, V1_RAW_RECORD]), st.lists(
     st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
     st.integers(0, 200), st.binary(max_size=8))
 def test_mutated_records_decode_or_raise_record_error(
@@ -363,7 +386,7 @@ def test_mutated_records_decode_or_raise_record_error(
 def test_random_garbage_seeded() -> None:
     rng = random.Random(11)
     for _ in range(20_000):
-        roundtrip_or_error(b"\x01" + rng.randbytes(rng.randrange(0, 120)))
+        roundtrip_or_error(bytes([rng.choice((1, 3))]) + rng.randbytes(rng.randrange(0, 120)))
 
 
 def test_memos_stay_bounded() -> None:
@@ -389,6 +412,84 @@ def test_unique_values_are_not_memoized() -> None:
         decode_span_event(encode_span_event({**VALID, "step": "x" * 600, "trace_id": None},
                                             "t:0", i, 0))
     assert (len(rec._TAILS), len(rec._STRINGS)) == (0, 0)
+
+
+# ---------------------------------------------------------------------- duration, versions
+
+DURATIONS = [44.0, 56.0, 0.1, 812.5, 123_456.789, 0.0, -0.0, -3.5, 1e-300, 5e-324,
+             2.2250738585072014e-308, 1e308, sys.float_info.max, float(1 << 60), None,
+             math.nan, math.inf, -math.inf]
+
+
+@pytest.mark.parametrize("duration", DURATIONS, ids=repr)
+def test_duration_reads_back_as_the_json_path_gives_it(duration: float | None) -> None:
+    event = {**VALID, "duration_ms": duration}
+    data = assert_same_as_json(event)
+    got = decode_span_event(data)[0]["duration_ms"]
+    want = json_path(event)["duration_ms"]  # orjson writes NaN and +-inf as null
+    if duration is None or not math.isfinite(duration):
+        assert got is None and want is None
+        assert data[rec.DURATION_AT:HEAD_SIZE] == bytes.fromhex("000000000000f87f")
+    else:
+        assert type(got) is float and got == want == duration
+        assert math.copysign(1.0, got) == math.copysign(1.0, duration)  # -0.0 stays
+        assert data[rec.DURATION_AT:HEAD_SIZE] == struct.pack("<d", duration)
+
+
+def test_a_missing_duration_is_none_and_the_encoder_writes_version_3() -> None:
+    event = {k: v for k, v in VALID.items() if k != "duration_ms"}
+    data = encode_span_event(event, "t:0", 0, 0)
+    assert data[0] == rec.VERSION == 3 and {1, 2, 3} <= rec.VERSIONS
+    assert (HEAD_SIZE, rec.HEAD_1_SIZE) == (45, 37)
+    assert decode_span_event(data)[0]["duration_ms"] is None
+    assert data == encode_span_event({**event, "duration_ms": None}, "t:0", 0, 0)
+
+
+@pytest.mark.parametrize("bits", ["000000000000f07f", "000000000000f0ff", "010000000000f87f",
+                                  "000000000000f8ff", "010000000000f07f", "ffffffffffffff7f"])
+def test_non_finite_bytes_other_than_none_are_refused(bits: str) -> None:
+    """+inf, -inf, and every NaN but None's: no encoder writes them."""
+    data = RECORD[:rec.DURATION_AT] + bytes.fromhex(bits) + RECORD[HEAD_SIZE:]
+    with pytest.raises(RecordError, match=r"^duration_ms: "):
+        decode_span_event(data)
+
+
+@pytest.mark.parametrize(("v3", "v1"), [(RECORD, V1_RECORD), (RAW_RECORD, V1_RAW_RECORD)])
+def test_a_version_1_record_still_decodes_with_no_duration(v3: bytes, v1: bytes) -> None:
+    # Built as an older intake built it: its own head struct, then the same tail.
+    _, t_ms, offset, index, raw, _ = rec.HEAD.unpack_from(v3)
+    assert v1 == struct.pack("<BqQI16s", 1, t_ms, offset, index, raw) + v3[HEAD_SIZE:]
+    assert len(v1) == len(v3) - 8
+    event, source, position = decode_span_event(v1)
+    new_event, new_source, new_position = decode_span_event(v3)
+    assert (source, position) == (new_source, new_position) == ("otlp_spans:0", (99, 1))
+    assert new_event["duration_ms"] == 12.5 and event["duration_ms"] is None
+    assert event == {**new_event, "duration_ms": None}
+    # Read again, it is written as version 3, with None's NaN.
+    again = encode_span_event(event, source, *position)
+    assert again[0] == 3 and decode_span_event(again) == (event, source, position)
+
+
+def test_a_truncated_version_3_record_is_refused() -> None:
+    """Cut anywhere, in the duration's 8 bytes too, a version-3 record is never read as
+    the shorter version 1."""
+    for size in (1, 21, rec.DURATION_AT, rec.DURATION_AT + 1, rec.DURATION_AT + 4,
+                 HEAD_SIZE - 1, HEAD_SIZE, HEAD_SIZE + 1, HEAD_SIZE + 2, len(RECORD) - 1):
+        with pytest.raises(RecordError, match=r"^truncated"):
+            decode_span_event(RECORD[:size])
+    with pytest.raises(RecordError, match=r"^truncated"):
+        decode_span_pack(encode_span_pack([RECORD, RECORD[:-1]]))
+
+
+def test_a_pack_mixing_version_1_and_3_records_decodes() -> None:
+    records = [V1_RECORD, RECORD, V1_RAW_RECORD, RAW_RECORD,
+               encode_span_event({**VALID, "duration_ms": None}, "otlp_spans:0", 99, 5)]
+    data = encode_span_pack(records)
+    assert data[0] == PACK_VERSION
+    got = decode_span_pack(data)
+    assert got == [decode_span_event(r) for r in records]
+    assert [event["duration_ms"] for event, _, _ in got] == [None, 12.5, None, 12.5, None]
+    assert got[0][0] == {**got[1][0], "duration_ms": None}
 
 
 # ---------------------------------------------------------------------- detected events

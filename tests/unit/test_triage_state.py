@@ -358,7 +358,7 @@ def fold_state(t: Triage) -> dict[str, Any]:
         "downstreams": dict, "dirty": set, "horizon_ms": int, "traces": dict,
         "blasts": blasts, "opened": dict, "opening_blasts": blasts, "_counted": dict,
         "_evicted_at_ms": int, "signals_dropped": int, "actions": dict,
-        "news_basis": dict, "news_told": dict, "updates": list,
+        "news_basis": dict, "news_told": dict, "updates": list, "timelines": dict,
         "_by_age": lambda v: current(v, False),
         "_resolved_by_age": lambda v: current(v, True),
         "_trace_docs": lambda v: None,  # a cache of snapshot forms: what it holds is not state

@@ -1,6 +1,7 @@
-"""Client side of ``tocsin incident``: show an incident, act on it, through a worker's HTTP
-port (``--worker URL``, else the worker that holds the database, as ``tocsin query``
-finds it). Actions are decided by the worker's detection (ADR 0016); nothing here writes.
+"""Client side of ``tocsin incident``: show an incident, act on it, or fetch its latest
+report (for ``--plot``), through a worker's HTTP port (``--worker URL``, else the worker
+that holds the database, as ``tocsin query`` finds it). Actions are decided by the worker's
+detection (ADR 0016); nothing here writes.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _call(request: urllib.request.Request) -> tuple[int, dict[str, Any]]:
 def show(base: str, incident_id: str) -> tuple[int, dict[str, Any]]:
     quoted = urllib.parse.quote(incident_id, safe="")
     return _call(urllib.request.Request(f"{base}/v1/incidents/{quoted}", headers=_auth()))
+
+
+def latest_report(base: str, incident_id: str) -> tuple[int, dict[str, Any]]:
+    """The incident's latest triage report, as the worker stores it (its JSON)."""
+    quoted = urllib.parse.quote(incident_id, safe="")
+    return _call(urllib.request.Request(f"{base}/v1/incidents/{quoted}/report",
+                                        headers=_auth()))
 
 
 def act(base: str, incident_id: str, body: dict[str, Any], key: str | None = None
