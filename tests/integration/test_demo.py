@@ -27,8 +27,18 @@ def test_the_wide_event_demo_opens_resolves_and_reports_dependency() -> None:
     assert result["family"] == "checkout:payment.charge:PMT_502"
     # The on-call acknowledges through the actions API, 90 s after onset (a fixed time,
     # so the report with its response section keeps its pinned hash).
-    assert result["lifecycle"] == ["opened", "acknowledged", "recovering", "resolved"]
+    assert result["lifecycle"] == ["opened", "acknowledged", "recovering", "resolved",
+                                   "timeline"]
     assert (result["acknowledged_by"], result["mtta_ms"]) == ("demo-oncall", 90_000)
+    # The timeline (ADR 0019): from 5 min before onset to 10 min after resolution, the
+    # burst's 2-in-3 failures and their 1.2 s gateway waits standing out of a calm step.
+    timeline = result["timeline"]
+    assert timeline["complete"] and not timeline["truncated"]
+    assert timeline["from_ms"] == (result["onset_ms"] - 300_000) // 30_000 * 30_000
+    assert timeline["points"] == (timeline["to_ms"] - timeline["from_ms"]) // 30_000
+    rate, p95 = timeline["error_rate"], timeline["p95_ms"]
+    assert rate["start"] == 0.0 and rate["max"] == 0.666667 and rate["end"] == 0.0
+    assert p95["start"] < 50 and p95["max"] > 1200 and p95["end"] < 50
     # A local webhook receiver was told every change, signed (ADR 0017).
     told = result["notifications"]
     assert [t["kind"] for t in told if t["kind"] != "updated"] == result["lifecycle"]
@@ -44,7 +54,8 @@ def test_the_trace_demo_names_payment_as_origin_from_spans_alone() -> None:
     assert result["incidents"] == [
         "checkout:POST /api/checkout:HTTP_502", "frontend:GET /cart/checkout:HTTP_502",
         "payment:POST /api/charge:shop.payment.PaymentDeclinedError"]
-    assert result["lifecycle"] == ["opened", "recovering", "resolved"]
+    assert result["lifecycle"] == ["opened", "recovering", "resolved", "timeline"]
+    assert result["timeline"]["complete"] and result["timeline"]["error_rate"]["max"] > 0.5
     # News (a failing family joining, ADR 0018) may come between, as batching has it.
     assert [t["kind"] for t in result["notifications"]
             if t["kind"] != "updated"] == result["lifecycle"]

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.status import Status
 
 from tocsin.clients.otel_workload import proto, workload
+from tocsin.clients.plot import plot_timeline
 from tocsin.clients.produce import ProduceReport, publish
 from tocsin.clients.receiver import WebhookReceiver
 from tocsin.processors.render import markdown
@@ -58,7 +59,7 @@ def _event(t_ms: int, service: str, step: str, n: int, **extra: Any) -> dict[str
 def traffic(start_ms: int, seconds: int, spike: bool) -> Iterator[dict[str, Any]]:
     """Two requests a second per step; a background trickle of inventory 503s below any
     threshold; with ``spike``, checkout's payment.charge fails with PMT_502 on two of
-    every three calls."""
+    every three calls, each after waiting about 1.2 s for the gateway."""
     n = start_ms // 100
     for s in range(seconds):
         for service, steps in SERVICES.items():
@@ -70,6 +71,7 @@ def traffic(start_ms: int, seconds: int, spike: bool) -> Iterator[dict[str, Any]
                             and n % 3 != 0:
                         yield _event(t, service, step, n, status="error", error_code="PMT_502",
                                      error_message="payment gateway answered 502",
+                                     duration_ms=1200.0 + n % 50,
                                      downstream={"service": "payment",
                                                  "endpoint": "POST /charge", "kind": "http"})
                     elif service == "inventory" and half == 0 and s % 300 == 7:
@@ -182,8 +184,11 @@ class Session:
                           f"'{incident_id}' ORDER BY seq")
 
     def final_report(self, incident_id: str) -> dict[str, Any]:
+        """The report of the incident's complete timeline (ADR 0019): its last change."""
+        seq = self.wait("SELECT seq FROM incident_events WHERE incident_id = "
+                        f"'{incident_id}' AND kind = 'timeline'")[0]["seq"]
         row = self.wait("SELECT body FROM triage_reports WHERE incident_id = "
-                        f"'{incident_id}' AND status = 'resolved' "
+                        f"'{incident_id}' AND incident_seq = {int(seq)} "
                         "ORDER BY written_seq DESC LIMIT 1")[0]
         return dict(json.loads(row["body"]))
 
@@ -261,6 +266,13 @@ def _told(receiver: WebhookReceiver, result: dict[str, Any], console: Console
     return told
 
 
+def _show(console: Console, triage: dict[str, Any]) -> None:
+    """The final report as Markdown, and its timeline drawn for the terminal."""
+    console.print(markdown(triage), markup=False, highlight=False)
+    console.print(plot_timeline(triage["timeline"], width=max(60, min(console.width, 120)),
+                                height=20), markup=False, highlight=False)
+
+
 def _summary(incident: dict[str, Any], events: list[dict[str, Any]],
              triage: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -279,6 +291,19 @@ def _summary(incident: dict[str, Any], events: list[dict[str, Any]],
         "cause_rule": triage["cause"]["rule_id"],
         "report_hash": triage["report_hash"],
         "evidence_fingerprint": triage["evidence_fingerprint"],
+        "timeline": _timeline(triage["timeline"]),
+    }
+
+
+def _timeline(timeline: dict[str, Any]) -> dict[str, Any]:
+    """The report's timeline in brief: its span, and before / peak / after of the error
+    rate and the p95 (ADR 0019)."""
+    summary = timeline["summary"]
+    return {
+        **{k: timeline[k] for k in ("from_ms", "to_ms", "complete", "truncated")},
+        "points": len(timeline["points"]),
+        **{name: {k: summary[name][k] for k in ("start", "max", "max_at_ms", "end")}
+           for name in ("error_rate", "p95_ms")},
     }
 
 
@@ -303,17 +328,16 @@ def _events_scenario(session: Session, console: Console, status: Status) -> dict
     status.update("acknowledging it, as the person on call would")
     ack = _acknowledge(session.worker, incident["incident_id"])
     console.log(f"acknowledged by {ack['by']} (phase {ack['phase']}, seq {ack['seq']})")
-    status.update("publishing 15 min of recovery traffic")
+    status.update("publishing 25 min of recovery traffic")
     asyncio.run(publish(session.bootstrap, "tocsin.events",
-                        _encoded(traffic(DEMO_T0_MS + 2_580_000, 900, spike=False)), report))
-    status.update("waiting for the incident to resolve")
+                        _encoded(traffic(DEMO_T0_MS + 2_580_000, 1500, spike=False)), report))
+    status.update("waiting for the incident to resolve and its timeline to complete")
     incident = session.wait("SELECT * FROM incidents WHERE status = 'resolved' LIMIT 1")[0]
+    triage = session.final_report(incident["incident_id"])
     events = session.lifecycle(incident["incident_id"])
     console.log("lifecycle: " + ", ".join(f"{e['kind']} at {_iso(e['at_ms'])}"
                                           for e in events))
-    status.update("waiting for the final triage report")
-    triage = session.final_report(incident["incident_id"])
-    console.print(markdown(triage), markup=False, highlight=False)
+    _show(console, triage)
     return {**_summary(incident, events, triage), "events_published": report.sent,
             "detect_seconds": round(detect_s, 3),
             "acknowledged_by": incident["acknowledged_by"], "mtta_ms": incident["mtta_ms"],
@@ -353,20 +377,19 @@ def _traces_scenario(session: Session, console: Console, status: Status) -> dict
                             "ORDER BY onset_ms LIMIT 1")[0]
     detect_s = time.monotonic() - sent_at
     console.log(f"incident {incident['incident_id']} opened on {incident['family']}")
-    status.update("publishing 15 min of recovery traces")
+    status.update("publishing 25 min of recovery traces")
     asyncio.run(publish(session.bootstrap, "otlp_spans",
-                        _trace_records(900, (), DEMO_T0_MS + 2_580_000, seed=3), report))
-    status.update("waiting for the incident to resolve")
+                        _trace_records(1500, (), DEMO_T0_MS + 2_580_000, seed=3), report))
+    status.update("waiting for the incident to resolve and its timeline to complete")
     incident = session.wait(f"SELECT * FROM incidents WHERE family = '{TRACE_FAMILY}' "
                             "AND status = 'resolved' LIMIT 1")[0]
+    triage = session.final_report(incident["incident_id"])
     events = session.lifecycle(incident["incident_id"])
     console.log("lifecycle: " + ", ".join(f"{e['kind']} at {_iso(e['at_ms'])}"
                                           for e in events))
     opened = session.query("SELECT family FROM incidents ORDER BY family")
     console.log("incidents opened: " + ", ".join(r["family"] for r in opened))
-    status.update("waiting for the final triage report")
-    triage = session.final_report(incident["incident_id"])
-    console.print(markdown(triage), markup=False, highlight=False)
+    _show(console, triage)
     propagation = triage["snapshots"]["propagation"]
     blast = triage["snapshots"]["blast"]
     origin = propagation.get("origin") or {}
