@@ -17,6 +17,7 @@ from __future__ import annotations
 from math import frexp
 from typing import Any
 
+from tocsin.processors import detector_snapshot
 from tocsin.processors.actions import TRANSITIONS as ACTION_TRANSITIONS
 from tocsin.processors.actions import Command, Refusal, check, next_phase
 from tocsin.processors.config import DetectorConfig
@@ -28,6 +29,7 @@ from tocsin.processors.detector_state import (
     VersionChanged,
 )
 from tocsin.processors.family import Family
+from tocsin.processors.incident_timelines import IncidentTimelines
 from tocsin.processors.lifecycle import (
     ACTIONS_KEPT,
     IncidentEvent,
@@ -36,7 +38,7 @@ from tocsin.processors.lifecycle import (
     event,
     incident_id,
 )
-from tocsin.processors.timeline import HUGE_MS, SUB, TOP_BIN, ZERO_BIN, Timeline
+from tocsin.processors.timeline import HUGE_MS, SUB, TOP_BIN, ZERO_BIN
 from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
 
 SNAPSHOT_VERSION = 6
@@ -76,10 +78,7 @@ class PartitionDetector:
         self.sources: dict[str, tuple[int, int]] = {}
         # Resolved incidents by id, for people's later actions, oldest resolved first
         self.closed: dict[str, tuple[Family, OpenIncident]] = {}
-        # Timelines being drawn (ADR 0019), by incident id: open incidents', and resolved
-        # ones' until their window after resolution is over (by service: those due)
-        self.timelines: dict[str, tuple[Family, Timeline]] = {}
-        self.timeline_due: dict[str, set[str]] = {}
+        self.timelines = IncidentTimelines(config.timeline, config.bucket_ms)  # ADR 0019
         self._bucket_ms = config.bucket_ms
         self._buckets_per_window = config.buckets_per_window
 
@@ -236,7 +235,7 @@ class PartitionDetector:
         )
         self.open_by_service.setdefault(family.service, set()).add(family)
         self._idle_check_ms = None
-        self._start_timeline(family, fs.incident.incident_id, clock)
+        self.timelines.start(family, fs.incident.incident_id, clock)
         out.append(event(fs.incident, family, "opened", clock, count, base, fs.last_error_ms,
                          timeline=self._view(fs.incident.incident_id)))
 
@@ -249,9 +248,8 @@ class PartitionDetector:
         self.clocks[service] = t_ms
         if before is None:
             return
-        drawing = self.timeline_due.get(service)
-        if drawing is not None:
-            self._complete_timelines(service, t_ms, drawing, out)
+        if service in self.timelines.due:
+            self._complete_timelines(service, t_ms, out)
         open_families = self.open_by_service.get(service)
         if not open_families:
             return
@@ -395,7 +393,7 @@ class PartitionDetector:
             clock = self.clocks.get(family.service, command.at_ms)
             _, count, base = self._evaluate(fs, bucket_index(clock, self.config.bucket_ms))
             last_error_ms = max(last_error_ms, fs.last_error_ms)
-            self._timeline_reopened(family, incident.incident_id, command.at_ms)
+            self.timelines.reopened(family, incident.incident_id, command.at_ms)
             timeline = self._view(incident.incident_id)
         kind: Kind = ACTION_TRANSITIONS[command.action].kind  # type: ignore[assignment]
         return [event(incident, family, kind, command.at_ms, count, base, last_error_ms,
@@ -438,16 +436,16 @@ class PartitionDetector:
         if self.watermark_ms is not None and t_ms <= self.watermark_ms:
             return
         self.watermark_ms = t_ms
-        if not self.open_by_service and not self.timeline_due:
+        if not self.open_by_service and not self.timelines.due:
             return
         horizon = t_ms - self.config.idle_grace_ms
         if self._idle_check_ms is not None and horizon <= self._idle_check_ms:
             return
-        for service in sorted(self.open_by_service.keys() | self.timeline_due.keys()):
+        for service in sorted(self.open_by_service.keys() | self.timelines.due.keys()):
             if self.clocks[service] < horizon:
                 self._advance(service, horizon, out)
         self._idle_check_ms = min(
-            (self.clocks[s] for s in self.open_by_service.keys() | self.timeline_due.keys()),
+            (self.clocks[s] for s in self.open_by_service.keys() | self.timelines.due.keys()),
             default=None)
 
     def _count_step(self, t_ms: int, key: StepKey, failed: bool,
@@ -481,76 +479,34 @@ class PartitionDetector:
 
     # ------------------------------------------------------------------ timelines
 
-    def _start_timeline(self, family: Family, incident_id: str, since_ms: int) -> None:
-        self.timelines[incident_id] = (
-            family, Timeline.start(since_ms, self.config.timeline, self._bucket_ms))
-
-    def _draw(self, incident_id: str) -> Timeline | None:
-        """Bring a timeline up to its service's clock from the family's and the step's
-        buckets (absolute counts: drawing again only brings them up to date)."""
-        drawn = self.timelines.get(incident_id)
+    def _view(self, incident_id: str, complete: bool = False) -> dict[str, Any] | None:
+        drawn = self.timelines.drawn.get(incident_id)
         if drawn is None:
             return None
-        family, timeline = drawn
-        timeline.advance(self.clocks[family.service] // self._bucket_ms)
+        family = drawn[0]
         fs = self.families.get(family)
-        if fs is not None:
-            for index, errors in fs.buckets.items():
-                timeline.put_errors(index, errors)
-        cells = self.steps.get((family.env, family.service, family.step))
-        if cells is not None:
-            for index, cell in cells.items():
-                timeline.put_step(index, cell[0], cell[3])
-        timeline.settle()
-        return timeline
-
-    def _view(self, incident_id: str, complete: bool = False) -> dict[str, Any] | None:
-        timeline = self._draw(incident_id)
+        timeline = self.timelines.draw(
+            incident_id, self.clocks[family.service], None if fs is None else fs.buckets,
+            self.steps.get((family.env, family.service, family.step)))
         return None if timeline is None else timeline.view(complete)
 
     def _timeline_resolved(self, incident_id: str, at_ms: int) -> None:
-        drawn = self.timelines.get(incident_id)
-        if drawn is not None:
-            family, timeline = drawn
-            timeline.resolve(at_ms)
-            self.timeline_due.setdefault(family.service, set()).add(incident_id)
-            self._idle_check_ms = None
+        if self.timelines.resolved(incident_id, at_ms):
+            self._idle_check_ms = None  # its service is watched until it completes
 
-    def _timeline_reopened(self, family: Family, incident_id: str, at_ms: int) -> None:
-        """A person reopened: its timeline goes on, or (complete already) a new one starts
-        from the reopening."""
-        drawn = self.timelines.get(incident_id)
-        if drawn is None:
-            self._start_timeline(family, incident_id, at_ms)
-            return
-        drawn[1].reopen()
-        due = self.timeline_due.get(family.service)
-        if due is not None:
-            due.discard(incident_id)
-            if not due:
-                del self.timeline_due[family.service]
-
-    def _complete_timelines(self, service: str, t_ms: int, due: set[str],
-                            out: list[IncidentEvent]) -> None:
+    def _complete_timelines(self, service: str, t_ms: int, out: list[IncidentEvent]
+                            ) -> None:
         """Publish the timelines of the service whose window after resolution is over."""
-        for held_id in sorted(due):
-            family, timeline = self.timelines[held_id]
-            due_ms = timeline.due_ms
-            assert due_ms is not None
-            if t_ms < due_ms:
-                continue
-            view = self._view(held_id, complete=True)
-            del self.timelines[held_id]
-            due.discard(held_id)
-            kept = self.closed.get(held_id)
+        for drawn_id, family, due_ms in self.timelines.complete(service, t_ms):
+            view = self._view(drawn_id, complete=True)
+            self.timelines.forget(drawn_id)
+            kept = self.closed.get(drawn_id)
             if kept is None:  # forgotten (MAX_CLOSED): nothing left to describe it
                 continue
             incident = kept[1]
             last_error_ms, count, base = incident.closed_at or (incident.onset_ms, 0, 0.0)
             out.append(event(incident, family, "timeline", due_ms, count, base, last_error_ms,
                              timeline=view))
-        if not due:
-            del self.timeline_due[service]
 
     # ------------------------------------------------------------------ bounds
 
@@ -569,8 +525,8 @@ class PartitionDetector:
         is indistinguishable from a new one."""
         cfg = self.config
         self._flush_dirty()
-        for drawn_id in self.timelines:  # before their buckets go
-            self._draw(drawn_id)
+        for drawn_id in list(self.timelines.drawn):  # before their buckets go
+            self._view(drawn_id)
         for family in [f for f, fs in self.families.items() if self._evictable(fs)]:
             del self.families[family]
             self.counters.families_evicted += 1
@@ -630,69 +586,15 @@ class PartitionDetector:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able state; :meth:`restore` of it gives an equal detector."""
-        return {
-            "v": SNAPSHOT_VERSION,
-            "config": self.config.fingerprint(),
-            "clocks": dict(sorted(self.clocks.items())),
-            "watermark_ms": self.watermark_ms,
-            "families": [
-                [
-                    *fs.family,
-                    fs.last_error_ms,
-                    sorted(fs.buckets.items()),
-                    fs.incident.to_list() if fs.incident else None,
-                    fs.downstream,
-                    list(fs.traces),
-                    fs.armed,
-                ]
-                for fs in sorted(self.families.values(), key=lambda s: s.family)
-            ],
-            "closed": [[*family, incident.to_list()]
-                       for family, incident in self.closed.values()],
-            "steps": [[*k, sorted((i, [c[0], c[1], sorted(c[3].items())])
-                                  for i, c in b.items())]
-                      for k, b in sorted(self.steps.items())],
-            "timelines": [[incident_id, *family, timeline.to_list()]
-                          for incident_id, (family, timeline) in sorted(
-                              self.timelines.items())],
-            "versions": [[*k, v] for k, v in sorted(self.versions.items())],
-            "sources": [[k, *v] for k, v in sorted(self.sources.items())],
-            "counters": self.counters.as_dict(),
-        }
+        return {"v": SNAPSHOT_VERSION, "config": self.config.fingerprint(),
+                **detector_snapshot.dump(self)}
 
     @classmethod
     def restore(cls, config: DetectorConfig, snap: dict[str, Any]) -> PartitionDetector:
         if snap.get("v") != SNAPSHOT_VERSION or snap.get("config") != config.fingerprint():
-            raise ValueError(
-                "checkpoint was written by another snapshot version or detector settings;"
-                " replay the input with a new state name instead of misreading it"
-            )
+            raise ValueError("checkpoint was written by another snapshot version or detector "
+                             "settings; replay the input with a new state name instead of "
+                             "misreading it")
         det = cls(config)
-        det.clocks = dict(snap["clocks"])
-        det.watermark_ms = snap["watermark_ms"]
-        for (env, service, step, code, last_error_ms, buckets, incident, down,
-             traces, armed) in snap["families"]:
-            family = Family(env, service, step, code)
-            fs = FamilyState(family, {int(i): int(n) for i, n in buckets}, last_error_ms,
-                             downstream=down, traces=list(traces), armed=armed)
-            if incident is not None:
-                fs.incident = OpenIncident.from_list(incident)
-                det.open_by_service.setdefault(service, set()).add(family)
-            det.families[family] = fs
-        for env, service, step, buckets in snap["steps"]:
-            det.steps[(env, service, step)] = {
-                int(i): [r, e, -1, {int(b): int(n) for b, n in h}]
-                for i, (r, e, h) in buckets}
-        for drawn_id, env, service, step, code, raw in snap["timelines"]:
-            family = Family(env, service, step, code)
-            timeline = Timeline.from_list(raw, config.timeline, config.bucket_ms)
-            det.timelines[drawn_id] = (family, timeline)
-            if timeline.end is not None:
-                det.timeline_due.setdefault(service, set()).add(drawn_id)
-        det.counters = Counters(**snap["counters"])
-        det.versions = {(service, env): list(v) for service, env, v in snap["versions"]}
-        det.sources = {k: (int(o), int(i)) for k, o, i in snap["sources"]}
-        for env, service, step, code, incident in snap["closed"]:
-            closed = OpenIncident.from_list(incident)
-            det.closed[closed.incident_id] = (Family(env, service, step, code), closed)
+        detector_snapshot.load(det, snap)
         return det

@@ -180,10 +180,13 @@ class Timeline:
                 point[0] = errors
 
     def put_step(self, index: int, requests: int, durations: Mapping[int, int]) -> None:
-        """The step's (absolute) request count and duration histogram of a bucket."""
+        """The step's (absolute) request count and duration histogram of a bucket (the
+        histogram changes only with the count: an unchanged count is not read again)."""
         if self._open(index):
-            p50, p95 = quantile(durations, 0.5), quantile(durations, 0.95)
             point = self.points.get(index)
+            if point is not None and point[1] == requests:
+                return
+            p50, p95 = quantile(durations, 0.5), quantile(durations, 0.95)
             if point is None:
                 self.points[index] = [0, requests, p50, p95]
             else:

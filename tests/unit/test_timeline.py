@@ -217,7 +217,7 @@ def test_a_restored_detector_finishes_the_same_timeline() -> None:
     cut = len(events) // 2
     head = run(events[:cut], det)
     restored = PartitionDetector.restore(DetectorConfig(), det.snapshot())
-    assert restored.timelines.keys() == det.timelines.keys() != set()
+    assert restored.timelines.drawn.keys() == det.timelines.drawn.keys() != set()
     assert head + run(events[cut:], restored) == whole
 
 
@@ -242,7 +242,7 @@ def test_a_person_reopening_a_completed_timeline_starts_a_new_one() -> None:
     events = traffic(T0, 60, spike=(20, 30))
     out = run(events, det)
     incident = out[0].incident_id
-    assert incident not in det.timelines
+    assert incident not in det.timelines.drawn
     reopen_at = events[-1][0]
     reopened = det.act(Command(
         action_id="act_0000000000000001", incident_id=incident, env="prod",
