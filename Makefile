@@ -35,7 +35,16 @@ typecheck: $(VENV)/.installed
 		-p tocsin.processors -p tocsin.schemas -p tocsin.streams -p tocsin.sinks \
 		-p tocsin.clients -m tocsin.cli -m tocsin.testing
 
-test: lint typecheck
+# The page tests drive Debian's Chromium (Playwright cannot download a browser here).
+CHROMIUM ?= /usr/bin/chromium
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "the page tests need Chromium at $(CHROMIUM)"; exit 1; }
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: lint typecheck $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed

@@ -219,17 +219,26 @@ def incidents(db: str | None, fmt: str, status: str | None) -> None:
 @main.command()
 @click.argument("incident_id")
 @DB
-@click.option("--format", "fmt", type=click.Choice(["json", "md", "slack", "pagerduty"]),
-              default="md", show_default=True)
+@click.option("--format", "fmt",
+              type=click.Choice(["text", "md", "json", "slack", "pagerduty"]),
+              default="text", show_default=True,
+              help="text: for the terminal (headings, an evidence table, the timeline as a "
+                   "chart); md, slack, pagerduty: the notification renderings; json: the "
+                   "canonical report.")
 def report(incident_id: str, db: str | None, fmt: str) -> None:
     """Print the latest triage report of an incident (same bytes as the API and topic)."""
     from tocsin.clients.query import QueryError, fetch_report
+    from tocsin.streams.web.reports import render_report
 
     try:
-        data = fetch_report(db or _settings().db, incident_id, fmt)
+        # text is rendered here from the canonical report (a pure function of its bytes,
+        # so the same text as the API's), which any running worker serves.
+        data = fetch_report(db or _settings().db, incident_id, "json" if fmt == "text" else fmt)
     except QueryError as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)
+    if fmt == "text":
+        data = render_report(data.decode(), fmt)[0]
     sys.stdout.buffer.write(data)  # exactly the stored or rendered bytes, nothing added
 
 
@@ -352,3 +361,9 @@ def broker(port: int | None) -> None:
 def entry() -> None:  # pragma: no cover - console script shim
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     main()
+
+
+# Commands that live with their clients
+from tocsin.clients.mcp_server import mcp_command  # noqa: E402
+
+main.add_command(mcp_command)

@@ -36,8 +36,8 @@ log = logging.getLogger("tocsin.query")
 
 INCIDENTS_SQL = """
 SELECT i.incident_id, i.family, i.env, i.service, i.step, i.error_code, i.status,
-       i.onset_ms, i.updated_ms, i.resolved_ms, i.peak_count, i.error_count,
-       r.report_hash, r.cause_kind, r.cause_confidence
+       i.onset_ms, i.updated_ms, i.resolved_ms, i.peak_count, i.error_count, i.phase,
+       i.acknowledged_by, r.report_hash, r.cause_kind, r.cause_confidence
 FROM incidents i
 LEFT JOIN (SELECT incident_id, arg_max(report_hash, written_seq) AS report_hash,
                   arg_max(cause_kind, written_seq) AS cause_kind,

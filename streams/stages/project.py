@@ -405,6 +405,8 @@ class Projection:
         # Told what each batch wrote, after its commit: the operator actions' desk
         self.on_written: Callable[[Sequence[Mapping[str, Any]],
                                    Sequence[Mapping[str, Any]]], None] | None = None
+        # The report versions each batch wrote (the live page's feed)
+        self.on_reports: Callable[[Sequence[Mapping[str, Any]]], None] | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -465,6 +467,8 @@ class Projection:
         await asyncio.to_thread(self._write, rows)
         if self.on_written is not None and rows.count():
             self.on_written(rows.events, rows.letters)
+        if self.on_reports is not None and rows.reports:
+            self.on_reports(rows.reports)
         self.metrics.stages["projection_marks_skipped"] += rows.marks
         self.metrics.stages["projection_signals_redelivered"] += rows.signals.redelivered
         self.metrics.rows_projected += rows.count()

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 
-from tocsin.processors.render import markdown, pagerduty_note, slack_blocks
+from tocsin.processors.render import markdown, pagerduty_note, slack_blocks, text
 from tocsin.processors.report import canonical_json
 
 RENDERINGS = {
     "json": "application/json",
+    "text": "text/plain",  # UTF-8, as every rendering
     "md": "text/markdown",
     "slack": "application/json",
     "pagerduty": "text/plain",
@@ -22,6 +23,8 @@ def render_report(body: str, fmt: str) -> tuple[bytes, str]:
     if fmt == "json":
         return body.encode(), RENDERINGS[fmt]
     report = json.loads(body)
+    if fmt == "text":
+        return text(report).encode(), RENDERINGS[fmt]
     if fmt == "md":
         return markdown(report).encode(), RENDERINGS[fmt]
     if fmt == "slack":

@@ -23,7 +23,9 @@ from tocsin.processors.otlp import OtlpError, decode_batch
 from tocsin.streams.query import QueryAnswer, QueryService, answer_unless_gone
 from tocsin.streams.web.auth import Refusal
 from tocsin.streams.web.bodies import BodyError, read_body
+from tocsin.streams.web.explain import register_explain_views
 from tocsin.streams.web.intake import IDEMPOTENCY_HEADERS
+from tocsin.streams.web.live import register_live_views
 from tocsin.streams.web.otlp import otlp_export_response, otlp_status
 from tocsin.streams.web.reports import RENDERINGS, render_report
 
@@ -310,3 +312,6 @@ def register_views(app: faust.App, worker: Worker, metrics: Metrics,
             if not isinstance(found, QueryAnswer):
                 return found
             return self.bytes(found.body, content_type="application/json")
+
+    register_live_views(app, worker.live, reader, answer)
+    register_explain_views(app, worker, reader)

@@ -35,6 +35,7 @@ from tocsin.streams.stages.triage import TriageStage
 from tocsin.streams.web.actions import ActionDesk
 from tocsin.streams.web.auth import Access
 from tocsin.streams.web.intake import Intake
+from tocsin.streams.web.live import LiveFeed
 from tocsin.streams.web.views import register_views
 from tocsin.streams.worker import logging_limits
 from tocsin.streams.worker.collector import CollectionSchedule, collect_on_schedule
@@ -80,6 +81,9 @@ class Worker(mode.Service):
         self.notifier: Notifier | None = None
         self.spans: SpanIntake | None = None
         self.access = Access(settings.api_tokens, settings.intake_tokens)
+        # What the live page's stream tells (GET /v1/stream): this process's epoch tells
+        # a reconnecting client whether it can resume
+        self.live = LiveFeed(epoch=str(time.time_ns() // 1_000_000))
         self.broker_ok = True
         self._watchdog: asyncio.Future[None] | None = None
         self._collector: asyncio.Future[None] | None = None
@@ -134,6 +138,9 @@ class Worker(mode.Service):
                 self.notifier = Notifier(s, self.bootstrap, self.sink, self.metrics)
                 told.append(self.notifier.written)
                 self._runs.append(asyncio.ensure_future(self._guard(self.notifier.run())))
+            if s.http_port > 0:
+                told.append(self.live.written)
+                self.projection.on_reports = self.live.reports
             if told:
                 self.projection.on_written = partial(_tell, told)
             self._runs.append(asyncio.ensure_future(self._guard(self.projection.run())))
@@ -207,6 +214,7 @@ class Worker(mode.Service):
             await self.crash(exc)
 
     async def on_stop(self) -> None:
+        self.live.close()  # open streams end, so the web server stops at once
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._collector is not None:

@@ -133,7 +133,8 @@ def test_every_route_the_server_answers_is_documented(worker: WorkerProc) -> Non
     served = {"/healthz", "/livez", "/readyz", "/metrics", "/openapi.json", "/v1/query",
               "/v1/signals", "/v1/signals/{provider}", "/v1/incidents",
               "/v1/incidents/{incident_id}/report", "/v1/traces", "/v1/incidents/{incident_id}",
-              "/v1/incidents/{incident_id}/actions"}
+              "/v1/incidents/{incident_id}/actions", "/", "/incidents/{incident_id}",
+              "/static/{name}", "/v1/stream", "/v1/requests/{request_id}", "/v1/blast"}
     assert served == documented
     status, body, _ = call(worker, "GET", "/openapi.json")
     assert status == 200 and json.loads(body) == OPENAPI

@@ -30,7 +30,7 @@ from tocsin.clients.otel_workload import proto, workload
 from tocsin.clients.plot import plot_timeline
 from tocsin.clients.produce import ProduceReport, publish
 from tocsin.clients.receiver import WebhookReceiver
-from tocsin.processors.render import markdown
+from tocsin.processors.render import text
 from tocsin.streams.kafka.broker import EmbeddedBroker
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics
 from tocsin.testing import Worker, WorkerError, WorkerRefused
@@ -267,8 +267,10 @@ def _told(receiver: WebhookReceiver, result: dict[str, Any], console: Console
 
 
 def _show(console: Console, triage: dict[str, Any]) -> None:
-    """The final report as Markdown, and its timeline drawn for the terminal."""
-    console.print(markdown(triage), markup=False, highlight=False)
+    """The final report rendered for the terminal (as ``tocsin report`` prints it), and its
+    timeline plotted. The text is printed as it is: no markup, highlighting or emoji codes
+    read in it, no wrapping added (the terminal wraps a long line)."""
+    console.print(text(triage), markup=False, highlight=False, emoji=False, soft_wrap=True)
     console.print(plot_timeline(triage["timeline"], width=max(60, min(console.width, 120)),
                                 height=20), markup=False, highlight=False)
 
