@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from tocsin.processors.render import markdown, pagerduty_note, slack_blocks, text
+from tocsin.processors.render import markdown, pagerduty_note, slack_blocks
+from tocsin.processors.render_text import text
 from tocsin.processors.report import canonical_json
 
 RENDERINGS = {

@@ -16,15 +16,8 @@ from tests.unit.report_fixtures import report
 from tests.unit.test_render import HOSTILE, hostile_report
 from tests.unit.test_render_response import demo_actions, with_response
 from tests.unit.test_render_timeline import make_timeline
-from tocsin.processors.render import (
-    SPARKS,
-    iso,
-    term,
-    text,
-    timeline_chart,
-    timeline_lines,
-    width,
-)
+from tocsin.processors.render import iso, timeline_lines
+from tocsin.processors.render_text import SPARKS, term, text, timeline_chart, width
 from tocsin.processors.report import seal
 from tocsin.streams.web.reports import RENDERINGS, render_report
 

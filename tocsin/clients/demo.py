@@ -30,7 +30,7 @@ from tocsin.clients.otel_workload import proto, workload
 from tocsin.clients.plot import plot_timeline
 from tocsin.clients.produce import ProduceReport, publish
 from tocsin.clients.receiver import WebhookReceiver
-from tocsin.processors.render import text
+from tocsin.processors.render_text import text
 from tocsin.streams.kafka.broker import EmbeddedBroker
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics
 from tocsin.testing import Worker, WorkerError, WorkerRefused
