@@ -18,17 +18,19 @@ from tocsin.processors.detector import PartitionDetector
 from tocsin.processors.detector_state import VersionChanged
 from tocsin.processors.family import failing_downstream, family_of
 from tocsin.processors.lifecycle import IncidentEvent
+from tocsin.processors.recent_requests import RecentRequests
 from tocsin.processors.signals.model import Signal
 
 TELLS_TIME_ONLY = "suppressed"  # the status of an event that is not counted
 
 
-def feed(detector: PartitionDetector, event: Mapping[str, Any]
+def feed(detector: PartitionDetector, event: Mapping[str, Any],
+         requests: RecentRequests | None = None
          ) -> tuple[VersionChanged | None, list[IncidentEvent]]:
     """Feed one validated wide event (as the decoders give it) to ``detector``: the
     version change it revealed, if any, and the lifecycle changes it caused (a list the
     detector may share: read it, do not keep it). The caller registers the deploy before
-    it emits the changes."""
+    it emits the changes. A failing event's request id is noted in ``requests``."""
     t_ms = event["event_time_ms"]
     service = event["service"]
     version = event.get("service_version")
@@ -37,6 +39,10 @@ def feed(detector: PartitionDetector, event: Mapping[str, Any]
     if event["status"] == TELLS_TIME_ONLY:
         return changed, detector.tick(t_ms, service)
     family = family_of(event)
+    if family is not None and requests is not None:
+        request_id = event.get("request_id")
+        if request_id:
+            requests.note(request_id, t_ms, family, event.get("trace_id"))
     return changed, detector.observe(
         t_ms, event["env"], service, event["step"], family,
         failing_downstream(event) if family is not None else None, event.get("trace_id"),

@@ -34,6 +34,7 @@ from tocsin.processors.mapping import load_mapping, mapped_decoder
 from tocsin.processors.otlp.pack import PACK_VERSION, decode_span_pack
 from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
 from tocsin.processors.otlp.record import RecordError, decode_span_event
+from tocsin.processors.recent_requests import RecentRequests
 from tocsin.processors.source_merge import SourceMerge
 from tocsin.schemas.codec import (
     INCIDENT_EVENT,
@@ -69,6 +70,8 @@ class PartitionRun(StageRun):
     # Translated span events wait here until every span source has passed them, so
     # several span intakes writing one partition give one order (ADR 0015).
     merge: SourceMerge = field(kw_only=True, default_factory=SourceMerge)
+    # The latest failing requests by request id, for GET /v1/requests/{id} (not state)
+    requests: RecentRequests = field(kw_only=True, default_factory=RecentRequests)
 
 
 SEQ_PER_RECORD = 1 << 20  # a span event's order in its source: offset, then index
@@ -339,7 +342,7 @@ class Detection(PartitionedStage[PartitionRun]):
         return counted
 
     def _feed(self, run: PartitionRun, event: dict[str, Any]) -> int:
-        changed, changes = feed(run.detector, event)
+        changed, changes = feed(run.detector, event, run.requests)
         if changed is not None:
             self._register_deploy(run, changed)
         for change in changes:

@@ -8,10 +8,10 @@ topic): the summary of every *failing* trace, by family, the newest ``traces_per
 (2,000) of each, for 72 h of event time; and each incident's window, family and first
 errors' sample trace ids. So:
 
-- a request is found by its **trace id** only. Summaries do not carry request ids, and
-  wide events (whose ``request_id`` they hold) are not kept: an id that is not the trace
-  id of a kept failing trace, nor one of an incident's sample traces, is not found, and
-  the answer says why;
+- a request is found by its **trace id**, or by the **request id** of a failing wide
+  event among the latest ones this worker's detection counted
+  (:mod:`tocsin.processors.recent_requests`, not checkpointed); summaries carry no request
+  ids. An id that is none of these is not found, and the answer says why;
 - a healthy request is never found (only failing traces are summarized);
 - a worker answers from the partitions it owns (``searched.partitions``); with several
   detecting workers, ask each or the one that owns the service.
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tocsin.processors.recent_requests import MOST, RecentRequests
 from tocsin.processors.report import IncidentState
 from tocsin.processors.traces.blast import BlastRadius, TraceSummary
 from tocsin.processors.triage import Triage
@@ -56,8 +57,9 @@ INCIDENT_ROW_FIELDS = ("status", "phase", "acknowledged_by", "acknowledged_ms",
 
 NOT_KEPT = ("Tocsin keeps the summaries of failing traces only (the newest {kept} per "
             "family, for 72 h of event time), keyed by trace id, and each incident's first "
-            "errors' sample trace ids; request ids are not indexed (wide events are not "
-            "kept), so look a request up by its trace id.")
+            "errors' sample trace ids; and the request ids of the latest failing wide "
+            "events its detection counted ({requests} per partition) since it started. "
+            "Look a request up by its trace id, or by the request id of a failing event.")
 
 
 class BadQuery(ValueError):
@@ -177,7 +179,7 @@ def searched(folds: Sequence[Triage], partitions: Sequence[int]) -> dict[str, An
 
 def _kept_note(folds: Sequence[Triage]) -> str:
     return NOT_KEPT.format(kept=max((f.config.traces_per_family for f in folds),
-                                    default=2_000))
+                                    default=2_000), requests=f"{MOST:,}")
 
 
 # ---------------------------------------------------------------- one request
@@ -195,7 +197,8 @@ def normal_id(raw: str) -> str:
 
 
 def explain_request(folds: Sequence[Triage], raw_id: str,
-                    partitions: Sequence[int] = ()) -> dict[str, Any] | None:
+                    partitions: Sequence[int] = (),
+                    requests: Sequence[RecentRequests] = ()) -> dict[str, Any] | None:
     """What the folds know of a request, by its trace id: its path root → where it
     failed, the failing step, its families and the incidents it counts for; None when
     nothing is known of it."""
@@ -222,7 +225,40 @@ def explain_request(folds: Sequence[Triage], raw_id: str,
                           "not closed yet (30 s of event-time quiet), or it was forgotten. "
                           "The failing step shown is the incident's."],
             }
-    return None
+    return _by_request_id(folds, raw_id, requests, partitions)
+
+
+def _by_request_id(folds: Sequence[Triage], raw_id: str, requests: Sequence[RecentRequests],
+                   partitions: Sequence[int]) -> dict[str, Any] | None:
+    """A failing request by the request id its wide event carried (the latest failing
+    requests detection counted, :mod:`tocsin.processors.recent_requests`): through its
+    trace when a summary of it is kept, else from its event: its step, family and the
+    incidents whose family and window hold it."""
+    failed = next((r for rs in requests if (r := rs.get(raw_id.strip())) is not None), None)
+    if failed is None:
+        return None
+    if failed.trace_id:
+        held = find(folds, failed.trace_id)
+        if held is not None:
+            return {**_explained(folds, raw_id, failed.trace_id, held[0], held[1],
+                                 partitions), "matched": "request_id"}
+    family = failed.family
+    incidents = incidents_for_trace(folds, failed.trace_id or "", failed.t_ms, [family.key])
+    notes = ["Found by the request id of a failing wide event (the latest failing requests "
+             "this worker's detection counted since it started). No summary of its trace "
+             "is kept (no OTLP spans for it, or not closed yet): its path is unknown."]
+    if not incidents:
+        notes.append("No incident's family and window hold this request (its failure did "
+                     "not spike, or the incident is another worker's partition).")
+    return {
+        "id": raw_id, "trace_id": failed.trace_id, "matched": "request_id",
+        "end_ms": failed.t_ms, "complete": None, "capture": "missing", "path": [],
+        "failing_step": {"service": family.service, "step": family.step,
+                         "error_code": family.error_code},
+        "family": family.key, "families": [family.key], "services": [family.service],
+        "distinct_users": None, "incident": incidents[0] if incidents else None,
+        "incidents": incidents, "searched": searched(folds, partitions), "notes": notes,
+    }
 
 
 def _explained(folds: Sequence[Triage], raw_id: str, trace_id: str, end_ms: int,
@@ -365,6 +401,12 @@ def register_explain_views(app: faust.App, worker: Worker, reader: Reader) -> No
         runs = sorted(stage.runs.items())
         return [run.loop.triage for _, run in runs], [p for p, _ in runs]
 
+    def recent_requests() -> list[RecentRequests]:
+        """The latest failing requests of each partition this worker detects."""
+        detection = worker.detection
+        return [run.requests for _, run in sorted(detection.runs.items())] \
+            if detection is not None else []
+
     def no_triage(view: View) -> Response:
         return answer(view, 404, {"error": "this worker runs no triage (role "
                                            f"{worker.settings.role}): ask a worker whose "
@@ -393,7 +435,7 @@ def register_explain_views(app: faust.App, worker: Worker, reader: Reader) -> No
             if held is None:
                 return no_triage(self)
             try:
-                found = explain_request(held[0], request_id, held[1])
+                found = explain_request(held[0], request_id, held[1], recent_requests())
             except BadQuery as exc:
                 return answer(self, 400, {"error": str(exc)})
             if found is None:

@@ -216,7 +216,7 @@ def test_read_tools_over_stdio(incident: Incident, tmp_path: Path) -> None:
     assert out["unknown"].is_error
     assert "no report for inc_0000000000000000 (HTTP 404)" in text(out["unknown"])
     assert out["not_kept"].is_error
-    assert "request ids are not indexed" in text(out["not_kept"])
+    assert "or by the request id of a failing event" in text(out["not_kept"])
     assert incident.incident_id in [r["incident_id"] for r in
                                     structured(out["after"])["incidents"]]
 

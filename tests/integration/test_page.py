@@ -35,7 +35,8 @@ def failing(start_ms: int, seconds: int) -> list[dict[str, Any]]:
     log = []
     for s in range(seconds):
         t = start_ms + s * 1000
-        log.append(event(t, "checkout", "payment.charge", error="PMT_502", duration_ms=950.0))
+        log.append(event(t, "checkout", "payment.charge", error="PMT_502", duration_ms=950.0,
+                         request_id=f"req-{s}"))
         log.append(event(t + 1, "cart", "GET /", duration_ms=4.0))
     return log
 
@@ -176,6 +177,19 @@ def test_the_page_is_served_with_a_strict_policy_and_no_external_assets(
         text = asset.read_text()
         assert "https://" not in text.replace("http://www.w3.org/2000/svg", ""), asset.name
         assert ".innerHTML" not in text and "insertAdjacentHTML" not in text, asset.name
+
+
+def test_a_failing_request_is_explained_by_its_request_id(worker: WorkerProc) -> None:
+    """What ``tocsin mcp``'s explain_request reads, for a wide event with no spans."""
+    incident = worker.wait_rows("SELECT incident_id FROM incidents", 90)[0]["incident_id"]
+    req = urllib.request.Request(f"http://127.0.0.1:{worker.http_port}/v1/requests/req-7",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        found = json.loads(resp.read())
+    assert (found["matched"], found["family"]) == ("request_id",
+                                                   "checkout:payment.charge:PMT_502")
+    assert found["failing_step"]["step"] == "payment.charge"
+    assert found["incident"]["incident_id"] == incident
 
 
 def stream_lines(worker: WorkerProc, last_event_id: str | None, want: int) -> list[str]:

@@ -144,6 +144,27 @@ def test_unknown_ids_and_request_ids_are_not_found(fold: Triage) -> None:
     assert explain_request([], tid(1)) is None
 
 
+def test_a_failing_wide_events_request_id_is_explained(fold: Triage) -> None:
+    """By the request id detection noted: through its trace when a summary is kept, else
+    from the event (its step, family and the incident whose window holds it)."""
+    from tocsin.processors.family import Family
+    from tocsin.processors.recent_requests import RecentRequests
+
+    family = Family("production", "payment", "POST /api/charge", "PaymentDeclinedError")
+    noted = RecentRequests(most=2)
+    noted.note("req-traced", T0 + 63_000, family, tid(3))
+    noted.note("req-bare", T0 + 63_000, family, None)
+    traced = explain_request([fold], "req-traced", (), [noted])
+    assert traced is not None and traced["matched"] == "request_id"
+    assert traced["trace_id"] == tid(3) and traced["path"]
+    bare = explain_request([fold], "req-bare", (), [noted])
+    assert bare is not None and (bare["matched"], bare["path"]) == ("request_id", [])
+    assert bare["failing_step"]["step"] == "POST /api/charge"
+    assert bare["family"] == family.key
+    noted.note("req-newer", T0 + 64_000, family, None)  # the oldest one goes (most=2)
+    assert explain_request([fold], "req-traced", (), [noted]) is None
+
+
 def test_blast_counts_the_failing_traces_of_the_window_in_event_time(fold: Triage) -> None:
     # default end: the newest kept failing trace (T0+65 s); 3 s back: traces 3, 4 and 5
     found = blast([fold], "payment", window_ms=3_000)

@@ -54,7 +54,7 @@ INSTRUCTIONS = """Tools over a Tocsin worker: production incidents detected from
 and OpenTelemetry traces, each with a deterministic triage report (cause, evidence,
 propagation, blast radius). Start with list_incidents, then triage_incident for the
 report (its report_hash identifies the exact version), explain_request for one failing
-request by its trace id, blast_radius for how far a failure spread. Times are epoch ms of
+request by its trace id or request id, blast_radius for how far a failure spread. Times are epoch ms of
 event time."""
 
 
@@ -425,12 +425,13 @@ def build_server(api: WorkerAPI, *, allow_write: bool = False, actor: str = "mcp
     def explain_request(
         request_id: Annotated[str, Field(min_length=1, max_length=MAX_TEXT,
                                          pattern=r"^\s*[^/\s]+\s*$", description=(
-            "the request's trace id (32 hex digits); a request id is accepted but only "
-            "trace ids are indexed"))],
+            "the request's trace id (32 hex digits), or the request id of a failing wide "
+            "event"))],
     ) -> RequestExplanation:
-        """One failing request, by its trace id: the path it took (root → where the
-        failure started), its failing step, its family and the incident it counts for.
-        Only failing traces are kept, for 72 h of event time."""
+        """One failing request, by its trace id or its request id: the path it took (root
+        → where the failure started, when its spans were seen), its failing step, its
+        family and the incident it counts for. Only failing requests are kept: traces for
+        72 h of event time, request ids of the latest failing wide events."""
         path = f"/v1/requests/{_quoted(request_id.strip())}"
         return api.answer("GET", path, RequestExplanation, served="/v1/requests/{id}")
 
