@@ -54,8 +54,8 @@ INSTRUCTIONS = """Tools over a Tocsin worker: production incidents detected from
 and OpenTelemetry traces, each with a deterministic triage report (cause, evidence,
 propagation, blast radius). Start with list_incidents, then triage_incident for the
 report (its report_hash identifies the exact version), explain_request for one failing
-request by its trace id or request id, blast_radius for how far a failure spread. Times are epoch ms of
-event time."""
+request by its trace id or request id, blast_radius for how far a failure spread. Times
+are epoch ms of event time."""
 
 
 # ---------------------------------------------------------------- the worker's API
