@@ -425,7 +425,8 @@ def register_explain_views(app: faust.App, worker: Worker, reader: Reader) -> No
 
     @app.page("/v1/requests/{request_id}")
     class RequestExplained(View):
-        """A request, by its trace id: path, failing step, family, incident."""
+        """A request, by its trace id or request id: path, failing step, family,
+        incident."""
 
         async def get(self, request: Request, request_id: str) -> Response:
             denied = reader(self, request)
@@ -442,7 +443,9 @@ def register_explain_views(app: faust.App, worker: Worker, reader: Reader) -> No
                 return answer(self, 404, {
                     "error": f"nothing is known of {request_id[:MAX_ID_CHARS]!r}: it is "
                              "neither the trace id of a failing trace this worker's triage "
-                             "keeps nor an incident's sample trace. " + _kept_note(held[0]),
+                             "keeps, nor an incident's sample trace, nor the request id of "
+                             "a failing event its detection counted lately. "
+                             + _kept_note(held[0]),
                     "searched": searched(held[0], held[1])})
             await current(found["incidents"])
             return answer(self, 200, found)
