@@ -365,9 +365,11 @@ def entry() -> None:  # pragma: no cover - console script shim
 
 # Commands that live with their clients
 from tocsin.clients.doctor import doctor_command  # noqa: E402
+from tocsin.clients.export import export_command  # noqa: E402
 from tocsin.clients.gate import gate_command  # noqa: E402
 from tocsin.clients.mcp_server import mcp_command  # noqa: E402
 
 main.add_command(doctor_command)
+main.add_command(export_command)
 main.add_command(gate_command)
 main.add_command(mcp_command)
