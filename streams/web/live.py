@@ -108,7 +108,8 @@ class LiveFeed:
         if last_event_id is None:
             return self.n
         epoch, _, n = last_event_id.partition("-")
-        if epoch != self.epoch or not n.isdigit() or int(n) > self.n:
+        if epoch != self.epoch or not n.isascii() or not n.isdigit() or len(n) > 18 \
+                or int(n) > self.n:
             return None
         oldest = self.kept[0][0] if self.kept else self.n + 1
         return int(n) if int(n) >= oldest - 1 else None

@@ -34,7 +34,8 @@ def test_events_are_numbered_and_resumable_from_any_kept_id() -> None:
 def test_what_cannot_be_resumed_is_told_to_reset() -> None:
     feed = LiveFeed("77")
     feed.written([event(1)])
-    for last in ("76-1", "77-9", "77-x", "garbage", "-1", "77-"):
+    for last in ("76-1", "77-9", "77-x", "garbage", "-1", "77-", "77-" + "9" * 8000,
+                 "77-\u0661"):  # no int() of 8,000 digits; an Arabic-Indic one is no id
         assert feed.position(last) is None, last
 
 
