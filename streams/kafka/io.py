@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,3 +223,16 @@ async def stop_quietly(*clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> 
             # committed-offset task from stop(); that is not ours to propagate.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await client.stop()
+
+
+@contextlib.contextmanager
+def quiet_kafka_logs() -> Iterator[None]:
+    """aiokafka logs every refused connection at ERROR: a command line tool that says the
+    error once (doctor, export) silences it meanwhile."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -407,6 +407,14 @@ def register_explain_views(app: faust.App, worker: Worker, reader: Reader) -> No
         return [run.requests for _, run in sorted(detection.runs.items())] \
             if detection is not None else []
 
+    def readable(view: View, request: Request) -> tuple[list[Triage], list[int]] | Response:
+        """The folds to answer from, or the refusal: no token, or no triage here."""
+        denied = reader(view, request)
+        if denied is not None:
+            return denied
+        held = folds()
+        return no_triage(view) if held is None else held
+
     def no_triage(view: View) -> Response:
         return answer(view, 404, {"error": "this worker runs no triage (role "
                                            f"{worker.settings.role}): ask a worker whose "
@@ -429,12 +437,9 @@ def register_explain_views(app: faust.App, worker: Worker, reader: Reader) -> No
         incident."""
 
         async def get(self, request: Request, request_id: str) -> Response:
-            denied = reader(self, request)
-            if denied is not None:
-                return denied
-            held = folds()
-            if held is None:
-                return no_triage(self)
+            held = readable(self, request)
+            if not isinstance(held, tuple):
+                return held
             try:
                 found = explain_request(held[0], request_id, held[1], recent_requests())
             except BadQuery as exc:
@@ -456,12 +461,9 @@ def register_explain_views(app: faust.App, worker: Worker, reader: Reader) -> No
         window."""
 
         async def get(self, request: Request) -> Response:
-            denied = reader(self, request)
-            if denied is not None:
-                return denied
-            held = folds()
-            if held is None:
-                return no_triage(self)
+            held = readable(self, request)
+            if not isinstance(held, tuple):
+                return held
             try:
                 service, step, code, window_ms, until_ms = window_of(request.query)
             except BadQuery as exc:

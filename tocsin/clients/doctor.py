@@ -33,10 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -555,16 +554,6 @@ def _why(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-@contextlib.contextmanager
-def quiet_kafka_logs() -> Iterator[None]:
-    """aiokafka logs every refused connection at ERROR; the checks say it once."""
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 async def broker_facts(bootstrap: str, topics: Mapping[str, str], app_id: str,
@@ -850,6 +839,7 @@ def diagnose(target: Target, now_ms: int | None = None) -> list[Check]:
 
     facts: BrokerFacts | None = None
     if target.broker is not None:
+        from tocsin.streams.kafka.io import quiet_kafka_logs
         with quiet_kafka_logs():
             facts = asyncio.run(broker_facts(target.broker, topics, s.app_id, now_ms,
                                              target.timeout_s))

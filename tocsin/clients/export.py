@@ -31,7 +31,6 @@ import gzip
 import hashlib
 import io
 import json
-import logging
 import os
 import re
 import struct
@@ -412,6 +411,18 @@ class _Stream:
             self.last_offset = rec.offset
             yield rec
 
+    def _field(self, buf: bytes, p: int, length: int, what: str, offset: int
+               ) -> tuple[bytes | None, int] | None:
+        """A length-prefixed field at ``p`` whose length was read (-1: null): its bytes and
+        the position after it, or None when the buffer ends first."""
+        if length == -1:
+            return None, p
+        if length < 0:
+            raise self.error(f"corrupt: {what} length {length} of offset {offset}")
+        if p + length > len(buf):
+            return None
+        return buf[p:p + length], p + length
+
     def _parse_one(self) -> LogRecord | object | None:
         """The record at ``pos`` (``pos`` moves past it), :data:`_TRAILER`, or None when
         the buffer does not hold all of it."""
@@ -430,14 +441,10 @@ class _Stream:
         if self.last_offset is not None and offset <= self.last_offset:
             raise self.error(f"corrupt: offset {offset} does not follow {self.last_offset}")
         p += _REC.size
-        key: bytes | None = None
-        if klen >= 0:
-            if p + klen > end:
-                return None
-            key = buf[p:p + klen]
-            p += klen
-        elif klen != -1:
-            raise self.error(f"corrupt: key length {klen} of offset {offset}")
+        got = self._field(buf, p, klen, "key", offset)
+        if got is None:
+            return None
+        key, p = got
         if p + 4 > end:
             return None
         nh = _I32.unpack_from(buf, p)[0]
@@ -460,29 +467,18 @@ class _Stream:
                 raise self.error(f"corrupt: header name of offset {offset} is not UTF-8"
                                  ) from None
             p += nlen
-            vlen = _I32.unpack_from(buf, p)[0]
-            p += 4
-            hv: bytes | None = None
-            if vlen >= 0:
-                if p + vlen > end:
-                    return None
-                hv = buf[p:p + vlen]
-                p += vlen
-            elif vlen != -1:
-                raise self.error(f"corrupt: header value length {vlen} of offset {offset}")
+            got = self._field(buf, p + 4, _I32.unpack_from(buf, p)[0], "header value",
+                              offset)
+            if got is None:
+                return None
+            hv, p = got
             headers.append((name, hv))
         if p + 4 > end:
             return None
-        vlen = _I32.unpack_from(buf, p)[0]
-        p += 4
-        value: bytes | None = None
-        if vlen >= 0:
-            if p + vlen > end:
-                return None
-            value = buf[p:p + vlen]
-            p += vlen
-        elif vlen != -1:
-            raise self.error(f"corrupt: value length {vlen} of offset {offset}")
+        got = self._field(buf, p + 4, _I32.unpack_from(buf, p)[0], "value", offset)
+        if got is None:
+            return None
+        value, p = got
         self.pos = p
         return LogRecord(offset, ts, key, value, tuple(headers))
 
@@ -944,7 +940,8 @@ def export_command(broker: str, out: Path, topics: list[str] | None,
     }
     progress = Progress()
     try:
-        with _quiet_kafka_logs():
+        from tocsin.streams.kafka.io import quiet_kafka_logs
+        with quiet_kafka_logs():
             result = asyncio.run(_with_progress(
                 export_topics(broker, out, topics, explicit=explicit,
                               from_ms=from_[1] if from_ else None,
@@ -989,16 +986,6 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-@contextlib.contextmanager
-def _quiet_kafka_logs() -> Iterator[None]:
-    """aiokafka logs each refused connection at ERROR; the error is said once, here."""
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 async def _with_progress(work: Any, progress: Progress) -> ExportResult:
