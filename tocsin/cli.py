@@ -83,12 +83,18 @@ def run(broker: str | None, db: str | None, http_port: int | None, partitions: i
               help="Keep the demo's DuckDB file here (default: a temporary folder).")
 @click.option("--traces", is_flag=True,
               help="Send the failure only as OTLP spans (OpenTelemetry SDK) on otlp_spans.")
-def demo(as_json: bool, db: str | None, traces: bool) -> None:
+@click.option("--export", "export", metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Afterwards, write the input topics to DIR as `tocsin export` does "
+                   "(must be new or empty), for `tocsin replay DIR`.")
+def demo(as_json: bool, db: str | None, traces: bool, export: Path | None) -> None:
     """Start a broker and a worker, send traffic with a spike, show the incident."""
     from tocsin.clients.demo import DemoError, run_demo
 
+    if export is not None and export.is_dir() and any(export.iterdir()):
+        raise click.BadParameter(f"{export} is not empty", param_hint="--export")
     try:
-        result = run_demo(db=db, console=err, traces=traces)
+        result = run_demo(db=db, console=err, traces=traces, export=export)
     except DemoError as exc:
         err.print(f"[red]demo failed:[/] {exc}")
         sys.exit(1)
@@ -368,8 +374,11 @@ from tocsin.clients.doctor import doctor_command  # noqa: E402
 from tocsin.clients.export import export_command  # noqa: E402
 from tocsin.clients.gate import gate_command  # noqa: E402
 from tocsin.clients.mcp_server import mcp_command  # noqa: E402
+from tocsin.clients.replay_cli import replay_command, what_if_command  # noqa: E402
 
 main.add_command(doctor_command)
 main.add_command(export_command)
 main.add_command(gate_command)
 main.add_command(mcp_command)
+main.add_command(replay_command)
+main.add_command(what_if_command)

@@ -194,9 +194,11 @@ class Session:
 
 
 def run_demo(db: str | None = None, console: Console | None = None,
-             traces: bool = False) -> dict[str, Any]:
+             traces: bool = False, export: Path | None = None) -> dict[str, Any]:
     """Start a broker and a worker and play a scenario: wide events and signals (the
-    default), or, with ``traces``, the same failure sent only as OTLP spans."""
+    default), or, with ``traces``, the same failure sent only as OTLP spans. With
+    ``export``, the input topics are written there afterwards (``tocsin export``'s
+    files), for ``tocsin replay``."""
     console = console or Console(stderr=True)
     db_path = Path(db) if db else None
     workdir = db_path.parent if db_path else Path(tempfile.mkdtemp(prefix="tocsin-demo-"))
@@ -231,6 +233,9 @@ def run_demo(db: str | None = None, console: Console | None = None,
             status.update("stopping the worker")
             worker.stop(20)
             worker = None
+            if export is not None:
+                status.update(f"exporting the input topics to {export}")
+                _export(broker.bootstrap, export)
     except WorkerError as exc:
         raise DemoError(str(exc)) from exc
     finally:
@@ -242,6 +247,21 @@ def run_demo(db: str | None = None, console: Console | None = None,
 
 
 DEMO_SECRET = "demo-webhook-secret"
+
+
+def _export(bootstrap: str, out: Path) -> None:
+    """The demo's input topics as ``tocsin export`` writes them (ADR 0021)."""
+    from tocsin.clients.export import (
+        build_manifest,
+        default_topics,
+        export_topics,
+        write_manifest,
+    )
+
+    result = asyncio.run(export_topics(bootstrap, out, default_topics(), explicit=False))
+    write_manifest(out, build_manifest(broker=bootstrap, files=result.files, selection={
+        "topics": default_topics(), "topics_given": False, "from": None, "from_ms": None,
+        "to": None, "to_ms": None}, skipped=result.skipped))
 
 
 def _told(receiver: WebhookReceiver, result: dict[str, Any], console: Console

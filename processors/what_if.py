@@ -1,0 +1,129 @@
+"""What a replay concluded, per incident, and the difference between two replays of one
+recorded log (``tocsin replay``, ``tocsin what-if``; ADR 0022).
+
+An incident's row comes from its lifecycle changes and its last report: when it began
+(``onset_ms``) and when detection opened it (``detected_ms``, the event time of its
+``opened`` change), how it stands, its counts, the likely cause and the rule that named
+it, and the report hash. ``pages`` counts the changes PagerDuty would have been sent a
+``trigger`` for (ADR 0017).
+
+Two replays are compared incident by incident. The same id (same family, same onset)
+pairs two rows; then, family by family (and env), rows whose active spans overlap pair in
+onset order — a stricter rule that opens the same spike a bucket later is the same
+incident, changed, not one removed and one added. Pure and deterministic: the inputs'
+order does not change the result.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tocsin.processors.notify import PAGERDUTY_ACTIONS
+
+COMPARED = ("onset_ms", "detected_ms", "status", "phase", "resolved_ms", "peak_count",
+            "error_count", "cause", "rule", "confidence", "report_hash")
+"""The fields a changed incident is compared on, in the order they are reported."""
+
+
+def incident_rows(events: Iterable[Mapping[str, Any]],
+                  reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per incident from its lifecycle changes (any order; ``updated`` news is
+    not a change) and its last report, ordered by (onset, id)."""
+    by_id: dict[str, list[Mapping[str, Any]]] = {}
+    for event in events:
+        if event["kind"] != "updated":
+            by_id.setdefault(str(event["incident_id"]), []).append(event)
+    rows = []
+    for incident_id, changes in by_id.items():
+        changes = sorted(changes, key=lambda e: int(e["seq"]))
+        last = changes[-1]
+        opened = next((int(e["at_ms"]) for e in changes if e["kind"] == "opened"),
+                      int(changes[0]["at_ms"]))
+        report = reports.get(incident_id) or {}
+        cause = report.get("cause") or {}
+        rows.append({
+            "id": incident_id, "family": last["family"], "env": last["env"],
+            "service": last["service"], "onset_ms": int(last["onset_ms"]),
+            "detected_ms": opened, "time_to_detect_ms": opened - int(last["onset_ms"]),
+            "status": last["status"], "phase": last.get("phase") or "triggered",
+            "resolved_ms": int(last["at_ms"]) if last["status"] == "resolved" else None,
+            "seq": int(last["seq"]), "peak_count": int(last["peak_count"]),
+            "error_count": int(last["error_count"]),
+            "cause": cause.get("kind"), "rule": cause.get("rule_id"),
+            "confidence": cause.get("confidence"),
+            "report_hash": report.get("report_hash"),
+            "pages": sum(1 for e in changes if e["kind"] in PAGERDUTY_ACTIONS
+                         and PAGERDUTY_ACTIONS[e["kind"]] == "trigger"),
+        })
+    rows.sort(key=lambda r: (r["onset_ms"], r["id"]))
+    return rows
+
+
+def totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Incidents, pages, and the median time to detect (ms; None without incidents)."""
+    ttd = [int(r["time_to_detect_ms"]) for r in rows]
+    median = statistics.median(ttd) if ttd else None
+    return {"incidents": len(rows), "pages": sum(int(r["pages"]) for r in rows),
+            "median_time_to_detect_ms": None if median is None else
+            (int(median) if float(median).is_integer() else float(median))}
+
+
+@dataclass
+class Diff:
+    """Two replays of one log, incident by incident."""
+
+    only_baseline: list[dict[str, Any]] = field(default_factory=list)
+    only_change: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)  # baseline, change, fields
+    unchanged: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.only_baseline or self.only_change or self.changed)
+
+
+def _end(row: Mapping[str, Any]) -> int:
+    return int(row["resolved_ms"]) if row["resolved_ms"] is not None else 1 << 62
+
+
+def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return int(a["onset_ms"]) <= _end(b) and int(b["onset_ms"]) <= _end(a)
+
+
+def diff(baseline: Sequence[Mapping[str, Any]], change: Sequence[Mapping[str, Any]]) -> Diff:
+    """Pair the rows of two replays (same id, then same env and family with overlapping
+    spans, in onset order) and say what differs."""
+    out = Diff()
+    left = {str(r["id"]): r for r in baseline}
+    right = {str(r["id"]): r for r in change}
+    pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+    for incident_id in sorted(left.keys() & right.keys()):
+        pairs.append((left.pop(incident_id), right.pop(incident_id)))
+    rest = sorted(right.values(), key=lambda r: (r["onset_ms"], r["id"]))
+    for a in sorted(left.values(), key=lambda r: (r["onset_ms"], r["id"])):
+        match = next((b for b in rest if (b["env"], b["family"]) == (a["env"], a["family"])
+                      and _overlap(a, b)), None)
+        if match is None:
+            out.only_baseline.append(dict(a))
+        else:
+            rest.remove(match)
+            pairs.append((a, match))
+    out.only_change = [dict(b) for b in rest]
+    for a, b in sorted(pairs, key=lambda p: (p[0]["onset_ms"], p[0]["id"])):
+        fields = [f for f in COMPARED if a.get(f) != b.get(f)]
+        if fields:
+            out.changed.append({"baseline": dict(a), "change": dict(b), "fields": fields})
+        else:
+            out.unchanged += 1
+    return out
+
+
+def diff_json(d: Diff, baseline: Sequence[Mapping[str, Any]],
+              change: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The difference as one JSON-able object, with both sides' totals."""
+    return {"totals": {"baseline": totals(baseline), "change": totals(change)},
+            "only_baseline": d.only_baseline, "only_change": d.only_change,
+            "changed": d.changed, "unchanged": d.unchanged, "empty": d.empty}

@@ -1,0 +1,349 @@
+"""``tocsin replay`` and ``tocsin what-if``: a recorded log through the worker's rules,
+offline, and the difference a rule change would have made (ADR 0022)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from aiokafka import TopicPartition
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tocsin.clients.replay import (
+    Counts,
+    Outputs,
+    RecordedLog,
+    Replay,
+    ReplayError,
+    deploy_records,
+    owner_of,
+)
+from tocsin.processors.report import canonical_json
+from tocsin.processors.triage import TriageConfig
+from tocsin.processors.what_if import diff, diff_json, incident_rows, totals
+from tocsin.schemas.codec import encode_incident
+from tocsin.streams.kafka.headers import PROVENANCE_HEADER
+from tocsin.streams.stages.detect import window_records
+from tocsin.streams.worker.settings import Settings
+
+err = Console(stderr=True, highlight=False)
+
+SETTABLE_TRIAGE = {"correlation_window_ms"}
+
+
+# ---------------------------------------------------------------------- settings
+
+
+def settings_with(base: Settings, sets: Sequence[str]) -> tuple[Settings, TriageConfig,
+                                                                 dict[str, Any]]:
+    """``base`` with ``--set`` items applied: ``detector.<field>=<value>`` (any detector
+    setting, ADR 0002) and ``triage.correlation_window_ms=<ms>``. A bad item is a
+    :class:`click.BadParameter` naming it."""
+    detector: dict[str, Any] = {}
+    triage: dict[str, Any] = {}
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        if not eq or not name:
+            raise click.BadParameter(f"{item!r}: expected SECTION.KEY=VALUE, e.g. "
+                                     f"detector.min_lift=4", param_hint="--set")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if section == "detector":
+            if name not in type(base.detector).model_fields:
+                raise click.BadParameter(
+                    f"{item!r}: no detector setting {name!r} (one of "
+                    f"{', '.join(sorted(type(base.detector).model_fields))})",
+                    param_hint="--set")
+            detector[name] = value
+        elif section == "triage" and name in SETTABLE_TRIAGE:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise click.BadParameter(f"{item!r}: a whole number of ms >= 0",
+                                         param_hint="--set")
+            triage[name] = value
+        else:
+            raise click.BadParameter(
+                f"{item!r}: settable keys are detector.<setting> and "
+                f"triage.correlation_window_ms", param_hint="--set")
+    try:
+        config = type(base.detector).model_validate(
+            {**base.detector.model_dump(), **detector})
+    except ValueError as exc:
+        raise click.BadParameter(_first_error(exc), param_hint="--set") from exc
+    settings = base.model_copy(update={"detector": config})
+    triage_config = TriageConfig(news_cooldown_ms=base.news_cooldown_ms, **triage)
+    applied = {**{f"detector.{k}": v for k, v in sorted(detector.items())},
+               **{f"triage.{k}": v for k, v in sorted(triage.items())}}
+    return settings, triage_config, applied
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"detector.{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return str(exc)
+
+
+def base_settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # a bad TOCSIN_* variable is a usage problem
+        raise click.UsageError(f"settings: {exc}") from exc
+
+
+# ---------------------------------------------------------------------- replay
+
+
+def replay_log(log: RecordedLog, settings: Settings, triage: TriageConfig
+               ) -> tuple[Outputs, Counts, float]:
+    started = time.perf_counter()
+    replay = Replay(settings, triage)
+    out = replay.run(log)
+    return out, replay.counts, time.perf_counter() - started
+
+
+def lifecycle_of(out: Outputs) -> list[dict[str, Any]]:
+    return [change.to_dict() for _, change in out.changes]
+
+
+def rows_of(out: Outputs) -> list[dict[str, Any]]:
+    return incident_rows(lifecycle_of(out), out.final)
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _secs(ms: int | float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:g}s"
+
+
+def incidents_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("incident", "family", "env", "onset", "detect", "status", "cause (rule)",
+                 "report hash"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["id"]), escape(str(r["family"])), escape(str(r["env"])),
+                      _iso(r["onset_ms"]), _secs(r["time_to_detect_ms"]),
+                      f"{r['status']}/{r['phase']}", f"{r['cause']} ({r['rule']})",
+                      str(r["report_hash"] or "-")[:19])
+    return table
+
+
+class _Rec:
+    """A record as the projection reads one (what the worker would have put on a topic)."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None,
+                 value: bytes | None, headers: Sequence[tuple[str, bytes | None]]) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.key, self.value, self.headers, self.timestamp = key, value, list(headers), 0
+
+
+def write_db(path: Path, settings: Settings, log: RecordedLog, out: Outputs) -> int:
+    """The replay's outputs into a new DuckDB file through the worker's projection (the
+    same tables and rows); how many rows were written."""
+    from tocsin.sinks.duckdb_sink import DuckDBSink
+    from tocsin.streams.stages.project import read_batch
+
+    t = settings.topics
+    parts = max(len(log.partitions(t.events)), 1)
+    batch: dict[TopicPartition, list[Any]] = {}
+
+    def put(topic: str, partition: int, key: bytes | None, value: bytes | None,
+            headers: Sequence[tuple[str, bytes | None]] = ()) -> None:
+        records = batch.setdefault(TopicPartition(topic, partition), [])
+        records.append(_Rec(topic, partition, len(records), key, value, headers))
+
+    for _, change in out.changes:
+        put(t.incidents, owner_of(change.service, parts), change.incident_id.encode(),
+            encode_incident(change.to_dict(), settings.incident_encoding))
+    for partition, fams, steps in out.windows:
+        for key, value in window_records(partition, fams, steps, settings.detector.bucket_ms):
+            put(t.windows, partition, key, value)
+    for p in log.partitions(t.signals):
+        for rec in log.records(t.signals, p):
+            put(t.signals, p, rec.key, rec.value, rec.headers)
+    for value, headers in deploy_records(out.deploys):
+        put(t.signals, 0, None, value, headers)
+    for report in out.reports:
+        incident = report["incident"]
+        put(t.reports, owner_of(incident["service"], parts), incident["id"].encode(),
+            canonical_json(report), [("tocsin.report_hash", report["report_hash"].encode()),
+                                     (PROVENANCE_HEADER,
+                                      out.provenance.get(report["report_hash"], b"{}"))])
+    for letter in out.letters:
+        put(t.dlq, 0, letter.letter.key, letter.letter.value, letter.letter.headers)
+    rows = read_batch(batch, t)
+    sink = DuckDBSink(path)
+    try:
+        sink.write(incident_events=rows.events, incident_updates=rows.updates,
+                   family_windows=rows.families, step_windows=rows.steps,
+                   dead_letters=rows.letters,
+                   signal_fold=rows.signals if rows.signals else None,
+                   reports=rows.reports, evidence=rows.evidence)
+    finally:
+        sink.close()
+    return rows.count()
+
+
+def _open(directory: Path) -> RecordedLog:
+    try:
+        return RecordedLog.open(directory)
+    except ReplayError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        sys.exit(1)
+
+
+def _run(log: RecordedLog, settings: Settings, triage: TriageConfig
+         ) -> tuple[Outputs, Counts, float]:
+    try:
+        return replay_log(log, settings, triage)
+    except ReplayError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        sys.exit(1)
+
+
+def _log_info(log: RecordedLog) -> dict[str, Any]:
+    return {"directory": str(log.root), "records": log.manifest.get("records"),
+            "files": len(log.manifest.get("files", ())),
+            "manifest_sha256": log.manifest_sha256}
+
+
+@click.command(name="replay", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Change a setting for this replay: detector.<setting> (min_count, "
+                   "min_lift, min_rate_per_min, window_ms, ...) or "
+                   "triage.correlation_window_ms. Repeatable.")
+@click.option("--db", "db", metavar="OUT.duckdb", type=click.Path(dir_okay=False,
+                                                                  path_type=Path),
+              help="Write the worker's DuckDB tables to this new file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
+                   as_json: bool) -> None:
+    """Replay a recorded log (`tocsin export`'s DIR) through detection, trace assembly
+    and triage, with no broker: the incidents, their causes and report hashes, as the
+    worker concluded them (ADR 0022).
+
+    \b
+    tocsin replay DIR
+    tocsin replay DIR --set detector.min_lift=4 --db replay.duckdb --json
+
+    Exit 0 replayed, 1 the log cannot be read, 2 bad arguments.
+    """
+    settings, triage, applied = settings_with(base_settings(), sets)
+    if db is not None and db.exists():
+        raise click.BadParameter(f"{db} exists; replay writes a new file", param_hint="--db")
+    log = _open(directory)
+    out, counts, seconds = _run(log, settings, triage)
+    rows = rows_of(out)
+    written = write_db(db, settings, log, out) if db is not None else None
+    result = {
+        "log": _log_info(log), "settings": applied,
+        "detector_fingerprint": settings.detector.fingerprint(),
+        "counts": {**vars(counts), "incidents": len(rows),
+                   "lifecycle_changes": len(out.changes), "report_versions": len(out.reports)},
+        "totals": totals(rows), "incidents": rows,
+        "seconds": round(seconds, 3),
+        "events_per_second": round(counts.events / max(seconds, 1e-9)),
+        "db": None if db is None else {"path": str(db), "rows": written},
+    }
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode())
+        return
+    console = Console()
+    console.print(incidents_table(rows, f"{len(rows)} incident(s)"))
+    t = totals(rows)
+    err.print(f"replayed {counts.events:,} events, {counts.signals:,} signals and "
+              f"{counts.span_records:,} span records in {seconds:.2f}s "
+              f"({result['events_per_second']:,} events/s): {t['incidents']} incidents, "
+              f"{t['pages']} pages, median time to detect "
+              f"{_secs(t['median_time_to_detect_ms'])}; {counts.dead_letters} dead letters"
+              + (f"; {written:,} rows in {db}" if db is not None else ""))
+
+
+# ---------------------------------------------------------------------- what-if
+
+
+@click.command(name="what-if", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", required=True,
+              help="The change to try: detector.<setting>=VALUE or "
+                   "triage.correlation_window_ms=MS. Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def what_if_command(directory: Path, sets: tuple[str, ...], as_json: bool) -> None:
+    """Replay a recorded log twice, as configured and under a change, and print what the
+    change would have done: incidents only in the baseline, only under the change, and
+    changed, with totals (incidents, pages, median time to detect). ADR 0022.
+
+    \b
+    tocsin what-if DIR --set detector.min_lift=4
+
+    Exit 0 compared (whatever the difference), 1 the log cannot be read, 2 bad arguments.
+    """
+    base = base_settings()
+    changed, triage, applied = settings_with(base, sets)
+    _, base_triage, _ = settings_with(base, ())
+    log = _open(directory)
+    before, _, _ = _run(log, base, base_triage)
+    after, _, _ = _run(log, changed, triage)
+    left, right = rows_of(before), rows_of(after)
+    d = diff(left, right)
+    result = {"log": _log_info(log), "change": applied, **diff_json(d, left, right)}
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode())
+        return
+    print_diff(Console(), result)
+
+
+def print_diff(console: Console, result: Mapping[str, Any]) -> None:
+    change = ", ".join(f"{k}={v}" for k, v in result["change"].items()) or "nothing"
+    console.print(f"what if {escape(change)}:")
+    if result["empty"]:
+        console.print(f"no difference ({result['unchanged']} incidents the same)")
+    if result["only_baseline"]:
+        console.print(incidents_table(result["only_baseline"], "only in the baseline "
+                                      "(would not open)"))
+    if result["only_change"]:
+        console.print(incidents_table(result["only_change"], "only under the change "
+                                      "(would open)"))
+    if result["changed"]:
+        table = Table(title="changed", title_justify="left")
+        for name in ("incident", "family", "field", "baseline", "change"):
+            table.add_column(name, overflow="fold")
+        for c in result["changed"]:
+            for f in c["fields"]:
+                a, b = c["baseline"][f], c["change"][f]
+                if f.endswith("_ms") and f != "time_to_detect_ms":
+                    a, b = _iso(a), _iso(b)
+                table.add_row(str(c["baseline"]["id"]), escape(str(c["baseline"]["family"])),
+                              f, escape(str(a)), escape(str(b)))
+        console.print(table)
+    tb, tc = result["totals"]["baseline"], result["totals"]["change"]
+    table = Table(title="totals", title_justify="left")
+    for name in ("", "baseline", "change"):
+        table.add_column(name)
+    table.add_row("incidents", str(tb["incidents"]), str(tc["incidents"]))
+    table.add_row("pages", str(tb["pages"]), str(tc["pages"]))
+    table.add_row("median time to detect", _secs(tb["median_time_to_detect_ms"]),
+                  _secs(tc["median_time_to_detect_ms"]))
+    table.add_row("unchanged incidents", str(result["unchanged"]), "")
+    console.print(table)
