@@ -15,6 +15,14 @@ GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "golden" / "demo.json
                     .read_text())
 
 
+def replay(directory: Path, *args: str) -> dict[str, Any]:
+    """`tocsin replay DIR --json` of a demo's export (the default topic names)."""
+    done = subprocess.run([sys.executable, "-P", "-m", "tocsin", "replay", str(directory),
+                           "--json", *args], capture_output=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    return dict(json.loads(done.stdout))
+
+
 def demo(*args: str) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-P", "-m", "tocsin", "demo", "--json", *args],
                           capture_output=True, timeout=180, check=False)
@@ -22,8 +30,8 @@ def demo(*args: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
-def test_the_wide_event_demo_opens_resolves_and_reports_dependency() -> None:
-    result = demo()
+def test_the_wide_event_demo_opens_resolves_and_reports_dependency(tmp_path: Path) -> None:
+    result = demo("--export", str(tmp_path / "log"))
     assert result["family"] == "checkout:payment.charge:PMT_502"
     # The on-call acknowledges through the actions API, 90 s after onset (a fixed time,
     # so the report with its response section keeps its pinned hash).
@@ -46,10 +54,16 @@ def test_the_wide_event_demo_opens_resolves_and_reports_dependency() -> None:
     assert len({t["notification_id"] for t in told}) == len(told)
     assert (result["cause"], result["cause_rule"]) == ("dependency", "dependency_signal")
     assert {k: result[k] for k in GOLDEN["events"]} == GOLDEN["events"]
+    # Its recorded input, replayed offline (issue 13): the same incident, cause and hash.
+    replayed = replay(tmp_path / "log")
+    assert [(r["id"], r["report_hash"], r["rule"], r["status"])
+            for r in replayed["incidents"]] == [
+        (GOLDEN["events"]["incident_id"], GOLDEN["events"]["report_hash"],
+         "dependency_signal", "resolved")]
 
 
-def test_the_trace_demo_names_payment_as_origin_from_spans_alone() -> None:
-    result = demo("--traces")
+def test_the_trace_demo_names_payment_as_origin_from_spans_alone(tmp_path: Path) -> None:
+    result = demo("--traces", "--export", str(tmp_path / "log"))
     assert result["family"] == "checkout:POST /api/checkout:HTTP_502"
     assert result["incidents"] == [
         "checkout:POST /api/checkout:HTTP_502", "frontend:GET /cart/checkout:HTTP_502",
@@ -66,3 +80,9 @@ def test_the_trace_demo_names_payment_as_origin_from_spans_alone() -> None:
     assert (result["affected_requests"], result["distinct_users"]) == (120, 4)
     assert result["propagation_capture"] == "ok"
     assert {k: result[k] for k in GOLDEN["traces"]} == GOLDEN["traces"]
+    # Replayed offline from the spans and translated events it recorded (issue 13).
+    replayed = replay(tmp_path / "log")
+    assert sorted(r["family"] for r in replayed["incidents"]) == result["incidents"]
+    assert {(r["id"], r["report_hash"]) for r in replayed["incidents"]} >= {
+        (GOLDEN["traces"]["incident_id"], GOLDEN["traces"]["report_hash"])}
+    assert replayed["counts"]["traces_closed"] > 0

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from tests.integration.harness import (
@@ -54,12 +59,24 @@ def reference(broker: str, log: list[dict[str, Any]], tmp_path_factory: pytest.T
     worker = WorkerProc(broker, names, db).start()
     try:
         worker.wait_projected(len(log))
+        worker.wait_triaged()  # every report version made and acknowledged,
+        worker.wait_caught_up()  # and in DuckDB
     finally:
         assert worker.stop() == 0
     rows = dump(db)
     assert len(rows["incidents"]) == 4, rows["incidents"]
     records = incident_records(broker, names.incidents)
-    return {"names": names, "rows": rows, "records": records}
+    return {"names": names, "rows": rows, "records": records, "db": db}
+
+
+def latest_reports(db: Path) -> dict[str, str]:
+    """Each incident's latest report hash in a DuckDB file (the last version written)."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return dict(con.execute("SELECT incident_id, arg_max(report_hash, written_seq) "
+                                "FROM triage_reports GROUP BY incident_id").fetchall())
+    finally:
+        con.close()
 
 
 def _ids(records: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -153,6 +170,31 @@ def test_sigkill_mid_stream_then_restart_leaves_duckdb_identical(
     assert dump(db) == reference["rows"]
     records = incident_records(broker, names.incidents)
     assert _ids(records) == _ids(reference["records"]), "no duplicate or lost lifecycle event"
+
+
+def test_the_exported_log_replays_offline_to_the_same_rows_ids_and_report_hashes(
+        broker: str, reference: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 13: `tocsin export` of the reference run's input, `tocsin replay` of it with no
+    broker: the same DuckDB rows (incidents, lifecycle, window counts) and each incident's
+    last report hash the same as the live worker's."""
+    env = {**os.environ, **reference["names"].env()}
+    out, db = tmp_path / "log", tmp_path / "replayed.duckdb"
+    tocsin = [sys.executable, "-P", "-m", "tocsin"]
+    done = subprocess.run([*tocsin, "export", "--broker", broker, "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*tocsin, "replay", str(out), "--db", str(db), "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    replayed = json.loads(done.stdout)
+    live = latest_reports(reference["db"])
+    assert len(live) == 4
+    assert {r["id"]: r["report_hash"] for r in replayed["incidents"]} == live
+    assert dump(db) == reference["rows"]
+    assert latest_reports(db) == live
+    assert replayed["counts"]["events"] == sum(
+        f["count"] for f in json.loads((out / "manifest.json").read_text())["files"]
+        if f["topic"] == reference["names"].events)
 
 
 def test_week_old_timestamps_are_windowed_by_event_time(broker: str, tmp_path: Path) -> None:
