@@ -8,7 +8,7 @@ import math
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tocsin.processors.family import escape
 from tocsin.processors.rules_syntax import (
@@ -17,6 +17,7 @@ from tocsin.processors.rules_syntax import (
     RulesError,
     Section,
     compile_glob,
+    format_duration,
     globs_intersect,
     number_text,
     parse_duration,
@@ -29,6 +30,7 @@ DEFAULT_MIN_REQUESTS = 20
 DEFAULT_QUANTILE = 0.95
 DEFAULT_PERSISTENT_AFTER_MS = 600_000
 DEFAULT_REASONS = ("CrashLoopBackOff",)
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------- the parsed rules
@@ -233,6 +235,17 @@ LATENCY_KEYS = (*_STEP_KEYS, "threshold_ms", "lift", "quantile")
 RUNTIME_KEYS = ("enabled", "persistent_after", "reasons")
 
 
+def file_form(norm: str, value: Any) -> str:
+    """A normalised setting as the file would write it: ``window = "10m"``."""
+    if value is None:
+        shown = '"off"'
+    elif norm.endswith("_ms"):
+        shown = f'"{format_duration(value)}"'
+    else:
+        shown = repr(value)
+    return f"{FILE_KEY[norm]} = {shown}"
+
+
 def did_you_mean(key: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -242,8 +255,8 @@ def setting(key: str, value: Any) -> tuple[str, Any]:
     """One [defaults] or [[override]] setting checked: (normalised key, value);
     ValueError naming the key when it is not one or its value is wrong."""
     if key not in SETTINGS:
-        raise ValueError(f"unknown setting {key!r}{did_you_mean(key, SETTINGS)}; "
-                         f"settings are {', '.join(SETTINGS)}")
+        hint = did_you_mean(key, SETTINGS) or f"; settings are {', '.join(SETTINGS)}"
+        raise ValueError(f"unknown setting {key!r}{hint}")
     norm, check = SETTINGS[key]
     return norm, check(key, value)
 
@@ -292,10 +305,11 @@ class _Reader:
                              "read)", self.index.top_line(name), self.source)
         return header, doc[name]
 
-    def check(self, section: Section, context: str, key: str,
-              checked: Callable[[], Any]) -> Any:
+    def check(self, section: Section, context: str, key: str, checked: Callable[..., _T],
+              *args: Any, **kwargs: Any) -> _T:
+        """``checked(*args, **kwargs)``; its ValueError becomes a RulesError at ``key``."""
         try:
-            return checked()
+            return checked(*args, **kwargs)
         except ValueError as exc:
             raise self.fail(section, key, context, str(exc)) from None
 
@@ -304,8 +318,8 @@ class _Reader:
         known = tuple(known)
         for key in table:
             if key not in known:
-                raise self.fail(section, key, context, f"unknown key {key!r}"
-                                f"{did_you_mean(key, known)}; keys here: {', '.join(known)}")
+                hint = did_you_mean(key, known) or f"; keys here: {', '.join(known)}"
+                raise self.fail(section, key, context, f"unknown key {key!r}{hint}")
 
     def settings(self, section: Section, context: str, table: Mapping[str, Any],
                  skip: Iterable[str] = ()) -> dict[str, Any]:
@@ -314,8 +328,7 @@ class _Reader:
         found: dict[str, Any] = {}
         for key, value in table.items():
             if key not in skip:
-                norm, checked = self.check(section, context, key, lambda k=key, v=value:
-                                           setting(k, v))
+                norm, checked = self.check(section, context, key, setting, key, value)
                 found[norm] = checked
         return dict(sorted(found.items()))
 
@@ -323,7 +336,7 @@ class _Reader:
              key: str) -> str | None:
         if key not in table:
             return None
-        return str(self.check(section, context, key, lambda: _text(key, table[key])))
+        return self.check(section, context, key, _text, key, table[key])
 
     def glob(self, section: Section, context: str, table: Mapping[str, Any],
              key: str) -> Glob | None:
@@ -344,8 +357,9 @@ def parse_document(doc: Mapping[str, Any], index: LineIndex, source: str) -> Rul
         raise RulesError(message, line, source)
     for key in doc:
         if key not in TOP:
-            raise RulesError(f"unknown key or table {key!r}{did_you_mean(key, TOP)}; the "
-                             f"file has {', '.join(TOP)}", index.top_line(key), source)
+            hint = did_you_mean(key, TOP) or f"; the file has {', '.join(TOP)}"
+            raise RulesError(f"unknown key or table {key!r}{hint}", index.top_line(key),
+                             source)
     if "version" not in doc:
         raise RulesError(f"version is required: start the file with version = "
                          f"{RULES_VERSION}", 1, source)
@@ -402,10 +416,10 @@ def _step_fields(r: _Reader, section: Section, context: str,
         "service": r.text(section, context, table, "service"),
         "step": r.glob(section, context, table, "step"),
         "env": r.text(section, context, table, "env"),
-        "min_requests": r.check(section, context, "min_requests",
-                                lambda: _integer("min_requests", min_requests, 1)),
+        "min_requests": r.check(section, context, "min_requests", _integer, "min_requests",
+                                min_requests, 1),
         "window_ms": None if window is None else r.check(
-            section, context, "window", lambda: _duration("window", window, positive=True)),
+            section, context, "window", _duration, "window", window, positive=True),
     }
 
 
@@ -431,8 +445,8 @@ def _error_rates(r: _Reader, doc: Mapping[str, Any]) -> tuple[ErrorRateRule, ...
         if "threshold" not in table:
             raise r.fail(section, None, context, "threshold is required: the share of "
                          "failing requests above which it opens, 0 < threshold <= 1")
-        threshold = r.check(section, context, "threshold", lambda t=table: _number(
-            "threshold", t["threshold"], 0.0, 1.0, low_open=True))
+        threshold = r.check(section, context, "threshold", _number, "threshold",
+                            table["threshold"], 0.0, 1.0, low_open=True)
         found.append(ErrorRateRule(n, **fields, threshold=threshold))
     _no_twins(r, found, "error_rate", [s for s, _ in entries])
     return tuple(found)
@@ -449,14 +463,13 @@ def _latencies(r: _Reader, doc: Mapping[str, Any]) -> tuple[LatencyRule, ...]:
             raise r.fail(section, None, context, "give threshold_ms (milliseconds), lift "
                          "(x the baseline), or both")
         threshold_ms = None if "threshold_ms" not in table else r.check(
-            section, context, "threshold_ms", lambda t=table: _number(
-                "threshold_ms", t["threshold_ms"], 0.0, low_open=True))
+            section, context, "threshold_ms", _number, "threshold_ms", table["threshold_ms"],
+            0.0, low_open=True)
         lift = None if "lift" not in table else r.check(
-            section, context, "lift", lambda t=table: _number("lift", t["lift"], 1.0,
-                                                              low_open=True))
-        quantile = r.check(section, context, "quantile", lambda t=table: _number(
-            "quantile", t.get("quantile", DEFAULT_QUANTILE), 0.0, 1.0, low_open=True,
-            high_open=True))
+            section, context, "lift", _number, "lift", table["lift"], 1.0, low_open=True)
+        quantile = r.check(section, context, "quantile", _number, "quantile",
+                           table.get("quantile", DEFAULT_QUANTILE), 0.0, 1.0, low_open=True,
+                           high_open=True)
         found.append(LatencyRule(n, **fields, threshold_ms=threshold_ms, lift=lift,
                                  quantile=quantile))
     _no_twins(r, found, "latency", [s for s, _ in entries])
@@ -473,9 +486,8 @@ def _runtime(r: _Reader, doc: Mapping[str, Any]) -> RuntimeRule:
     if not isinstance(enabled, bool):
         raise r.fail(section, "enabled", "[runtime]",
                      f"enabled must be true or false (got {show(enabled)})")
-    after = r.check(section, "[runtime]", "persistent_after", lambda: _duration(
-        "persistent_after", table.get("persistent_after", DEFAULT_PERSISTENT_AFTER_MS),
-        positive=True))
+    after = r.check(section, "[runtime]", "persistent_after", _duration, "persistent_after",
+                    table.get("persistent_after", DEFAULT_PERSISTENT_AFTER_MS), positive=True)
     reasons = table.get("reasons", list(DEFAULT_REASONS))
     if not isinstance(reasons, list) or not reasons or not all(
             isinstance(x, str) and x for x in reasons):
@@ -516,8 +528,8 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
             raise RulesError(f"{item!r}: expected KEY=VALUE, such as detector.min_lift=4",
                              None, "--set")
         if name not in SET_KEYS:
-            raise RulesError(f"{item!r}: unknown key {name!r}{did_you_mean(name, SET_KEYS)}; "
-                             f"keys are {', '.join(SET_KEYS)}", None, "--set")
+            hint = did_you_mean(name, SET_KEYS) or f"; keys are {', '.join(SET_KEYS)}"
+            raise RulesError(f"{item!r}: unknown key {name!r}{hint}", None, "--set")
         key = SET_KEYS[name]
         value = _set_value(text.strip())
         try:

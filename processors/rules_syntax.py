@@ -46,6 +46,14 @@ def parse_duration(value: object) -> int:
     raise ValueError(f"a duration is {DURATION_FORMS} (got {show(value)})")
 
 
+def format_duration(ms: int) -> str:
+    """The shortest spelling of a duration: 600000 -> "10m", 45000 -> "45s", 0 -> "0ms"."""
+    for unit in ("d", "h", "m", "s"):
+        if ms and ms % UNITS_MS[unit] == 0:
+            return f"{ms // UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
 # ---------------------------------------------------------------------- values in messages
 
 _TOML_TYPES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",

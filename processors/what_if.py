@@ -1,11 +1,16 @@
 """What a replay concluded, per incident, and the difference between two replays of one
 recorded log (``tocsin replay``, ``tocsin what-if``; ADR 0022).
 
-An incident's row comes from its lifecycle changes and its last report: when it began
-(``onset_ms``) and when detection opened it (``detected_ms``, the event time of its
-``opened`` change), how it stands, its counts, the likely cause and the rule that named
-it, and the report hash. ``pages`` counts the changes PagerDuty would have been sent a
-``trigger`` for (ADR 0017).
+An incident's row comes from its lifecycle changes and its last report: its onset and
+when detection opened it (``detected_ms``, the event time of its ``opened`` change), how
+it stands, its counts, the likely cause and the rule that named it, and the report hash.
+``pages`` counts the changes PagerDuty would have been sent a ``trigger`` for (ADR 0017).
+
+**Time to detect** is ``detected_ms`` minus the spike's start: the first bucket of the run
+of buckets, ending at the opening, in which the family's errors stood above its baseline's
+level per bucket (the baseline window count x bucket / window), read from the timeline the
+``opened`` change carries (ADR 0019; at most its 5 minutes before onset). A rule that
+waits for more errors opens later in the same spike, and its time to detect is longer.
 
 Two replays are compared incident by incident. The same id (same family, same onset)
 pairs two rows; then, family by family (and env), rows whose active spans overlap pair in
@@ -28,10 +33,29 @@ COMPARED = ("onset_ms", "detected_ms", "status", "phase", "resolved_ms", "peak_c
 """The fields a changed incident is compared on, in the order they are reported."""
 
 
+def spike_start_ms(opened: Mapping[str, Any], window_ms: int) -> int:
+    """When the spike an ``opened`` change reports began (see the module's docstring);
+    its ``at_ms`` without a timeline."""
+    timeline = opened.get("timeline") or {}
+    at = int(opened["at_ms"])
+    points = [p for p in timeline.get("points") or () if int(p["t_ms"]) <= at]
+    if not points:
+        return at
+    level = float(opened.get("baseline") or 0.0) * int(timeline["bucket_ms"]) / window_ms
+    start = at
+    for point in reversed(points):
+        if int(point["errors"]) <= level:
+            break
+        start = int(point["t_ms"])
+    return min(start, at)
+
+
 def incident_rows(events: Iterable[Mapping[str, Any]],
-                  reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+                  reports: Mapping[str, Mapping[str, Any]], window_ms: int
+                  ) -> list[dict[str, Any]]:
     """One row per incident from its lifecycle changes (any order; ``updated`` news is
-    not a change) and its last report, ordered by (onset, id)."""
+    not a change) and its last report, ordered by (onset, id). ``window_ms`` is the
+    detector's window (the baseline's unit)."""
     by_id: dict[str, list[Mapping[str, Any]]] = {}
     for event in events:
         if event["kind"] != "updated":
@@ -40,14 +64,14 @@ def incident_rows(events: Iterable[Mapping[str, Any]],
     for incident_id, changes in by_id.items():
         changes = sorted(changes, key=lambda e: int(e["seq"]))
         last = changes[-1]
-        opened = next((int(e["at_ms"]) for e in changes if e["kind"] == "opened"),
-                      int(changes[0]["at_ms"]))
+        first = next((e for e in changes if e["kind"] == "opened"), changes[0])
+        opened = int(first["at_ms"])
         report = reports.get(incident_id) or {}
         cause = report.get("cause") or {}
         rows.append({
             "id": incident_id, "family": last["family"], "env": last["env"],
             "service": last["service"], "onset_ms": int(last["onset_ms"]),
-            "detected_ms": opened, "time_to_detect_ms": opened - int(last["onset_ms"]),
+            "detected_ms": opened, "time_to_detect_ms": opened - spike_start_ms(first, window_ms),
             "status": last["status"], "phase": last.get("phase") or "triggered",
             "resolved_ms": int(last["at_ms"]) if last["status"] == "resolved" else None,
             "seq": int(last["seq"]), "peak_count": int(last["peak_count"]),

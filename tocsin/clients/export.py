@@ -618,6 +618,34 @@ def build_manifest(*, broker: str, files: Sequence[FileSummary], selection: dict
     }
 
 
+def write_export(directory: Path | str, records: Iterable[tuple[str, int, LogRecord]],
+                 *, broker: str = "(written directly)") -> dict[str, Any]:
+    """An export directory of ``(topic, partition, record)`` items (each partition's in
+    increasing offset order), as ``tocsin export`` lays one out: for tests, benchmarks and
+    logs recorded elsewhere. Returns the manifest written."""
+    root = Path(directory)
+    writers: dict[tuple[str, int], LogWriter] = {}
+    try:
+        for topic, partition, rec in records:
+            w = writers.get((topic, partition))
+            if w is None:
+                (root / topic).mkdir(parents=True, exist_ok=True)
+                w = writers[(topic, partition)] = LogWriter(
+                    root / file_path(topic, partition), topic, partition, relative_to=root)
+            w.write_record(rec)
+        files = [w.close() for w in writers.values()]
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    topics = sorted({t for t, _ in writers})
+    manifest = build_manifest(broker=broker, files=files, selection={
+        "topics": topics, "topics_given": True, "from": None, "from_ms": None, "to": None,
+        "to_ms": None})
+    write_manifest(root, manifest)
+    return manifest
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> bytes:
     data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     tmp = directory / (MANIFEST + ".tmp")

@@ -119,8 +119,8 @@ def lifecycle_of(out: Outputs) -> list[dict[str, Any]]:
     return [change.to_dict() for _, change in out.changes]
 
 
-def rows_of(out: Outputs) -> list[dict[str, Any]]:
-    return incident_rows(lifecycle_of(out), out.final)
+def rows_of(out: Outputs, settings: Settings) -> list[dict[str, Any]]:
+    return incident_rows(lifecycle_of(out), out.final, settings.detector.window_ms)
 
 
 def _iso(ms: int | None) -> str:
@@ -133,17 +133,22 @@ def _secs(ms: int | float | None) -> str:
     return "-" if ms is None else f"{ms / 1000:g}s"
 
 
-def incidents_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for name in ("incident", "family", "env", "onset", "detect", "status", "cause (rule)",
-                 "report hash"):
-        table.add_column(name, overflow="fold")
+def incident_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Two lines an incident: id and family, then when, how it stands, cause and hash."""
+    out = []
     for r in rows:
-        table.add_row(str(r["id"]), escape(str(r["family"])), escape(str(r["env"])),
-                      _iso(r["onset_ms"]), _secs(r["time_to_detect_ms"]),
-                      f"{r['status']}/{r['phase']}", f"{r['cause']} ({r['rule']})",
-                      str(r["report_hash"] or "-")[:19])
-    return table
+        out.append(f"{r['id']}  {r['family']} ({r['env']})")
+        out.append(f"    onset {_iso(r['onset_ms'])}, detected after "
+                   f"{_secs(r['time_to_detect_ms'])}, {r['phase']}; {r['cause']} "
+                   f"({r['rule']}); {r['report_hash'] or 'no report'}")
+    return out
+
+
+def _print_incidents(console: Console, rows: Sequence[Mapping[str, Any]], title: str
+                     ) -> None:
+    console.print(escape(title), highlight=False)
+    for line in incident_lines(rows):
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 class _Rec:
@@ -254,7 +259,7 @@ def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
         raise click.BadParameter(f"{db} exists; replay writes a new file", param_hint="--db")
     log = _open(directory)
     out, counts, seconds = _run(log, settings, triage)
-    rows = rows_of(out)
+    rows = rows_of(out, settings)
     written = write_db(db, settings, log, out) if db is not None else None
     result = {
         "log": _log_info(log), "settings": applied,
@@ -269,8 +274,7 @@ def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode())
         return
-    console = Console()
-    console.print(incidents_table(rows, f"{len(rows)} incident(s)"))
+    _print_incidents(Console(), rows, f"{len(rows)} incident{'s' * (len(rows) != 1)}:")
     t = totals(rows)
     err.print(f"replayed {counts.events:,} events, {counts.signals:,} signals and "
               f"{counts.span_records:,} span records in {seconds:.2f}s "
@@ -305,7 +309,7 @@ def what_if_command(directory: Path, sets: tuple[str, ...], as_json: bool) -> No
     log = _open(directory)
     before, _, _ = _run(log, base, base_triage)
     after, _, _ = _run(log, changed, triage)
-    left, right = rows_of(before), rows_of(after)
+    left, right = rows_of(before, base), rows_of(after, changed)
     d = diff(left, right)
     result = {"log": _log_info(log), "change": applied, **diff_json(d, left, right)}
     if as_json:
@@ -320,23 +324,25 @@ def print_diff(console: Console, result: Mapping[str, Any]) -> None:
     if result["empty"]:
         console.print(f"no difference ({result['unchanged']} incidents the same)")
     if result["only_baseline"]:
-        console.print(incidents_table(result["only_baseline"], "only in the baseline "
-                                      "(would not open)"))
+        _print_incidents(console, result["only_baseline"],
+                         "only in the baseline (would not open under the change):")
     if result["only_change"]:
-        console.print(incidents_table(result["only_change"], "only under the change "
-                                      "(would open)"))
+        _print_incidents(console, result["only_change"],
+                         "only under the change (would open):")
     if result["changed"]:
-        table = Table(title="changed", title_justify="left")
-        for name in ("incident", "family", "field", "baseline", "change"):
-            table.add_column(name, overflow="fold")
+        console.print("changed:")
         for c in result["changed"]:
+            before, after = c["baseline"], c["change"]
+            lines = [f"{before['id']}  {before['family']} ({before['env']})"]
+            if after["id"] != before["id"]:
+                lines.append(f"    id: {before['id']} -> {after['id']}")
             for f in c["fields"]:
-                a, b = c["baseline"][f], c["change"][f]
-                if f.endswith("_ms") and f != "time_to_detect_ms":
+                a, b = before[f], after[f]
+                if f.endswith("_ms"):
                     a, b = _iso(a), _iso(b)
-                table.add_row(str(c["baseline"]["id"]), escape(str(c["baseline"]["family"])),
-                              f, escape(str(a)), escape(str(b)))
-        console.print(table)
+                lines.append(f"    {f}: {a} -> {b}")
+            for line in lines:
+                console.print(escape(line), highlight=False, soft_wrap=True)
     tb, tc = result["totals"]["baseline"], result["totals"]["change"]
     table = Table(title="totals", title_justify="left")
     for name in ("", "baseline", "change"):
