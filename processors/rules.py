@@ -26,6 +26,7 @@ from tocsin.processors.config import DetectorConfig
 from tocsin.processors.family import escape
 from tocsin.processors.rules_parse import (
     DETECTOR_KEYS,
+    FILE_KEY,
     ErrorRateRule,
     LatencyRule,
     Override,
@@ -54,6 +55,7 @@ __all__ = [
     "RuleSet",
     "RulesError",
     "RuntimeRule",
+    "canonical_json",
     "load_rules",
     "load_rules_file",
     "parse_duration",
@@ -250,18 +252,24 @@ class RuleSet:
         family's settings are always one of those, so nothing fails later."""
         if base is self._checked:
             return
-        self._validated(base, self._detector_defaults(), "[defaults]",
-                        self.rules.defaults_line)
+        given = sorted(FILE_KEY[k] for k in self.rules.from_set)
+        self._validated(base, self._detector_defaults(), "[defaults]" + (
+            f" (with --set {', '.join(given)})" if given else ""), self.rules.defaults_line)
         for o in self.rules.overrides:
-            self._validated(base, {**self._detector_defaults(), **o.settings},
+            self._validated(base, {**self._detector_defaults(), **_detector(o.settings)},
                             f"override #{o.index}", o.line)
-        pair = {"window_ms", "baseline_windows"}
+        pair = ("baseline_windows", "window_ms")
+        seen: set[tuple[tuple[str, Any], ...]] = set()  # (window, baseline) combinations
+        wb = {o.index: set(pair) & set(o.settings) for o in self._ranked}
         for i, high in enumerate(self._ranked):
             for low in self._ranked[i + 1:]:
-                gives = (pair & set(low.settings)) - set(high.settings)
-                if gives and pair & set(high.settings) and _overlap(high, low):
-                    self._validated(base, {**self._detector_defaults(), **low.settings,
-                                           **high.settings},
+                if not (wb[high.index] and wb[low.index] - wb[high.index]):
+                    continue  # the two give no window and baseline pair of their own
+                combo = tuple((k, (high if k in wb[high.index] else low).settings[k])
+                              for k in pair)
+                if combo not in seen and _overlap(high, low):
+                    seen.add(combo)
+                    self._validated(base, {**self._detector_defaults(), **dict(combo)},
                                     f"override #{high.index} with {low.label}, which can "
                                     "apply to the same families", high.line)
         for kind, rules in (("error_rate", self.rules.error_rate),
@@ -274,7 +282,7 @@ class RuleSet:
         self._checked = base
 
     def _detector_defaults(self) -> dict[str, Any]:
-        return {k: v for k, v in self.rules.defaults.items() if k in DETECTOR_KEYS}
+        return _detector(self.rules.defaults)
 
     def with_defaults(self, overrides: Mapping[str, Any],
                       base: DetectorConfig | None = None) -> RuleSet:
@@ -296,6 +304,11 @@ class RuleSet:
         if base is not None:
             found.check(base)
         return found
+
+
+def _detector(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that are DetectorConfig's (not triage's correlation window)."""
+    return {k: v for k, v in settings.items() if k in DETECTOR_KEYS}
 
 
 def _overlap(a: Override, b: Override) -> bool:

@@ -346,7 +346,7 @@ class _Reader:
         try:
             return compile_glob(text)
         except ValueError as exc:
-            raise self.fail(section, key, context, f"bad pattern {text!r}: {exc}") from None
+            raise self.fail(section, key, context, f"{key}: bad pattern {text!r}: {exc}") from None
 
 
 def parse_document(doc: Mapping[str, Any], index: LineIndex, source: str) -> Rules:
@@ -364,7 +364,7 @@ def parse_document(doc: Mapping[str, Any], index: LineIndex, source: str) -> Rul
         raise RulesError(f"version is required: start the file with version = "
                          f"{RULES_VERSION}", 1, source)
     version = doc["version"]
-    if isinstance(version, bool) or version != RULES_VERSION:
+    if type(version) is not int or version != RULES_VERSION:
         raise RulesError(f"this Tocsin reads rules version {RULES_VERSION} (got "
                          f"{show(version)})", index.top_line("version"), source)
     defaults: dict[str, Any] = {}

@@ -43,7 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import click
 from rich.console import Console
@@ -92,8 +92,9 @@ class RecordedLogError(Exception):
         super().__init__(f"{source}: {problem}{at}")
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+class LogRecord(NamedTuple):
+    """One record as the file holds it (a named tuple: a replay makes one per record)."""
+
     offset: int
     timestamp_ms: int
     key: bytes | None
@@ -390,6 +391,12 @@ class _Stream:
     def records(self) -> Iterator[LogRecord]:
         count = 0
         while True:
+            run = self._parse_plain()
+            if run:
+                count += len(run)
+                self.last_offset = run[-1].offset
+                yield from run
+                continue
             rec = self._parse_one()
             if rec is None:  # incomplete in the buffer: more, or truncated
                 if not self.fill():
@@ -422,6 +429,41 @@ class _Stream:
         if p + length > len(buf):
             return None
         return buf[p:p + length], p + length
+
+    def _parse_plain(self) -> list[LogRecord]:
+        """The records from ``pos`` on that have no headers and are whole in the buffer,
+        parsed in one tight loop (``pos`` moves past them); it stops, leaving the rest to
+        :meth:`_parse_one`, at anything else: headers, the trailer, damage, a cut."""
+        buf, p = self.buf, self.pos
+        end = len(buf)
+        last = -1 if self.last_offset is None else self.last_offset
+        rec_at, plain_at = _REC.unpack_from, _NO_HEADERS.unpack_from
+        out: list[LogRecord] = []
+        append = out.append
+        while p + 28 <= end:  # offset, timestamp, key length, header count, value length
+            offset, ts, klen = rec_at(buf, p)
+            if offset <= last or klen < -1:
+                break
+            q = p + 20
+            key = None
+            if klen >= 0:
+                key = buf[q:q + klen]
+                q += klen
+            if q + 8 > end:
+                break
+            nh, vlen = plain_at(buf, q)
+            if nh or vlen < -1 or q + 8 + max(vlen, 0) > end:
+                break
+            q += 8
+            value = None
+            if vlen >= 0:
+                value = buf[q:q + vlen]
+                q += vlen
+            append(LogRecord(offset, ts, key, value, ()))
+            last = offset
+            p = q
+        self.pos = p
+        return out
 
     def _parse_one(self) -> LogRecord | object | None:
         """The record at ``pos`` (``pos`` moves past it), :data:`_TRAILER`, or None when

@@ -22,7 +22,10 @@ makes its own. Decisions are in event time, so nothing here reads a clock.
 from __future__ import annotations
 
 import heapq
+import multiprocessing
+import multiprocessing.context
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +216,42 @@ class RecordedLog:
                               f"{entry['count']} to {entry['last_offset']}")
 
 
+def detect_partition(settings: Settings, log: RecordedLog, partition: int
+                     ) -> tuple[Outputs, int]:
+    """One events partition through detection: what it produced, and records read."""
+    out = Outputs()
+    read = ReplayDetection(settings, out).run(
+        partition, log.records(settings.topics.events, partition))
+    return out, read
+
+
+def detect_partitions(settings: Settings, log: RecordedLog, partitions: list[int]
+                      ) -> dict[int, tuple[Outputs, int]]:
+    """:func:`detect_partition` of each (in a pool's process)."""
+    return {p: detect_partition(settings, log, p) for p in partitions}
+
+
+def _groups(log: RecordedLog, topic: str, partitions: list[int], jobs: int
+            ) -> list[list[int]]:
+    """Partitions in at most ``jobs`` groups of about as many records (largest first)."""
+    jobs = max(1, min(jobs, len(partitions)))
+    groups: list[list[int]] = [[] for _ in range(jobs)]
+    sizes = [0] * jobs
+    for p in sorted(partitions, key=lambda p: (-int(log.files[topic][p]["count"]), p)):
+        i = sizes.index(min(sizes))
+        groups[i].append(p)
+        sizes[i] += int(log.files[topic][p]["count"]) + 1
+    return [sorted(g) for g in groups if g]
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """fork where there is one (the modules are loaded already), the default elsewhere."""
+    try:
+        return multiprocessing.get_context("fork")
+    except ValueError:  # pragma: no cover - platforms without fork
+        return multiprocessing.get_context()
+
+
 def owner_of(service: str, partitions: int) -> int:
     """The summaries (triage) partition of a service, as the worker's partitioner puts it."""
     return int(murmur2(service.encode()) & 0x7FFFFFFF) % partitions
@@ -291,20 +330,38 @@ class Replay:
         self.counts = Counts()
         self.folds: list[TriageLoop] = []
 
-    def run(self, log: RecordedLog) -> Outputs:
+    def run(self, log: RecordedLog, jobs: int = 1) -> Outputs:
+        """Replay ``log``: detection's partitions on ``jobs`` processes (each partition is
+        independent; their outputs are taken in partition order, so the result does not
+        depend on ``jobs``), trace assembly meanwhile, then triage."""
         s = self.settings
         events = log.partitions(s.topics.events)
-        detection = ReplayDetection(s, self.out)
-        for p in events:
-            self.counts.events += detection.run(p, log.records(s.topics.events, p))
+        groups = _groups(log, s.topics.events, events, jobs)
         partitions = max(len(events), 1)
         traces = TraceReplay(s, partitions)
-        traces.run(log, self.counts, self.out)
+        if len(groups) <= 1:
+            for p in events:
+                self._take(p, *detect_partition(s, log, p))
+            traces.run(log, self.counts, self.out)
+        else:
+            with ProcessPoolExecutor(len(groups), mp_context=_context()) as pool:
+                futures = [pool.submit(detect_partitions, s, log, g) for g in groups]
+                traces.run(log, self.counts, self.out)
+                done = {p: r for f in futures for p, r in f.result().items()}
+            for p in events:
+                self._take(p, *done[p])
         self.counts.traces_closed = traces.closed
         self.counts.summaries = len(self.out.summaries)
         self._triage(log, partitions)
         self.counts.dead_letters = len(self.out.letters)
         return self.out
+
+    def _take(self, partition: int, out: Outputs, read: int) -> None:
+        self.counts.events += read
+        self.out.changes += out.changes
+        self.out.deploys += out.deploys
+        self.out.letters += out.letters
+        self.out.windows += out.windows
 
     # ------------------------------------------------------------------ triage
 

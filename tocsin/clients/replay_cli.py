@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -107,11 +108,16 @@ def base_settings() -> Settings:
 # ---------------------------------------------------------------------- replay
 
 
-def replay_log(log: RecordedLog, settings: Settings, triage: TriageConfig
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+def replay_log(log: RecordedLog, settings: Settings, triage: TriageConfig, jobs: int = 1
                ) -> tuple[Outputs, Counts, float]:
     started = time.perf_counter()
     replay = Replay(settings, triage)
-    out = replay.run(log)
+    out = replay.run(log, jobs)
     return out, replay.counts, time.perf_counter() - started
 
 
@@ -217,10 +223,10 @@ def _open(directory: Path) -> RecordedLog:
         sys.exit(1)
 
 
-def _run(log: RecordedLog, settings: Settings, triage: TriageConfig
+def _run(log: RecordedLog, settings: Settings, triage: TriageConfig, jobs: int
          ) -> tuple[Outputs, Counts, float]:
     try:
-        return replay_log(log, settings, triage)
+        return replay_log(log, settings, triage, jobs)
     except ReplayError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(1)
@@ -241,9 +247,12 @@ def _log_info(log: RecordedLog) -> dict[str, Any]:
 @click.option("--db", "db", metavar="OUT.duckdb", type=click.Path(dir_okay=False,
                                                                   path_type=Path),
               help="Write the worker's DuckDB tables to this new file.")
+@click.option("--jobs", "jobs", type=click.IntRange(1, 256), default=None, metavar="N",
+              help="Processes for detection's partitions (default: the CPUs this process "
+                   "may use). The result does not depend on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
-                   as_json: bool) -> None:
+                   jobs: int | None, as_json: bool) -> None:
     """Replay a recorded log (`tocsin export`'s DIR) through detection, trace assembly
     and triage, with no broker: the incidents, their causes and report hashes, as the
     worker concluded them (ADR 0022).
@@ -258,7 +267,7 @@ def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
     if db is not None and db.exists():
         raise click.BadParameter(f"{db} exists; replay writes a new file", param_hint="--db")
     log = _open(directory)
-    out, counts, seconds = _run(log, settings, triage)
+    out, counts, seconds = _run(log, settings, triage, jobs or default_jobs())
     rows = rows_of(out, settings)
     written = write_db(db, settings, log, out) if db is not None else None
     result = {
@@ -269,6 +278,7 @@ def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
         "totals": totals(rows), "incidents": rows,
         "seconds": round(seconds, 3),
         "events_per_second": round(counts.events / max(seconds, 1e-9)),
+        "jobs": jobs or default_jobs(),
         "db": None if db is None else {"path": str(db), "rows": written},
     }
     if as_json:
@@ -292,8 +302,12 @@ def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", required=True,
               help="The change to try: detector.<setting>=VALUE or "
                    "triage.correlation_window_ms=MS. Repeatable.")
+@click.option("--jobs", "jobs", type=click.IntRange(1, 256), default=None, metavar="N",
+              help="Processes for detection's partitions (default: the CPUs this process "
+                   "may use). The result does not depend on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def what_if_command(directory: Path, sets: tuple[str, ...], as_json: bool) -> None:
+def what_if_command(directory: Path, sets: tuple[str, ...], jobs: int | None,
+                    as_json: bool) -> None:
     """Replay a recorded log twice, as configured and under a change, and print what the
     change would have done: incidents only in the baseline, only under the change, and
     changed, with totals (incidents, pages, median time to detect). ADR 0022.
@@ -307,8 +321,8 @@ def what_if_command(directory: Path, sets: tuple[str, ...], as_json: bool) -> No
     changed, triage, applied = settings_with(base, sets)
     _, base_triage, _ = settings_with(base, ())
     log = _open(directory)
-    before, _, _ = _run(log, base, base_triage)
-    after, _, _ = _run(log, changed, triage)
+    before, _, _ = _run(log, base, base_triage, jobs or default_jobs())
+    after, _, _ = _run(log, changed, triage, jobs or default_jobs())
     left, right = rows_of(before, base), rows_of(after, changed)
     d = diff(left, right)
     result = {"log": _log_info(log), "change": applied, **diff_json(d, left, right)}
