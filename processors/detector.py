@@ -17,9 +17,9 @@ from __future__ import annotations
 from math import frexp
 from typing import Any
 
-from tocsin.processors import detector_snapshot
-from tocsin.processors.actions import TRANSITIONS as ACTION_TRANSITIONS
-from tocsin.processors.actions import Command, Refusal, check, next_phase
+from tocsin.processors import detector_actions, detector_snapshot
+from tocsin.processors.detector_actions import CLOSED_KEPT_MS as CLOSED_KEPT_MS
+from tocsin.processors.actions import Command, Refusal
 from tocsin.processors.config import DetectorConfig
 from tocsin.processors.detector_state import (
     Counters,
@@ -31,9 +31,7 @@ from tocsin.processors.detector_state import (
 from tocsin.processors.family import Family
 from tocsin.processors.incident_timelines import IncidentTimelines
 from tocsin.processors.lifecycle import (
-    ACTIONS_KEPT,
     IncidentEvent,
-    Kind,
     OpenIncident,
     event,
     incident_id,
@@ -48,10 +46,7 @@ StepKey = tuple[str, str, str]
 SAMPLE_TRACES = 8  # trace ids an incident keeps as samples: its first errors', in log order
 KNOWN_VERSIONS = 8  # versions remembered per (service, env): a rolling deploy's old and
 # new instances interleave, and only a version not seen lately is a deploy
-# Resolved incidents a partition keeps for people's later actions (reopen, notes): for a
-# week of its event time, and at most this many (the oldest resolved go first).
-CLOSED_KEPT_MS = 7 * 24 * 3_600_000
-MAX_CLOSED = 10_000
+MAX_CLOSED = 10_000  # resolved incidents kept for people's actions (oldest resolved go first)
 
 
 class PartitionDetector:
@@ -146,7 +141,7 @@ class PartitionDetector:
 
     # ------------------------------------------------------------------ rules
 
-    def _evaluate(self, fs: FamilyState, index: int) -> tuple[bool, int, float]:
+    def evaluate(self, fs: FamilyState, index: int) -> tuple[bool, int, float]:
         """(qualifies, window count, baseline) of the window ending at bucket ``index``."""
         cfg = self.config
         width = cfg.buckets_per_window
@@ -161,7 +156,7 @@ class PartitionDetector:
             return False, count, base
         return True, count, base
 
-    def _holds(self, fs: FamilyState, index: int) -> bool:
+    def holds(self, fs: FamilyState, index: int) -> bool:
         """Whether the window ending at bucket ``index`` is still at or above the re-arm
         thresholds (ADR 0002, hysteresis): REARM x MIN_COUNT errors, a lift of
         1 + REARM x (MIN_LIFT - 1) over the baseline, REARM x MIN_RATE. An active incident
@@ -189,7 +184,7 @@ class PartitionDetector:
             return
         fs = self.families.get(family)
         if fs is None:
-            fs = self._new_family(family)
+            fs = self.new_family(family)
             if fs is None:
                 return
         fs.buckets[index] = fs.buckets.get(index, 0) + 1
@@ -204,9 +199,9 @@ class PartitionDetector:
                 incident.sample_traces.append(trace_id)
         if incident is not None:
             incident.error_count += 1
-        qualifies, count, base = self._evaluate(fs, now_index)
+        qualifies, count, base = self.evaluate(fs, now_index)
         if incident is None:
-            if not fs.armed and not self._holds(fs, now_index):
+            if not fs.armed and not self.holds(fs, now_index):
                 fs.armed = True
             if qualifies and fs.armed:
                 self._open(fs, clock, count, base, out)
@@ -216,7 +211,7 @@ class PartitionDetector:
             incident.status = "active"
             incident.status_since_ms = clock
             out.append(event(incident, family, "reopened", clock, count, base, fs.last_error_ms,
-                             timeline=self._view(incident.incident_id)))
+                             timeline=self.view(incident.incident_id)))
 
     def _open(
         self, fs: FamilyState, clock: int, count: int, base: float, out: list[IncidentEvent]
@@ -237,7 +232,7 @@ class PartitionDetector:
         self._idle_check_ms = None
         self.timelines.start(family, fs.incident.incident_id, clock)
         out.append(event(fs.incident, family, "opened", clock, count, base, fs.last_error_ms,
-                         timeline=self._view(fs.incident.incident_id)))
+                         timeline=self.view(fs.incident.incident_id)))
 
     def _advance(self, service: str, t_ms: int, out: list[IncidentEvent]) -> None:
         """Move a service's clock forward; evaluate its open incidents at each bucket
@@ -270,15 +265,15 @@ class PartitionDetector:
                 start = max(first, settled)
                 for index in range(start, min(now_index, start + cfg.buckets_per_window - 1)
                                    + 1):
-                    if self._holds(fs, index):
+                    if self.holds(fs, index):
                         continue
-                    _, count, base = self._evaluate(fs, index)
+                    _, count, base = self.evaluate(fs, index)
                     at_ms = index * cfg.bucket_ms
                     incident.status = "recovering"
                     incident.status_since_ms = at_ms
                     out.append(event(incident, family, "recovering", at_ms, count, base,
                                      fs.last_error_ms,
-                                     timeline=self._view(incident.incident_id)))
+                                     timeline=self.view(incident.incident_id)))
                     break
             if incident.status == "recovering":
                 # The quiet stretch: RESOLVE_AFTER with the window below the re-arm level.
@@ -290,7 +285,7 @@ class PartitionDetector:
                     at_ms = index * cfg.bucket_ms
                     if at_ms > quiet + cfg.resolve_after_ms:
                         break
-                    if self._holds(fs, index):
+                    if self.holds(fs, index):
                         quiet = at_ms
                 incident.status_since_ms = quiet
                 due = quiet + cfg.resolve_after_ms
@@ -305,14 +300,14 @@ class PartitionDetector:
         incident.phase = "resolved"
         incident.status_since_ms = at_ms
         index = bucket_index(at_ms, cfg.bucket_ms)
-        _, count, base = self._evaluate(fs, index)
-        self._timeline_resolved(incident.incident_id, at_ms)
+        _, count, base = self.evaluate(fs, index)
+        self.timeline_resolved(incident.incident_id, at_ms)
         out.append(event(incident, fs.family, "resolved", at_ms, count, base, fs.last_error_ms,
-                         timeline=self._view(incident.incident_id)))
-        self._close(fs, incident, count, base)
-        fs.armed = not self._holds(fs, index)
+                         timeline=self.view(incident.incident_id)))
+        self.close(fs, incident, count, base)
+        fs.armed = not self.holds(fs, index)
 
-    def _close(self, fs: FamilyState, incident: OpenIncident, count: int, base: float
+    def close(self, fs: FamilyState, incident: OpenIncident, count: int, base: float
                ) -> None:
         """The family's incident resolved: kept by id for people's later actions."""
         incident.closed_at = [fs.last_error_ms, count, base]
@@ -332,103 +327,13 @@ class PartitionDetector:
 
     def act(self, command: Command) -> list[IncidentEvent] | Refusal:
         """Apply an operator action to the incident it names (ADR 0016): the lifecycle
-        event it publishes (none when this action was applied before), or why not.
+        event it publishes (none when this action was applied before), or why not
+        (:func:`tocsin.processors.detector_actions.act`)."""
+        return detector_actions.act(self, command)
 
-        Read in log order among the family's events, so a replay decides it the same way.
-        A person's resolve closes the incident for good; the family opens a new one only
-        once its window has stopped qualifying. A reopened incident is held open: the
-        machine no longer recovers or resolves it, and its family's errors count on it."""
-        found = self._incident(command)
-        if isinstance(found, Refusal):
-            return found
-        family, incident, fs = found
-        if command.action_id in incident.actions:
-            self.counters.actions_repeated += 1
-            return []
-        refusal = check(command.action, incident.phase)
-        if refusal is not None:
-            return refusal
-        if command.action == "reopen":
-            if fs is None:  # the family was forgotten since: it starts again
-                fs = self._new_family(family)
-                if fs is None:
-                    return Refusal("detector.max_families",
-                                   "the partition tracks as many families as it may")
-            if fs.incident is not None:
-                return Refusal("lifecycle.one_open_per_family",
-                               f"{fs.incident.incident_id} is open for this family: a "
-                               "family has one open incident at a time")
-        incident.phase = next_phase(command.action, incident.phase)
-        incident.actions.append(command.action_id)
-        del incident.actions[:-ACTIONS_KEPT]
-        count, base, last_error_ms = 0, 0.0, incident.onset_ms
-        if fs is not None and fs.incident is incident:  # open: the family's numbers now
-            clock = self.clocks.get(family.service, command.at_ms)
-            _, count, base = self._evaluate(fs, bucket_index(clock, self.config.bucket_ms))
-            last_error_ms = fs.last_error_ms
-        elif incident.closed_at is not None:  # resolved: its numbers when it resolved
-            last_error_ms, count, base = incident.closed_at
-        timeline = None
-        if command.action == "resolve":
-            if fs is not None and fs.incident is incident:
-                self._timeline_resolved(incident.incident_id, command.at_ms)
-                timeline = self._view(incident.incident_id)
-            incident.status = "resolved"
-            incident.status_since_ms = command.at_ms
-            incident.held = False
-            if fs is not None and fs.incident is incident:
-                self._close(fs, incident, count, base)
-                clock = self.clocks.get(family.service, command.at_ms)
-                fs.armed = not self._holds(fs, bucket_index(clock, self.config.bucket_ms))
-        elif command.action == "reopen":
-            assert fs is not None
-            del self.closed[incident.incident_id]
-            incident.status = "active"
-            incident.status_since_ms = command.at_ms
-            incident.held = True
-            incident.closed_at = None
-            fs.incident = incident
-            self.open_by_service.setdefault(family.service, set()).add(family)
-            self._idle_check_ms = None
-            clock = self.clocks.get(family.service, command.at_ms)
-            _, count, base = self._evaluate(fs, bucket_index(clock, self.config.bucket_ms))
-            last_error_ms = max(last_error_ms, fs.last_error_ms)
-            self.timelines.reopened(family, incident.incident_id, command.at_ms)
-            timeline = self._view(incident.incident_id)
-        kind: Kind = ACTION_TRANSITIONS[command.action].kind  # type: ignore[assignment]
-        return [event(incident, family, kind, command.at_ms, count, base, last_error_ms,
-                      action_id=command.action_id, actor=command.actor, note=command.note,
-                      title=command.title, hypothesis_status=command.hypothesis_status,
-                      timeline=timeline)]
-
-    def _incident(self, command: Command
-                  ) -> tuple[Family, OpenIncident, FamilyState | None] | Refusal:
-        """The incident a command names, open or kept resolved, with its family's state
-        (None when the family was forgotten meanwhile)."""
-        for family in sorted(self.open_by_service.get(command.service, ())):
-            fs = self.families[family]
-            if fs.incident is not None and fs.incident.incident_id == command.incident_id:
-                return self._same_env(command, family, fs.incident, fs)
-        kept = self.closed.get(command.incident_id)
-        if kept is None:
-            return Refusal("incident.unknown",
-                           f"{command.incident_id} is not held by the detector of "
-                           f"{command.service}: unknown, or resolved more than "
-                           f"{CLOSED_KEPT_MS // 3_600_000} h of event time ago")
-        family, incident = kept
-        if family.service != command.service:
-            return Refusal("incident.service", f"{command.incident_id} belongs to "
-                                               f"{family.service}, not {command.service}")
-        return self._same_env(command, family, incident, self.families.get(family))
-
-    @staticmethod
-    def _same_env(command: Command, family: Family, incident: OpenIncident,
-                  fs: FamilyState | None
-                  ) -> tuple[Family, OpenIncident, FamilyState | None] | Refusal:
-        if family.env != command.env:
-            return Refusal("incident.env", f"{command.incident_id} belongs to env "
-                                           f"{family.env}, not {command.env}")
-        return family, incident, fs
+    def rewatch(self) -> None:
+        """The set of watched services changed: the next watermark checks them all."""
+        self._idle_check_ms = None
 
     def _advance_watermark(self, t_ms: int, out: list[IncidentEvent]) -> None:
         """Move services with open incidents, or timelines not complete yet, that fell
@@ -479,7 +384,7 @@ class PartitionDetector:
 
     # ------------------------------------------------------------------ timelines
 
-    def _view(self, incident_id: str, complete: bool = False) -> dict[str, Any] | None:
+    def view(self, incident_id: str, complete: bool = False) -> dict[str, Any] | None:
         drawn = self.timelines.drawn.get(incident_id)
         if drawn is None:
             return None
@@ -490,7 +395,7 @@ class PartitionDetector:
             self.steps.get((family.env, family.service, family.step)))
         return None if timeline is None else timeline.view(complete)
 
-    def _timeline_resolved(self, incident_id: str, at_ms: int) -> None:
+    def timeline_resolved(self, incident_id: str, at_ms: int) -> None:
         if self.timelines.resolved(incident_id, at_ms):
             self._idle_check_ms = None  # its service is watched until it completes
 
@@ -498,7 +403,7 @@ class PartitionDetector:
                             ) -> None:
         """Publish the timelines of the service whose window after resolution is over."""
         for drawn_id, family, due_ms in self.timelines.complete(service, t_ms):
-            view = self._view(drawn_id, complete=True)
+            view = self.view(drawn_id, complete=True)
             self.timelines.forget(drawn_id)
             kept = self.closed.get(drawn_id)
             if kept is None:  # forgotten (MAX_CLOSED): nothing left to describe it
@@ -510,7 +415,7 @@ class PartitionDetector:
 
     # ------------------------------------------------------------------ bounds
 
-    def _new_family(self, family: Family) -> FamilyState | None:
+    def new_family(self, family: Family) -> FamilyState | None:
         if len(self.families) >= self.config.max_families:
             self.evict_idle()
             if len(self.families) >= self.config.max_families:
@@ -526,7 +431,7 @@ class PartitionDetector:
         cfg = self.config
         self._flush_dirty()
         for drawn_id in list(self.timelines.drawn):  # before their buckets go
-            self._view(drawn_id)
+            self.view(drawn_id)
         for family in [f for f, fs in self.families.items() if self._evictable(fs)]:
             del self.families[family]
             self.counters.families_evicted += 1

@@ -221,7 +221,7 @@ def test_a_persons_resolve_disarms_the_family_until_its_window_stops_qualifying(
 
     # The errors go on at the same rate: the window qualifies, and nothing opens.
     assert feed(det, merged(quiet("checkout", at, 2), errors(PAY, at + 500, 60))) == []
-    qualifies, count, _ = det._evaluate(fs, bucket_index(det.clocks["checkout"], cfg.bucket_ms))
+    qualifies, count, _ = det.evaluate(fs, bucket_index(det.clocks["checkout"], cfg.bucket_ms))
     assert qualifies and count >= cfg.min_count
     assert not fs.armed
     assert det.closed[first.incident_id][1].error_count == 10, "closed: counts no more"

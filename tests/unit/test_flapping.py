@@ -100,7 +100,7 @@ def test_the_re_arm_level_is_a_share_of_min_count(share: float, count: int, hold
     det = PartitionDetector(DetectorConfig(rearm_ratio=share, **COUNT_ONLY))  # type: ignore[arg-type]
     run(errors(PAY, T0, count) if count else [(T0, "checkout", "x", None)], detector=det)
     fs = det.families.get(PAY)
-    assert (fs is not None and det._holds(fs, T0 // det.config.bucket_ms)) is holds
+    assert (fs is not None and det.holds(fs, T0 // det.config.bucket_ms)) is holds
 
 
 def test_settings_out_of_range_are_refused() -> None:

@@ -44,7 +44,7 @@ def test_spike_rule(count: int, priors: tuple[int, int, int], settings: dict[str
                     opens: bool) -> None:
     cfg = DetectorConfig(**settings)  # type: ignore[arg-type]
     detector = PartitionDetector(cfg)
-    qualifies, counted, _ = detector._evaluate(window(count, priors, cfg), 0)
+    qualifies, counted, _ = detector.evaluate(window(count, priors, cfg), 0)
     assert counted == count
     assert qualifies is opens
 
