@@ -18,9 +18,9 @@ from math import frexp
 from typing import Any
 
 from tocsin.processors import detector_actions, detector_snapshot
-from tocsin.processors.detector_actions import CLOSED_KEPT_MS as CLOSED_KEPT_MS
 from tocsin.processors.actions import Command, Refusal
 from tocsin.processors.config import DetectorConfig
+from tocsin.processors.detector_actions import CLOSED_KEPT_MS as CLOSED_KEPT_MS
 from tocsin.processors.detector_state import (
     Counters,
     FamilyState,
