@@ -14,6 +14,7 @@ service that went silent for longer than ``idle_grace_ms``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from math import frexp
 from typing import Any
 
@@ -36,6 +37,7 @@ from tocsin.processors.lifecycle import (
     event,
     incident_id,
 )
+from tocsin.processors.rules import RuleSet
 from tocsin.processors.timeline import HUGE_MS, SUB, TOP_BIN, ZERO_BIN
 from tocsin.processors.windows import baseline, bucket_index, trim, window_sum
 
@@ -52,8 +54,11 @@ MAX_CLOSED = 10_000  # resolved incidents kept for people's actions (oldest reso
 class PartitionDetector:
     """All detection state of one input partition. Not thread-safe; one owner."""
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: DetectorConfig, rules: RuleSet | None = None) -> None:
         self.config = config
+        # Settings per family from the rules file (ADR 0022); without one, ``config``.
+        self.rules = rules or RuleSet.empty()
+        self._rules_hash = None if self.rules.is_empty else self.rules.hash
         self.families: dict[Family, FamilyState] = {}
         self.clocks: dict[str, int] = {}
         self.watermark_ms: int | None = None
@@ -96,8 +101,18 @@ class PartitionDetector:
             self._count_error(t_ms, family, downstream, trace_id, out)
         if out:
             self._out = []
-            return out
+            return self._stamped(out)
         return NONE
+
+    def _stamped(self, out: list[IncidentEvent]) -> list[IncidentEvent]:
+        """The changes with the rules file's hash, when there is one (ADR 0022)."""
+        if self._rules_hash is None:
+            return out
+        return [replace(e, rules_hash=self._rules_hash) for e in out]
+
+    def config_for(self, family: Family) -> DetectorConfig:
+        """The settings that apply to a family: the rules file's, else the base."""
+        return self.rules.detector_for(family.env, family.service, family.key, self.config)
 
     def version_seen(self, t_ms: int, env: str, service: str, version: str
                      ) -> VersionChanged | None:
@@ -137,13 +152,13 @@ class PartitionDetector:
         out: list[IncidentEvent] = []
         self._advance(service, t_ms, out)
         self._advance_watermark(t_ms, out)
-        return out
+        return self._stamped(out)
 
     # ------------------------------------------------------------------ rules
 
     def evaluate(self, fs: FamilyState, index: int) -> tuple[bool, int, float]:
         """(qualifies, window count, baseline) of the window ending at bucket ``index``."""
-        cfg = self.config
+        cfg = fs.config or self.config
         width = cfg.buckets_per_window
         count = window_sum(fs.buckets, index, width)
         if count < cfg.min_count:
@@ -161,7 +176,7 @@ class PartitionDetector:
         thresholds (ADR 0002, hysteresis): REARM x MIN_COUNT errors, a lift of
         1 + REARM x (MIN_LIFT - 1) over the baseline, REARM x MIN_RATE. An active incident
         recovers, and a family whose incident resolved re-arms, only once it does not."""
-        cfg = self.config
+        cfg = fs.config or self.config
         share = cfg.rearm_ratio
         width = cfg.buckets_per_window
         count = window_sum(fs.buckets, index, width)
@@ -175,14 +190,14 @@ class PartitionDetector:
 
     def _count_error(self, t_ms: int, family: Family, downstream: str | None,
                      trace_id: str | None, out: list[IncidentEvent]) -> None:
-        cfg = self.config
+        fs = self.families.get(family)
+        cfg = self.config_for(family) if fs is None else fs.config or self.config
         clock = self.clocks[family.service]
         now_index = bucket_index(clock, cfg.bucket_ms)
         index = bucket_index(t_ms, cfg.bucket_ms)
         if index <= now_index - cfg.retained_buckets:
             self.counters.late_dropped += 1
             return
-        fs = self.families.get(family)
         if fs is None:
             fs = self.new_family(family)
             if fs is None:
@@ -248,11 +263,11 @@ class PartitionDetector:
         open_families = self.open_by_service.get(service)
         if not open_families:
             return
-        cfg = self.config
-        first = bucket_index(before, cfg.bucket_ms) + 1
-        now_index = bucket_index(t_ms, cfg.bucket_ms)
+        first = bucket_index(before, self._bucket_ms) + 1
+        now_index = bucket_index(t_ms, self._bucket_ms)
         for family in sorted(open_families):
             fs = self.families[family]
+            cfg = fs.config or self.config
             incident = fs.incident
             assert incident is not None
             if incident.held:
@@ -329,7 +344,8 @@ class PartitionDetector:
         """Apply an operator action to the incident it names (ADR 0016): the lifecycle
         event it publishes (none when this action was applied before), or why not
         (:func:`tocsin.processors.detector_actions.act`)."""
-        return detector_actions.act(self, command)
+        outcome = detector_actions.act(self, command)
+        return outcome if isinstance(outcome, Refusal) else self._stamped(outcome)
 
     def rewatch(self) -> None:
         """The set of watched services changed: the next watermark checks them all."""
@@ -421,7 +437,7 @@ class PartitionDetector:
             if len(self.families) >= self.config.max_families:
                 self.counters.families_overflowed += 1
                 return None
-        fs = self.families[family] = FamilyState(family)
+        fs = self.families[family] = FamilyState(family, config=self.config_for(family))
         return fs
 
     def evict_idle(self) -> None:
@@ -442,7 +458,7 @@ class PartitionDetector:
                 del self.steps[key]
         for fs in self.families.values():
             horizon = bucket_index(self.clocks[fs.family.service], cfg.bucket_ms)
-            trim(fs.buckets, horizon - cfg.retained_buckets + 1)
+            trim(fs.buckets, horizon - (fs.config or cfg).retained_buckets + 1)
         if self.watermark_ms is not None:
             kept_from = self.watermark_ms - CLOSED_KEPT_MS
             for closed_id in [k for k, (_, inc) in self.closed.items()
@@ -452,7 +468,8 @@ class PartitionDetector:
 
     def _evictable(self, fs: FamilyState) -> bool:
         clock = self.clocks[fs.family.service]
-        return fs.incident is None and clock - fs.last_error_ms >= self.config.evict_after_ms
+        return fs.incident is None and \
+            clock - fs.last_error_ms >= (fs.config or self.config).evict_after_ms
 
     # ------------------------------------------------------------------ outputs
 
@@ -491,15 +508,23 @@ class PartitionDetector:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able state; :meth:`restore` of it gives an equal detector."""
-        return {"v": SNAPSHOT_VERSION, "config": self.config.fingerprint(),
+        return {"v": SNAPSHOT_VERSION, "config": self.fingerprint(),
                 **detector_snapshot.dump(self)}
 
+    def fingerprint(self) -> str:
+        """The settings' fingerprint, and the rules file's when there is one."""
+        base = self.config.fingerprint()
+        return base if self.rules.is_empty else f"{base}-r{self.rules.fingerprint()}"
+
     @classmethod
-    def restore(cls, config: DetectorConfig, snap: dict[str, Any]) -> PartitionDetector:
-        if snap.get("v") != SNAPSHOT_VERSION or snap.get("config") != config.fingerprint():
+    def restore(cls, config: DetectorConfig, snap: dict[str, Any],
+                rules: RuleSet | None = None) -> PartitionDetector:
+        det = cls(config, rules)
+        if snap.get("v") != SNAPSHOT_VERSION or snap.get("config") != det.fingerprint():
             raise ValueError("checkpoint was written by another snapshot version or detector "
                              "settings; replay the input with a new state name instead of "
                              "misreading it")
-        det = cls(config)
         detector_snapshot.load(det, snap)
+        for fs in det.families.values():
+            fs.config = det.config_for(fs.family)
         return det

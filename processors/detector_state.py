@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from tocsin.processors.config import DetectorConfig
 from tocsin.processors.family import Family
 from tocsin.processors.lifecycle import OpenIncident
 
@@ -33,6 +34,9 @@ class FamilyState:
     # False after a person resolved the family's incident while its window still
     # qualified: no new incident opens until the window stops qualifying (ADR 0016).
     armed: bool = True
+    # The settings that apply to this family (the rules file's, ADR 0022); not state:
+    # set again from the rules when a checkpoint is restored.
+    config: DetectorConfig | None = None
 
 
 @dataclass(slots=True)

@@ -68,6 +68,8 @@ class IncidentEvent:
     # The incident timeline so far (ADR 0019), on the changes that move the lifecycle;
     # complete on the `timeline` event, once the window after resolution is over
     timeline: dict[str, Any] | None = None
+    # The rules file the change was decided under (ADR 0022); None: the built-in settings
+    rules_hash: str | None = None
 
     @property
     def event_id(self) -> str:

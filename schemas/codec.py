@@ -32,9 +32,10 @@ SOE_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 
 WIDE_EVENT = "wide_event.v1"
-INCIDENT_EVENT = "incident_event.v3"
+INCIDENT_EVENT = "incident_event.v4"
 INCIDENT_EVENT_V1 = "incident_event.v1"  # still read: logs written before v2
 INCIDENT_EVENT_V2 = "incident_event.v2"  # still read: logs written before v3
+INCIDENT_EVENT_V3 = "incident_event.v3"  # still read: logs written before v4
 SIGNAL = "signal.v1"
 
 Encoding = Literal["avro", "json"]
@@ -292,12 +293,15 @@ def decode_incident(data: bytes, registry_lookup: Callable[[int], AvroSchema] | 
                     ) -> dict[str, Any]:
     if data[:1] == b"\xc3":
         v1 = avro_schema(INCIDENT_EVENT_V1)
-        if data[:10] == v1.header:  # written before v2: read as v3 reads it
+        if data[:10] == v1.header:  # written before v2: read as v4 reads it
             return {**_V2_DEFAULTS, "added": [], "removed": [], "timeline": None,
-                    **v1.decode_soe(data)}
+                    "rules_hash": None, **v1.decode_soe(data)}
         v2 = avro_schema(INCIDENT_EVENT_V2)
         if data[:10] == v2.header:  # written before v3
-            return {"timeline": None, **v2.decode_soe(data)}
+            return {"timeline": None, "rules_hash": None, **v2.decode_soe(data)}
+        v3 = avro_schema(INCIDENT_EVENT_V3)
+        if data[:10] == v3.header:  # written before v4
+            return {"rules_hash": None, **v3.decode_soe(data)}
         return avro_schema(INCIDENT_EVENT).decode_soe(data)
     if data[:1] == CONFLUENT_MAGIC and registry_lookup is not None and len(data) > 5:
         return registry_lookup(int.from_bytes(data[1:5], "big")).decode_body(data[5:])

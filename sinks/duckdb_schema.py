@@ -10,7 +10,7 @@ from typing import Any
 
 # 2: signal_deliveries; signals.latest_occurrences (the projection folds signals itself).
 # 4: incident_timeline and incident_timeline_summary (ADR 0019).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tocsin_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -128,6 +128,8 @@ MIGRATIONS = (
     ("incidents", "resolved_by", "VARCHAR"),
     ("incidents", "mtta_ms", "BIGINT"),
     ("incidents", "mttr_ms", "BIGINT"),
+    # The rules file a change was decided under (ADR 0022); null: built-in settings
+    ("incident_events", "rules_hash", "VARCHAR"),
 )
 
 # How each service's on-call responds (ADR 0016): over incidents, so always current.
@@ -192,7 +194,7 @@ EVENT_COLUMNS = (
     ("last_error_ms", "BIGINT"), ("rule", "VARCHAR"), ("downstream", "VARCHAR"),
     ("sample_trace_ids", "VARCHAR[]"), ("phase", "VARCHAR"), ("action_id", "VARCHAR"),
     ("actor", "VARCHAR"), ("note", "VARCHAR"), ("title", "VARCHAR"),
-    ("hypothesis_status", "VARCHAR"),
+    ("hypothesis_status", "VARCHAR"), ("rules_hash", "VARCHAR"),
 )
 UPDATE_COLUMNS = (
     ("incident_id", "VARCHAR"), ("seq", "INTEGER"), ("news_signature", "VARCHAR"),

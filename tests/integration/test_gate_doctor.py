@@ -24,6 +24,7 @@ from tests.integration.harness import T0_MS, Names, WorkerProc, produce_events, 
 from tests.integration.test_actions import opening_log
 from tocsin.clients.doctor import doctor_command
 from tocsin.clients.gate import gate_command
+from tocsin.sinks.duckdb_schema import SCHEMA_VERSION
 from tocsin.streams.kafka.broker import free_port
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics, new_producer
 
@@ -82,7 +83,7 @@ def test_a_healthy_worker_passes_then_a_fire_fails_both(system: dict[str, Any]) 
     assert checks["broker"]["facts"]["api_versions"]["Fetch"][1] >= 4
     assert checks["topics"]["facts"]["partitions"][names.events] == 6
     assert checks["worker"]["facts"]["role"] == "all"
-    assert checks["duckdb"]["facts"]["schema_version"] == "4"
+    assert checks["duckdb"]["facts"]["schema_version"] == str(SCHEMA_VERSION)
     # The span intake's idle marks reach the events topic now and then: a few records
     # until the next checkpoint commits them, well under the threshold.
     assert checks["lag:detect"]["facts"]["max_lag"] == 10_000

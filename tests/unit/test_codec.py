@@ -18,6 +18,7 @@ from tocsin.schemas.codec import (
     INCIDENT_EVENT,
     INCIDENT_EVENT_V1,
     INCIDENT_EVENT_V2,
+    INCIDENT_EVENT_V3,
     WIDE_EVENT,
     AvroSchema,
     SchemaError,
@@ -150,9 +151,11 @@ def test_incident_events_round_trip(encoding: str) -> None:
               "action_id": None, "actor": None, "note": None, "title": None,
               "hypothesis_status": None, "added": [], "removed": [],
               "news_signature": None, "news_cause": None, "report_hash": None,
-              "timeline": None}
+              "timeline": None, "rules_hash": None}
     assert decode_incident(encode_incident(record, encoding)) == record  # type: ignore[arg-type]
     assert avro_schema(INCIDENT_EVENT).fields == list(record)
+    ruled = {**record, "rules_hash": "sha256:" + "1" * 64}  # decided under a rules file
+    assert decode_incident(encode_incident(ruled, encoding)) == ruled  # type: ignore[arg-type]
     action = {**record, "seq": 2, "kind": "hypothesis", "phase": "investigating",
               "action_id": "act_0123456789abcdef", "actor": "ana", "note": "pool size?",
               "title": "the pool is too small", "hypothesis_status": "proposed"}
@@ -183,7 +186,8 @@ def test_a_timeline_travels_whole_and_a_v2_reader_sees_its_event_as_updated(enco
               "sample_trace_ids": [], "phase": "resolved", "action_id": None, "actor": None,
               "note": None, "title": None, "hypothesis_status": None, "added": [],
               "removed": [], "news_signature": None, "news_cause": None,
-              "report_hash": None, "timeline": timeline.view(complete=True)}
+              "report_hash": None, "timeline": timeline.view(complete=True),
+              "rules_hash": None}
     data = encode_incident(record, encoding)  # type: ignore[arg-type]
     assert decode_incident(data) == record
     assert decode_incident(data)["timeline"]["summary"]["errors"]["max"] == 15.0
@@ -206,7 +210,7 @@ def test_incident_events_written_as_v2_read_with_no_timeline() -> None:
           "added": [], "removed": [], "news_signature": None, "news_cause": None,
           "report_hash": None}
     data = avro_schema(INCIDENT_EVENT_V2).encode_soe(v2)
-    assert decode_incident(data) == {**v2, "timeline": None}
+    assert decode_incident(data) == {**v2, "timeline": None, "rules_hash": None}
 
 
 def test_incident_events_written_as_v1_read_as_v2_reads_them() -> None:
@@ -224,7 +228,25 @@ def test_incident_events_written_as_v1_read_as_v2_reads_them() -> None:
                                      "actor": None, "note": None, "title": None,
                                      "hypothesis_status": None, "added": [], "removed": [],
                                      "news_signature": None, "news_cause": None,
-                                     "report_hash": None, "timeline": None}
+                                     "report_hash": None, "timeline": None,
+                                     "rules_hash": None}
+
+
+def test_incident_events_written_as_v3_read_with_no_rules_hash() -> None:
+    """A log written before the rules file (incident_event.v3) reads with rules_hash null:
+    decided under the built-in settings (ADR 0022)."""
+    v3 = {"incident_id": "inc_0123456789abcdef", "seq": 1, "kind": "opened",
+          "status": "active", "env": "prod", "service": "s", "step": "p",
+          "error_code": "E", "family": "s:p:E", "onset_ms": 5, "at_ms": 5,
+          "window_count": 5, "baseline": 0.0, "lift": None, "peak_count": 5,
+          "error_count": 5, "last_error_ms": 5, "rule": "spike.v1", "downstream": None,
+          "sample_trace_ids": [], "phase": "triggered", "action_id": None, "actor": None,
+          "note": None, "title": None, "hypothesis_status": None, "added": [],
+          "removed": [], "news_signature": None, "news_cause": None, "report_hash": None,
+          "timeline": None}
+    data = avro_schema(INCIDENT_EVENT_V3).encode_soe(v3)
+    assert data[:10] != avro_schema(INCIDENT_EVENT).header
+    assert decode_incident(data) == {**v3, "rules_hash": None}
 
 
 def test_single_object_header_matches_the_avro_spec_example() -> None:

@@ -400,7 +400,8 @@ INCIDENT = {"incident_id": "inc_0123456789abcdef", "seq": 1, "kind": "opened",
             "sample_trace_ids": ["4bf92f3577b34da6a3ce929d0e0e4736"], "phase": "triggered",
             "action_id": None, "actor": None, "note": None, "title": None,
             "hypothesis_status": None, "added": [], "removed": [], "news_signature": None,
-            "news_cause": None, "report_hash": None, "timeline": None}
+            "news_cause": None, "report_hash": None, "timeline": None,
+            "rules_hash": None}
 
 
 def incident_lookup(schema_id: int) -> AvroSchema:

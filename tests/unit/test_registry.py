@@ -45,7 +45,7 @@ def test_incident_events_in_confluent_framing_decode_with_the_registry() -> None
                   "action_id": "act_0123456789abcdef", "actor": "ana", "note": None,
                   "title": None, "hypothesis_status": None, "added": [], "removed": [],
                   "news_signature": None, "news_cause": None, "report_hash": None,
-                  "timeline": None}
+                  "timeline": None, "rules_hash": None}
         data = confluent_frame(registry.register("tocsin.incidents-value", schema),
                                schema.encode_body(record))
         assert decode_incident(data, SchemaRegistry(url).lookup) == record

@@ -53,3 +53,14 @@ def test_incident_event_v3_reads_the_older_versions_and_v2_reads_v3(older: str) 
     assert compatible(v3, load(AVRO / older)), f"v3 must read {older} data"
     if older == "incident_event.v2.avsc":
         assert compatible(load(AVRO / older), v3), "a v2 reader must read v3 data"
+
+
+@pytest.mark.parametrize("older", ["incident_event.v1.avsc", "incident_event.v2.avsc",
+                                   "incident_event.v3.avsc"])
+def test_incident_event_v4_reads_the_older_versions_and_they_read_v4(older: str) -> None:
+    """v4 adds rules_hash, a nullable field with a default (ADR 0022): it reads every older
+    version's data, and a v2 or v3 reader reads its data (skipping the field)."""
+    v4 = load(AVRO / "incident_event.v4.avsc")
+    assert compatible(v4, load(AVRO / older)), f"v4 must read {older} data"
+    if older != "incident_event.v1.avsc":
+        assert compatible(load(AVRO / older), v4), f"a {older} reader must read v4 data"
