@@ -89,6 +89,7 @@ class IncidentState:
     resolved_ms: int | None = None
     sample_traces: tuple[str, ...] = ()
     phase: str = "triggered"  # the response phase (ADR 0016)
+    rules_hash: str | None = None  # the rules file it was decided under (ADR 0022)
 
 
 Traces = tuple[dict[str, Any], dict[str, Any]]  # (blast, propagation) from failing traces
@@ -268,6 +269,9 @@ def build(incident: IncidentState, signals: Sequence[SignalView], decision: Deci
             "window": {"count": incident.window_count, "peak": incident.peak_count,
                        "errors": incident.error_count,
                        "baseline": incident.baseline, "lift": incident.lift},
+            # Only under a rules file (ADR 0022): reports made with the built-in settings
+            # keep the bytes they had before rules existed.
+            **({"rules_hash": incident.rules_hash} if incident.rules_hash else {}),
         },
         "cause": decision.to_dict(),
         "counts": {"alerts": len(alerts), "runtime": sum(1 for s in signals

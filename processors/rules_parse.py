@@ -500,7 +500,11 @@ def _runtime(r: _Reader, doc: Mapping[str, Any]) -> RuntimeRule:
 
 
 SET_KEYS = {**{f"detector.{key}": key for key in SETTINGS if key != "correlation_window"},
-            "triage.correlation_window": "correlation_window"}
+            "triage.correlation_window": "correlation_window",
+            # the detector settings' own names (TOCSIN_DETECTOR__*) say the same
+            "detector.window_ms": "window", "detector.resolve_after_ms": "resolve_after",
+            "detector.min_active_ms": "min_active", "detector.min_rate_per_min": "min_rate",
+            "triage.correlation_window_ms": "correlation_window"}
 
 
 def _set_value(text: str) -> Any:

@@ -41,6 +41,7 @@ from tocsin.processors.report import (
     canonical_json,
     response_section,
 )
+from tocsin.processors.rules import RuleSet
 from tocsin.processors.signals.model import Signal
 from tocsin.processors.traces import BlastRadius, ClosedTrace, TraceSummary, summarize
 from tocsin.processors.traces.summary import decode_summary, encode_summary
@@ -59,6 +60,8 @@ class TriageConfig:
     incident_retention_ms: int = 168 * 3_600_000  # resolved incidents 168 h
     max_signals: int = 50_000  # folded signals held; beyond, oldest resolved dropped first
     news_cooldown_ms: int = COOLDOWN_MS  # the same news is told again only after this
+    # The rules file (ADR 0022): a correlation window per service, env or family
+    rules: RuleSet | None = None
 
     def __post_init__(self) -> None:
         if self.max_signals < 1:
@@ -107,7 +110,8 @@ def incident_state(event: Mapping[str, Any], downstream: str | None) -> Incident
         facts, event["family"], event["status"], event["seq"], event["window_count"],
         event["peak_count"], event["error_count"], event["baseline"], event["lift"],
         event["last_error_ms"], event["at_ms"] if event["status"] == "resolved" else None,
-        tuple(event.get("sample_trace_ids") or ()), event.get("phase") or "triggered")
+        tuple(event.get("sample_trace_ids") or ()), event.get("phase") or "triggered",
+        event.get("rules_hash"))
 
 
 ACTION_FIELDS = ("kind", "actor", "at_ms", "note", "title", "hypothesis_status")
@@ -226,15 +230,15 @@ class Triage:
         self.signals[signal.signal_id] = folded
         self._track(signal.signal_id, previous, folded)
         self.horizon_ms = max(self.horizon_ms, signal.event_time_ms)
-        window = self.config.correlation_window_ms
+        window = self.window_of
         # Correlation reads the fold's latest occurrence: when that changes, the incidents
         # the previous one correlated with are touched too (the signal may have left their
         # evidence), so each one's last version is its report as of this input.
         before = previous.signal if previous is not None \
             and previous.signal is not folded.signal else None
         self.dirty.update(i for i, inc in self.incidents.items()
-                          if correlates(inc, folded.signal, window)
-                          or (before is not None and correlates(inc, before, window)))
+                          if correlates(inc, folded.signal, window(inc))
+                          or (before is not None and correlates(inc, before, window(inc))))
         self._cap()
 
     # The cap on held signals (see the module docstring).
@@ -317,10 +321,10 @@ class Triage:
         """The last trace end an incident counts: when it resolved, else its last error
         plus the correlation window (ADR 0012)."""
         return incident.resolved_ms if incident.resolved_ms is not None \
-            else incident.last_error_ms + self.config.correlation_window_ms
+            else incident.last_error_ms + self.window_of(incident)
 
     def _in_window(self, incident: IncidentState, t_ms: int) -> bool:
-        window = self.config.correlation_window_ms
+        window = self.window_of(incident)
         return incident.facts.onset_ms - window <= t_ms <= self._window_end(incident)
 
     def _count_trace(self, incident_id: str, summary: TraceSummary, end_ms: int) -> None:
@@ -389,8 +393,17 @@ class Triage:
         self.apply_signal(signal)
         return self.flush()
 
+    def window_of(self, incident: IncidentState) -> int:
+        """The correlation window of an incident: the rules file's for its family, if
+        any (ADR 0022), else the configured one."""
+        rules, default = self.config.rules, self.config.correlation_window_ms
+        if rules is None:
+            return default
+        f = incident.facts
+        return rules.correlation_window_ms(f.env, f.service, incident.family, default)
+
     def evidence_for(self, incident: IncidentState) -> list[Any]:
-        window = self.config.correlation_window_ms
+        window = self.window_of(incident)
         return [f.view() for _, f in sorted(self.signals.items())
                 if correlates(incident, f.signal, window)]
 
@@ -564,11 +577,12 @@ def _incident_list(s: IncidentState) -> list[Any]:
     return [[f.incident_id, f.env, f.service, f.step, f.error_code, f.onset_ms, f.downstream,
              f.version], s.family, s.status, s.seq, s.window_count, s.peak_count,
             s.error_count, s.baseline, s.lift, s.last_error_ms, s.resolved_ms,
-            list(s.sample_traces), s.phase]
+            list(s.sample_traces), s.phase, *([s.rules_hash] if s.rules_hash else [])]
 
 
 def _incident_of(v: list[Any]) -> IncidentState:
-    """An incident of a snapshot; one written before ADR 0016 has no phase (triggered)."""
+    """An incident of a snapshot; one written before ADR 0016 has no phase (triggered),
+    and one decided without a rules file no rules hash (ADR 0022)."""
     facts, family, status, seq, window_count, peak_count, error_count, baseline, lift, \
         last_error_ms, resolved_ms, sample_traces, *phase = v
     return IncidentState(IncidentFacts(*facts), family, status, seq, window_count,

@@ -21,16 +21,32 @@ order does not change the result.
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tocsin.processors.notify import PAGERDUTY_ACTIONS
+from tocsin.processors.report import canonical_json
 
 COMPARED = ("onset_ms", "detected_ms", "status", "phase", "resolved_ms", "peak_count",
-            "error_count", "cause", "rule", "confidence", "report_hash")
-"""The fields a changed incident is compared on, in the order they are reported."""
+            "error_count", "cause", "rule", "confidence", "report_content_hash")
+"""The fields a changed incident is compared on, in the order they are reported. A report
+is compared on its content: its bytes without the rules hash it carries (ADR 0022) and
+without its own hash, so a change of rules that leaves an incident's report as it was
+does not count as a change of it."""
+
+
+def content_hash(report: Mapping[str, Any]) -> str | None:
+    """sha256 of a report's canonical bytes without ``report_hash`` and without the
+    incident's ``rules_hash``; None without a report."""
+    if not report:
+        return None
+    incident = {k: v for k, v in (report.get("incident") or {}).items()
+                if k != "rules_hash"}
+    body = {**{k: v for k, v in report.items() if k != "report_hash"}, "incident": incident}
+    return "sha256:" + hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def spike_start_ms(opened: Mapping[str, Any], window_ms: int) -> int:
@@ -79,6 +95,8 @@ def incident_rows(events: Iterable[Mapping[str, Any]],
             "cause": cause.get("kind"), "rule": cause.get("rule_id"),
             "confidence": cause.get("confidence"),
             "report_hash": report.get("report_hash"),
+            "report_content_hash": content_hash(report),
+            "rules_hash": last.get("rules_hash"),
             "pages": sum(1 for e in changes if e["kind"] in PAGERDUTY_ACTIONS
                          and PAGERDUTY_ACTIONS[e["kind"]] == "trigger"),
         })

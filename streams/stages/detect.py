@@ -47,7 +47,7 @@ from tocsin.streams.stages.checkpoints import CheckpointStore
 from tocsin.streams.stages.detect_loop import DetectRecords, PartitionRun, event_decoders
 from tocsin.streams.stages.partitioned import PartitionedStage
 from tocsin.streams.worker.metrics import Metrics
-from tocsin.streams.worker.settings import Settings
+from tocsin.streams.worker.settings import Settings, rules_of
 
 log = logging.getLogger("tocsin.detect")
 
@@ -86,6 +86,7 @@ class Detection(DetectRecords, PartitionedStage[PartitionRun]):
         # TOCSIN_EVENT_MAPPING (ADR 0013): JSON records are read through the mapping;
         # the span intake's translations are wide_event.v1 already.
         self.decode, self.decode_native, self.registry = event_decoders(settings)
+        self.rules = rules_of(settings)  # ADR 0022
         self._incident_schema_id: int | None = None
         self.emitted: set[str] = set()
         # The incidents topic's ends at the last checkpoint: identities emitted before it
@@ -131,7 +132,7 @@ class Detection(DetectRecords, PartitionedStage[PartitionRun]):
         detector = self.settings.detector
         if saved is None:
             self._restored_from = {}  # no checkpoint: every identity on the topic
-            return PartitionRun(0, 0, detector=PartitionDetector(detector))
+            return PartitionRun(0, 0, detector=PartitionDetector(detector, self.rules))
         snap, offset = saved
         ends = {int(k): int(v) for k, v in snap.get("incident_ends", {}).items()}
         if not ends:
@@ -149,7 +150,8 @@ class Detection(DetectRecords, PartitionedStage[PartitionRun]):
                     h[3] = [h[3]]
         merge = SourceMerge.restore(snap["merge"]) if "merge" in snap else SourceMerge()
         return PartitionRun(offset, offset,
-                            detector=PartitionDetector.restore(detector, snap), merge=merge)
+                            detector=PartitionDetector.restore(detector, snap, self.rules),
+                            merge=merge)
 
     def before_checkpoint(self, partition: int, run: PartitionRun) -> None:
         """The changed window counts go out with the checkpoint."""

@@ -50,7 +50,7 @@ from tocsin.streams.kafka.io import (
 )
 from tocsin.streams.stages.checkpoints import CheckpointStore, checkpoint_due
 from tocsin.streams.worker.metrics import Metrics
-from tocsin.streams.worker.settings import Settings
+from tocsin.streams.worker.settings import Settings, rules_of
 
 log = logging.getLogger("tocsin.triage")
 
@@ -125,7 +125,9 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
         self._assigned: dict[int, TriageRun] = {}  # prepared, not installed yet
         self._outbox: list[tuple[TriageRun, str, str, bytes, bytes]] = []
         self._news_outbox: list[tuple[TriageRun, dict[str, Any]]] = []
-        self.config = TriageConfig(news_cooldown_ms=settings.news_cooldown_ms)
+        rules = rules_of(settings)
+        self.config = TriageConfig(news_cooldown_ms=settings.news_cooldown_ms,
+                                   rules=None if rules.is_empty else rules)
         self._lock = asyncio.Lock()
 
     def stop(self) -> None:

@@ -129,7 +129,7 @@ def _window_end(fold: Triage, incident: IncidentState) -> int:
     else its last error plus the correlation window."""
     if incident.resolved_ms is not None:
         return int(incident.resolved_ms)
-    return int(incident.last_error_ms + fold.config.correlation_window_ms)
+    return int(incident.last_error_ms + fold.window_of(incident))
 
 
 def _incident_ref(fold: Triage, incident: IncidentState, how: str) -> dict[str, Any]:
@@ -159,8 +159,8 @@ def incidents_for_trace(folds: Sequence[Triage], trace_id: str, end_ms: int | No
     their first errors' sample traces (``sample_trace``)."""
     refs = []
     for fold in folds:
-        window = fold.config.correlation_window_ms
         for incident in fold.incidents.values():
+            window = fold.window_of(incident)
             if end_ms is not None and incident.family in families and \
                     incident.facts.onset_ms - window <= end_ms <= _window_end(fold, incident):
                 refs.append(_incident_ref(fold, incident, "window"))

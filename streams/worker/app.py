@@ -40,14 +40,17 @@ from tocsin.streams.web.views import register_views
 from tocsin.streams.worker import logging_limits
 from tocsin.streams.worker.collector import CollectionSchedule, collect_on_schedule
 from tocsin.streams.worker.metrics import Metrics
-from tocsin.streams.worker.settings import Settings
+from tocsin.streams.worker.settings import Settings, rules_of
 
 log = logging.getLogger("tocsin")
 
 
 def state_table_name(settings: Settings) -> str:
-    """Versioned by snapshot layout and detector settings: old state is never misread."""
-    return f"detector-state-v{SNAPSHOT_VERSION}-{settings.detector.fingerprint()}"
+    """Versioned by snapshot layout, detector settings and rules file (ADR 0022): old
+    state is never misread. Without a rules file the name is what it was before them."""
+    rules = rules_of(settings)
+    suffix = "" if rules.is_empty else f"-r{rules.fingerprint()}"
+    return f"detector-state-v{SNAPSHOT_VERSION}-{settings.detector.fingerprint()}{suffix}"
 
 
 STAGES_STATE = "stages-state-v1"

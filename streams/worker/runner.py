@@ -9,12 +9,13 @@ import sys
 import faust
 
 from tocsin.processors.mapping import MappingError, load_mapping
+from tocsin.processors.rules import RulesError
 from tocsin.streams.kafka.broker import BrokerError, EmbeddedBroker
 from tocsin.streams.web.auth import Access, ConfigError, is_loopback
 from tocsin.streams.worker.announce import worker_file, write_worker_file
 from tocsin.streams.worker.app import create_app
 from tocsin.streams.worker.collector import stop_automatic_collection
-from tocsin.streams.worker.settings import Settings
+from tocsin.streams.worker.settings import Settings, rules_of
 
 
 def _redact(url: str) -> str:
@@ -54,6 +55,11 @@ def run_worker(settings: Settings, embedded_port: int | None = None,
         except MappingError as exc:
             print(f"tocsin: TOCSIN_EVENT_MAPPING: {exc}", file=sys.stderr, flush=True)
             return 2
+    try:
+        rules_of(settings)  # the same: a bad rules file is one line naming its line
+    except RulesError as exc:
+        print(f"tocsin: TOCSIN_RULES: {exc}", file=sys.stderr, flush=True)
+        return 2
     broker: EmbeddedBroker | None = None
     bootstrap = settings.broker
     if bootstrap is None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tocsin.processors.config import DetectorConfig
+from tocsin.processors.rules import RuleSet, load_rules_file
 
 
 class Topics(BaseModel):
@@ -80,6 +81,9 @@ class Settings(BaseSettings):
     event_mapping: str | None = Field(
         None, description="TOML mapping file: JSON records on the events topic are read "
         "through it onto wide_event.v1 (ADR 0013)")
+    rules: str | None = Field(
+        None, description="TOML rules file: detector settings and correlation windows per "
+        "service, env or family pattern, error-rate and latency rules (ADR 0022)")
     role: Literal["all", "detect", "project"] = "all"
     session_timeout_ms: int = Field(6_000, ge=1_000)
     broker_outage_exit_ms: int = Field(
@@ -138,3 +142,18 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="/v1/signals body limit, after decompression")
     intake_rate_per_s: float = Field(50.0, gt=0, description="signals a second per source")
     intake_burst: float = Field(100.0, ge=1, description="signals a source may send at once")
+
+
+_RULES: dict[tuple[str, str], RuleSet] = {}
+
+
+def rules_of(settings: Settings) -> RuleSet:
+    """The rules file ``settings.rules`` names, loaded and checked against the detector
+    settings once per process (RuleSet.empty() without one); RulesError names the line."""
+    if settings.rules is None:
+        return RuleSet.empty()
+    key = (settings.rules, settings.detector.fingerprint())
+    found = _RULES.get(key)
+    if found is None:
+        found = _RULES[key] = load_rules_file(settings.rules, base=settings.detector)
+    return found

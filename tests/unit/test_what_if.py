@@ -24,7 +24,7 @@ def row(incident_id: str, onset_ms: int, resolved_ms: int | None, family: str = 
             "detected_ms": onset_ms, "time_to_detect_ms": 0, "status": "resolved",
             "phase": "resolved", "resolved_ms": resolved_ms, "peak_count": 5,
             "error_count": 5, "cause": "app", "rule": "app_step", "confidence": "medium",
-            "report_hash": report_hash, "pages": 1}
+            "report_hash": report_hash, "report_content_hash": report_hash, "pages": 1}
 
 
 def timeline(errors: list[int], start: int = 900_000) -> dict[str, Any]:
@@ -46,14 +46,19 @@ def test_rows_read_the_last_change_the_opening_and_the_report() -> None:
     events = [change("i", 2, "resolved", 2_000_000, status="resolved", phase="resolved"),
               change("i", 1, "opened", 1_000_000, timeline=timeline([0, 2, 3, 4], 930_000)),
               change("i", 2, "updated", 1_500_000)]
-    reports = {"i": {"report_hash": "sha256:r", "cause": {"kind": "deploy",
-                                                          "rule_id": "service_deploy",
-                                                          "confidence": "high"}}}
+    reports = {"i": {"report_hash": "sha256:r", "incident": {"id": "i"},
+                     "cause": {"kind": "deploy", "rule_id": "service_deploy",
+                               "confidence": "high"}}}
     [r] = incident_rows(events, reports, W)
     assert (r["status"], r["resolved_ms"], r["seq"]) == ("resolved", 2_000_000, 2)
     assert (r["detected_ms"], r["time_to_detect_ms"]) == (1_000_000, 40_000)
     assert (r["cause"], r["rule"], r["report_hash"], r["pages"]) == \
         ("deploy", "service_deploy", "sha256:r", 1)
+    # The content hash leaves out the report's own hash and the rules hash (ADR 0022)
+    ruled = {**reports["i"], "report_hash": "sha256:other",
+             "incident": {"id": "i", "rules_hash": "sha256:rules"}}
+    [again] = incident_rows(events, {"i": ruled}, W)
+    assert again["report_content_hash"] == r["report_content_hash"] != again["report_hash"]
 
 
 def test_identical_replays_have_no_difference() -> None:
@@ -67,7 +72,7 @@ def test_a_later_opening_of_the_same_spike_is_a_change_not_a_removal() -> None:
     after = [row("a9", 160, 500, report_hash="sha256:y")]
     d = diff(before, after)
     assert [c["baseline"]["id"] for c in d.changed] == ["a1"]
-    assert d.changed[0]["fields"] == ["onset_ms", "detected_ms", "report_hash"]
+    assert d.changed[0]["fields"] == ["onset_ms", "detected_ms", "report_content_hash"]
     assert [r["id"] for r in d.only_baseline] == ["a2"] and d.only_change == []
 
 

@@ -49,6 +49,7 @@ from tocsin.processors.otlp.merge import PartitionMerge, merge_time
 from tocsin.processors.otlp.republish import by_trace_batches
 from tocsin.processors.otlp.spans import Span
 from tocsin.processors.report import canonical_json
+from tocsin.processors.rules import RuleSet
 from tocsin.processors.signals.model import Signal
 from tocsin.processors.source_merge import progress_watermark
 from tocsin.processors.traces import TraceAssembler
@@ -63,7 +64,7 @@ from tocsin.streams.kafka.dead_letters import DeadLetter, dead_letter
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, header
 from tocsin.streams.stages.detect_loop import DetectRecords, PartitionRun, event_decoders
 from tocsin.streams.worker.metrics import Metrics
-from tocsin.streams.worker.settings import Settings
+from tocsin.streams.worker.settings import Settings, rules_of
 
 WINDOWS_EVERY = 50_000  # records between two drains of the window counts (a checkpoint)
 
@@ -112,8 +113,9 @@ class Counts:
 class ReplayDetection(DetectRecords):
     """The detection stage's rules over recorded partitions; what they send is kept."""
 
-    def __init__(self, settings: Settings, out: Outputs) -> None:
+    def __init__(self, settings: Settings, rules: RuleSet, out: Outputs) -> None:
         self.settings = settings
+        self.rules = rules
         self.metrics = Metrics()
         self.decode, self.decode_native, _ = event_decoders(settings)
         self.out = out
@@ -124,7 +126,8 @@ class ReplayDetection(DetectRecords):
         """Every record of one events partition, in batches as the stage fetches them;
         how many were read."""
         self.partition = partition
-        run = PartitionRun(0, 0, detector=PartitionDetector(self.settings.detector))
+        run = PartitionRun(0, 0, detector=PartitionDetector(self.settings.detector,
+                                                            self.rules))
         batch: list[LogRecord] = []
         size = self.settings.max_poll_records
         read = since_windows = 0
@@ -216,19 +219,19 @@ class RecordedLog:
                               f"{entry['count']} to {entry['last_offset']}")
 
 
-def detect_partition(settings: Settings, log: RecordedLog, partition: int
+def detect_partition(settings: Settings, rules: RuleSet, log: RecordedLog, partition: int
                      ) -> tuple[Outputs, int]:
     """One events partition through detection: what it produced, and records read."""
     out = Outputs()
-    read = ReplayDetection(settings, out).run(
+    read = ReplayDetection(settings, rules, out).run(
         partition, log.records(settings.topics.events, partition))
     return out, read
 
 
-def detect_partitions(settings: Settings, log: RecordedLog, partitions: list[int]
-                      ) -> dict[int, tuple[Outputs, int]]:
+def detect_partitions(settings: Settings, rules: RuleSet, log: RecordedLog,
+                      partitions: list[int]) -> dict[int, tuple[Outputs, int]]:
     """:func:`detect_partition` of each (in a pool's process)."""
-    return {p: detect_partition(settings, log, p) for p in partitions}
+    return {p: detect_partition(settings, rules, log, p) for p in partitions}
 
 
 def _groups(log: RecordedLog, topic: str, partitions: list[int], jobs: int
@@ -320,12 +323,14 @@ class TraceReplay:
 
 
 class Replay:
-    """One replay of a recorded log under ``settings``."""
+    """One replay of a recorded log under ``settings`` and ``rules`` (by default the rules
+    file the settings name, ADR 0022)."""
 
-    def __init__(self, settings: Settings, triage_config: TriageConfig | None = None) -> None:
+    def __init__(self, settings: Settings, rules: RuleSet | None = None) -> None:
         self.settings = settings
-        self.triage_config = triage_config or TriageConfig(
-            news_cooldown_ms=settings.news_cooldown_ms)
+        self.rules = rules_of(settings) if rules is None else rules
+        self.triage_config = TriageConfig(news_cooldown_ms=settings.news_cooldown_ms,
+                                          rules=None if self.rules.is_empty else self.rules)
         self.out = Outputs()
         self.counts = Counts()
         self.folds: list[TriageLoop] = []
@@ -341,11 +346,12 @@ class Replay:
         traces = TraceReplay(s, partitions)
         if len(groups) <= 1:
             for p in events:
-                self._take(p, *detect_partition(s, log, p))
+                self._take(p, *detect_partition(s, self.rules, log, p))
             traces.run(log, self.counts, self.out)
         else:
             with ProcessPoolExecutor(len(groups), mp_context=_context()) as pool:
-                futures = [pool.submit(detect_partitions, s, log, g) for g in groups]
+                futures = [pool.submit(detect_partitions, s, self.rules, log, g)
+                           for g in groups]
                 traces.run(log, self.counts, self.out)
                 done = {p: r for f in futures for p, r in f.result().items()}
             for p in events:

@@ -4,7 +4,6 @@ offline, and the difference a rule change would have made (ADR 0022)."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import sys
 import time
@@ -29,73 +28,44 @@ from tocsin.clients.replay import (
     owner_of,
 )
 from tocsin.processors.report import canonical_json
-from tocsin.processors.triage import TriageConfig
+from tocsin.processors.rules import RulesError, RuleSet, load_rules_file, parse_set
 from tocsin.processors.what_if import diff, diff_json, incident_rows, totals
 from tocsin.schemas.codec import encode_incident
 from tocsin.streams.kafka.headers import PROVENANCE_HEADER
 from tocsin.streams.stages.detect import window_records
-from tocsin.streams.worker.settings import Settings
+from tocsin.streams.worker.settings import Settings, rules_of
 
 err = Console(stderr=True, highlight=False)
 
-SETTABLE_TRIAGE = {"correlation_window_ms"}
+
+# ---------------------------------------------------------------------- rules
 
 
-# ---------------------------------------------------------------------- settings
-
-
-def settings_with(base: Settings, sets: Sequence[str]) -> tuple[Settings, TriageConfig,
-                                                                 dict[str, Any]]:
-    """``base`` with ``--set`` items applied: ``detector.<field>=<value>`` (any detector
-    setting, ADR 0002) and ``triage.correlation_window_ms=<ms>``. A bad item is a
-    :class:`click.BadParameter` naming it."""
-    detector: dict[str, Any] = {}
-    triage: dict[str, Any] = {}
-    for item in sets:
-        key, eq, raw = item.partition("=")
-        section, _, name = key.strip().partition(".")
-        if not eq or not name:
-            raise click.BadParameter(f"{item!r}: expected SECTION.KEY=VALUE, e.g. "
-                                     f"detector.min_lift=4", param_hint="--set")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        if section == "detector":
-            if name not in type(base.detector).model_fields:
-                raise click.BadParameter(
-                    f"{item!r}: no detector setting {name!r} (one of "
-                    f"{', '.join(sorted(type(base.detector).model_fields))})",
-                    param_hint="--set")
-            detector[name] = value
-        elif section == "triage" and name in SETTABLE_TRIAGE:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise click.BadParameter(f"{item!r}: a whole number of ms >= 0",
-                                         param_hint="--set")
-            triage[name] = value
-        else:
-            raise click.BadParameter(
-                f"{item!r}: settable keys are detector.<setting> and "
-                f"triage.correlation_window_ms", param_hint="--set")
+def rules_for(settings: Settings, rules_file: Path | None, sets: Sequence[str]) -> RuleSet:
+    """The rules a replay runs under: ``rules_file`` (else the one TOCSIN_RULES names,
+    else none), with ``--set`` items as [defaults] on top (ADR 0022). A bad file or item is
+    a :class:`click.BadParameter` naming its line or item."""
     try:
-        config = type(base.detector).model_validate(
-            {**base.detector.model_dump(), **detector})
-    except ValueError as exc:
-        raise click.BadParameter(_first_error(exc), param_hint="--set") from exc
-    settings = base.model_copy(update={"detector": config})
-    triage_config = TriageConfig(news_cooldown_ms=base.news_cooldown_ms, **triage)
-    applied = {**{f"detector.{k}": v for k, v in sorted(detector.items())},
-               **{f"triage.{k}": v for k, v in sorted(triage.items())}}
-    return settings, triage_config, applied
+        if rules_file is not None:
+            rules = load_rules_file(rules_file, base=settings.detector)
+        else:
+            rules = rules_of(settings)
+        if sets:
+            rules = rules.with_defaults(parse_set(sets), base=settings.detector)
+    except RulesError as exc:
+        if exc.source == "--set":
+            raise click.BadParameter(exc.message, param_hint="--set") from exc
+        raise click.BadParameter(str(exc), param_hint="--rules") from exc
+    except OSError as exc:
+        raise click.BadParameter(f"{rules_file}: {exc.strerror or exc}",
+                                 param_hint="--rules") from exc
+    return rules
 
 
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return f"detector.{where}: {first.get('msg')}" if where else str(first.get("msg"))
-    return str(exc)
+def _rules_info(rules: RuleSet) -> dict[str, Any]:
+    return {"hash": None if rules.is_empty else rules.hash,
+            "file": rules.source if not rules.is_empty else None,
+            "file_sha256": rules.file_sha256}
 
 
 def base_settings() -> Settings:
@@ -113,10 +83,10 @@ def default_jobs() -> int:
                else os.cpu_count() or 1)
 
 
-def replay_log(log: RecordedLog, settings: Settings, triage: TriageConfig, jobs: int = 1
+def replay_log(log: RecordedLog, settings: Settings, rules: RuleSet, jobs: int = 1
                ) -> tuple[Outputs, Counts, float]:
     started = time.perf_counter()
-    replay = Replay(settings, triage)
+    replay = Replay(settings, rules)
     out = replay.run(log, jobs)
     return out, replay.counts, time.perf_counter() - started
 
@@ -223,10 +193,10 @@ def _open(directory: Path) -> RecordedLog:
         sys.exit(1)
 
 
-def _run(log: RecordedLog, settings: Settings, triage: TriageConfig, jobs: int
+def _run(log: RecordedLog, settings: Settings, rules: RuleSet, jobs: int
          ) -> tuple[Outputs, Counts, float]:
     try:
-        return replay_log(log, settings, triage, jobs)
+        return replay_log(log, settings, rules, jobs)
     except ReplayError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(1)
@@ -240,10 +210,15 @@ def _log_info(log: RecordedLog) -> dict[str, Any]:
 
 @click.command(name="replay", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--rules", "rules_file", metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Rules file to replay under (default: TOCSIN_RULES, if set).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Change a setting for this replay: detector.<setting> (min_count, "
-                   "min_lift, min_rate_per_min, window_ms, ...) or "
-                   "triage.correlation_window_ms. Repeatable.")
+              help="A setting for every family, over the rules' [defaults]: "
+                   "detector.min_count, detector.min_lift, detector.min_rate, "
+                   "detector.window, detector.baseline_windows, detector.resolve_after, "
+                   "detector.min_active, detector.rearm_ratio, triage.correlation_window "
+                   "(durations: 90s, 10m, 2h or ms). Repeatable.")
 @click.option("--db", "db", metavar="OUT.duckdb", type=click.Path(dir_okay=False,
                                                                   path_type=Path),
               help="Write the worker's DuckDB tables to this new file.")
@@ -251,8 +226,8 @@ def _log_info(log: RecordedLog) -> dict[str, Any]:
               help="Processes for detection's partitions (default: the CPUs this process "
                    "may use). The result does not depend on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
-                   jobs: int | None, as_json: bool) -> None:
+def replay_command(directory: Path, rules_file: Path | None, sets: tuple[str, ...],
+                   db: Path | None, jobs: int | None, as_json: bool) -> None:
     """Replay a recorded log (`tocsin export`'s DIR) through detection, trace assembly
     and triage, with no broker: the incidents, their causes and report hashes, as the
     worker concluded them (ADR 0022).
@@ -263,16 +238,16 @@ def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
 
     Exit 0 replayed, 1 the log cannot be read, 2 bad arguments.
     """
-    settings, triage, applied = settings_with(base_settings(), sets)
+    settings = base_settings()
+    rules = rules_for(settings, rules_file, sets)
     if db is not None and db.exists():
         raise click.BadParameter(f"{db} exists; replay writes a new file", param_hint="--db")
     log = _open(directory)
-    out, counts, seconds = _run(log, settings, triage, jobs or default_jobs())
+    out, counts, seconds = _run(log, settings, rules, jobs or default_jobs())
     rows = rows_of(out, settings)
     written = write_db(db, settings, log, out) if db is not None else None
     result = {
-        "log": _log_info(log), "settings": applied,
-        "detector_fingerprint": settings.detector.fingerprint(),
+        "log": _log_info(log), "rules": _rules_info(rules), "set": list(sets),
         "counts": {**vars(counts), "incidents": len(rows),
                    "lifecycle_changes": len(out.changes), "report_versions": len(out.reports)},
         "totals": totals(rows), "incidents": rows,
@@ -299,15 +274,19 @@ def replay_command(directory: Path, sets: tuple[str, ...], db: Path | None,
 
 @click.command(name="what-if", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", required=True,
-              help="The change to try: detector.<setting>=VALUE or "
-                   "triage.correlation_window_ms=MS. Repeatable.")
+@click.option("--rules", "rules_file", metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The change: this rules file instead of the configured one "
+                   "(TOCSIN_RULES, or none).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="The change: a setting for every family (keys as for `tocsin replay "
+                   "--set`), over the rules' [defaults]. Repeatable.")
 @click.option("--jobs", "jobs", type=click.IntRange(1, 256), default=None, metavar="N",
               help="Processes for detection's partitions (default: the CPUs this process "
                    "may use). The result does not depend on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def what_if_command(directory: Path, sets: tuple[str, ...], jobs: int | None,
-                    as_json: bool) -> None:
+def what_if_command(directory: Path, rules_file: Path | None, sets: tuple[str, ...],
+                    jobs: int | None, as_json: bool) -> None:
     """Replay a recorded log twice, as configured and under a change, and print what the
     change would have done: incidents only in the baseline, only under the change, and
     changed, with totals (incidents, pages, median time to detect). ADR 0022.
@@ -317,15 +296,21 @@ def what_if_command(directory: Path, sets: tuple[str, ...], jobs: int | None,
 
     Exit 0 compared (whatever the difference), 1 the log cannot be read, 2 bad arguments.
     """
-    base = base_settings()
-    changed, triage, applied = settings_with(base, sets)
-    _, base_triage, _ = settings_with(base, ())
+    if rules_file is None and not sets:
+        raise click.UsageError("say what to change: --set KEY=VALUE and/or --rules FILE")
+    settings = base_settings()
+    before_rules = rules_for(settings, None, ())
+    after_rules = rules_for(settings, rules_file, sets)
     log = _open(directory)
-    before, _, _ = _run(log, base, base_triage, jobs or default_jobs())
-    after, _, _ = _run(log, changed, triage, jobs or default_jobs())
-    left, right = rows_of(before, base), rows_of(after, changed)
+    before, _, _ = _run(log, settings, before_rules, jobs or default_jobs())
+    after, _, _ = _run(log, settings, after_rules, jobs or default_jobs())
+    left, right = rows_of(before, settings), rows_of(after, settings)
     d = diff(left, right)
-    result = {"log": _log_info(log), "change": applied, **diff_json(d, left, right)}
+    change = {"set": list(sets), "rules": None if rules_file is None else str(rules_file)}
+    result = {"log": _log_info(log), "change": change,
+              "rules": {"baseline": _rules_info(before_rules),
+                        "change": _rules_info(after_rules)},
+              **diff_json(d, left, right)}
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode())
         return
@@ -333,8 +318,10 @@ def what_if_command(directory: Path, sets: tuple[str, ...], jobs: int | None,
 
 
 def print_diff(console: Console, result: Mapping[str, Any]) -> None:
-    change = ", ".join(f"{k}={v}" for k, v in result["change"].items()) or "nothing"
-    console.print(f"what if {escape(change)}:")
+    what = [*result["change"]["set"]]
+    if result["change"]["rules"]:
+        what.insert(0, f"rules {result['change']['rules']}")
+    console.print(f"what if {escape(', '.join(what))}:", highlight=False)
     if result["empty"]:
         console.print(f"no difference ({result['unchanged']} incidents the same)")
     if result["only_baseline"]:
