@@ -18,7 +18,7 @@ from dataclasses import replace
 from math import frexp
 from typing import Any
 
-from tocsin.processors import detector_actions, detector_snapshot
+from tocsin.processors import detector_actions, detector_snapshot, step_detection
 from tocsin.processors.actions import Command, Refusal
 from tocsin.processors.config import DetectorConfig
 from tocsin.processors.detector_actions import CLOSED_KEPT_MS as CLOSED_KEPT_MS
@@ -59,6 +59,10 @@ class PartitionDetector:
         # Settings per family from the rules file (ADR 0022); without one, ``config``.
         self.rules = rules or RuleSet.empty()
         self._rules_hash = None if self.rules.is_empty else self.rules.hash
+        # The rules file's per-step rules (ADR 0022, processors/step_detection.py)
+        self._step_rules = bool(self.rules.error_rate or self.rules.latency)
+        self.ruled_steps: dict[StepKey, list[Any]] = {}
+        self.ruled_services: dict[str, list[StepKey]] = {}
         self.families: dict[Family, FamilyState] = {}
         self.clocks: dict[str, int] = {}
         self.watermark_ms: int | None = None
@@ -158,6 +162,8 @@ class PartitionDetector:
 
     def evaluate(self, fs: FamilyState, index: int) -> tuple[bool, int, float]:
         """(qualifies, window count, baseline) of the window ending at bucket ``index``."""
+        if fs.step_rule is not None:
+            return step_detection.evaluate(self, fs, index)
         cfg = fs.config or self.config
         width = cfg.buckets_per_window
         count = window_sum(fs.buckets, index, width)
@@ -176,6 +182,8 @@ class PartitionDetector:
         thresholds (ADR 0002, hysteresis): REARM x MIN_COUNT errors, a lift of
         1 + REARM x (MIN_LIFT - 1) over the baseline, REARM x MIN_RATE. An active incident
         recovers, and a family whose incident resolved re-arms, only once it does not."""
+        if fs.step_rule is not None:
+            return step_detection.holds(self, fs, index)
         cfg = fs.config or self.config
         share = cfg.rearm_ratio
         width = cfg.buckets_per_window
@@ -219,7 +227,7 @@ class PartitionDetector:
             if not fs.armed and not self.holds(fs, now_index):
                 fs.armed = True
             if qualifies and fs.armed:
-                self._open(fs, clock, count, base, out)
+                self.open_at(fs, clock, count, base, out)
             return
         incident.peak_count = max(incident.peak_count, count)
         if incident.status == "recovering" and qualifies:
@@ -228,7 +236,7 @@ class PartitionDetector:
             out.append(event(incident, family, "reopened", clock, count, base, fs.last_error_ms,
                              timeline=self.view(incident.incident_id)))
 
-    def _open(
+    def open_at(
         self, fs: FamilyState, clock: int, count: int, base: float, out: list[IncidentEvent]
     ) -> None:
         family = fs.family
@@ -260,16 +268,20 @@ class PartitionDetector:
             return
         if service in self.timelines.due:
             self._complete_timelines(service, t_ms, out)
+        first = bucket_index(before, self._bucket_ms) + 1
+        now_index = bucket_index(t_ms, self._bucket_ms)
+        if self._step_rules and now_index >= first and service in self.ruled_services:
+            step_detection.check(self, service, first - 1, now_index, out)
         open_families = self.open_by_service.get(service)
         if not open_families:
             return
-        first = bucket_index(before, self._bucket_ms) + 1
-        now_index = bucket_index(t_ms, self._bucket_ms)
         for family in sorted(open_families):
             fs = self.families[family]
             cfg = fs.config or self.config
             incident = fs.incident
             assert incident is not None
+            if fs.step_rule is not None and now_index >= first:
+                step_detection.moved(self, fs, incident, first - 1, now_index, out)
             if incident.held:
                 continue  # reopened by a person: a person resolves it
             if incident.status == "active":
@@ -380,6 +392,8 @@ class PartitionDetector:
         buckets = self.steps.get(key)
         if buckets is None:
             buckets = self.steps[key] = {}
+            if self._step_rules:
+                step_detection.register(self, key)
         cell = buckets.get(index)
         if cell is None:
             cell = buckets[index] = [0, 0, -1, {}]
@@ -406,9 +420,10 @@ class PartitionDetector:
             return None
         family = drawn[0]
         fs = self.families.get(family)
-        timeline = self.timelines.draw(
-            incident_id, self.clocks[family.service], None if fs is None else fs.buckets,
-            self.steps.get((family.env, family.service, family.step)))
+        step = self.steps.get((family.env, family.service, family.step))
+        errors = None if fs is None else fs.buckets if fs.step_rule is None \
+            else {i: c[1] for i, c in (step or {}).items()}
+        timeline = self.timelines.draw(incident_id, self.clocks[family.service], errors, step)
         return None if timeline is None else timeline.view(complete)
 
     def timeline_resolved(self, incident_id: str, at_ms: int) -> None:
@@ -452,8 +467,9 @@ class PartitionDetector:
             del self.families[family]
             self.counters.families_evicted += 1
         for key, buckets in list(self.steps.items()):
-            horizon = bucket_index(self.clocks[key[1]], cfg.bucket_ms) - cfg.buckets_per_window
-            trim(buckets, horizon + 1)
+            kept = step_detection.retained(self, key) if self.ruled_steps.get(key) \
+                else cfg.buckets_per_window
+            trim(buckets, bucket_index(self.clocks[key[1]], cfg.bucket_ms) - kept + 1)
             if not buckets:
                 del self.steps[key]
         for fs in self.families.values():
@@ -527,4 +543,8 @@ class PartitionDetector:
         detector_snapshot.load(det, snap)
         for fs in det.families.values():
             fs.config = det.config_for(fs.family)
+            fs.step_rule = step_detection.rule_for(det, fs.family)
+        if det._step_rules:
+            for key in sorted(det.steps):
+                step_detection.register(det, key)
         return det

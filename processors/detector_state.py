@@ -5,7 +5,7 @@ counters of what it dropped, the window rows it publishes and the deploys it reg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tocsin.processors.config import DetectorConfig
 from tocsin.processors.family import Family
@@ -37,6 +37,8 @@ class FamilyState:
     # The settings that apply to this family (the rules file's, ADR 0022); not state:
     # set again from the rules when a checkpoint is restored.
     config: DetectorConfig | None = None
+    # A per-step rule's family (ERROR_RATE, LATENCY): its rule; None for error families
+    step_rule: Any = None
 
 
 @dataclass(slots=True)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from tocsin.processors.family import Family
 
 RULE = "spike.v1"
+# The families of the rules file's per-step rules, and the rule each is read by (ADR 0022)
+STEP_RULES = {"ERROR_RATE": "error_rate.v1", "LATENCY": "latency.v1"}
 
 Kind = Literal["opened", "recovering", "reopened", "resolved", "acknowledged",
                "investigating", "mitigated", "annotated", "hypothesis", "timeline"]
@@ -159,5 +161,6 @@ def event(
         sample_trace_ids=tuple(incident.sample_traces),
         phase=incident.phase,
         timeline=timeline,
-        **action,  # type: ignore[arg-type]
+        rule=STEP_RULES.get(family.error_code, RULE),
+        **action,
     )

@@ -10,7 +10,10 @@ it stands, its counts, the likely cause and the rule that named it, and the repo
 of buckets, ending at the opening, in which the family's errors stood above its baseline's
 level per bucket (the baseline window count x bucket / window), read from the timeline the
 ``opened`` change carries (ADR 0019; at most its 5 minutes before onset). A rule that
-waits for more errors opens later in the same spike, and its time to detect is longer.
+waits for more errors opens later in the same spike, and its time to detect is longer. For
+the per-step rules' families (ADR 0022) the run is of buckets whose own value stood above
+half-way to the opening: ``LATENCY``, a p95 above (baseline + opening quantile) / 2 ms;
+``ERROR_RATE``, an error rate above half the highest bucket rate up to the opening.
 
 Two replays are compared incident by incident. The same id (same family, same onset)
 pairs two rows; then, family by family (and env), rows whose active spans overlap pair in
@@ -49,18 +52,34 @@ def content_hash(report: Mapping[str, Any]) -> str | None:
     return "sha256:" + hashlib.sha256(canonical_json(body)).hexdigest()
 
 
+STEP_CODES = ("LATENCY", "ERROR_RATE")
+
+
 def spike_start_ms(opened: Mapping[str, Any], window_ms: int) -> int:
     """When the spike an ``opened`` change reports began (see the module's docstring);
     its ``at_ms`` without a timeline."""
     timeline = opened.get("timeline") or {}
     at = int(opened["at_ms"])
-    points = [p for p in timeline.get("points") or () if int(p["t_ms"]) <= at]
+    code = opened.get("error_code")
+    # A step rule opens at a bucket boundary, on the buckets before it; the error-count
+    # rule on an error, whose bucket counts.
+    points = [p for p in timeline.get("points") or ()
+              if int(p["t_ms"]) < at or (code not in STEP_CODES and int(p["t_ms"]) <= at)]
     if not points:
         return at
-    level = float(opened.get("baseline") or 0.0) * int(timeline["bucket_ms"]) / window_ms
+    if code == "LATENCY":
+        series = "p95_ms"
+        level = (float(opened.get("baseline") or 0.0) + int(opened["window_count"])) / 2
+    elif code == "ERROR_RATE":
+        series = "error_rate"
+        level = max(float(p.get("error_rate") or 0.0) for p in points) / 2
+    else:
+        series = "errors"
+        level = float(opened.get("baseline") or 0.0) * int(timeline["bucket_ms"]) / window_ms
     start = at
     for point in reversed(points):
-        if int(point["errors"]) <= level:
+        value = point.get(series)
+        if value is None or float(value) <= level:
             break
         start = int(point["t_ms"])
     return min(start, at)

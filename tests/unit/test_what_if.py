@@ -93,3 +93,17 @@ def test_totals_count_pages_and_take_the_median_time_to_detect() -> None:
     assert totals([])["median_time_to_detect_ms"] is None
     j = diff_json(diff(rows, []), rows, [])
     assert j["totals"]["change"]["incidents"] == 0 and len(j["only_baseline"]) == 4
+
+
+def test_a_step_rules_spike_starts_where_its_own_value_rose() -> None:
+    points = [{"t_ms": 900_000 + i * 30_000, "errors": 0, "p95_ms": p, "error_rate": r}
+              for i, (p, r) in enumerate([(20, 0.0), (22, 0.01), (700, 0.2), (800, 0.3),
+                                          (900, 0.3), (None, None)])]
+    timeline = {"bucket_ms": 30_000, "points": points}
+    at = 900_000 + 5 * 30_000  # the boundary after the fifth bucket: it is not counted
+    latency = change("i", 1, "opened", at, baseline=21.0, error_code="LATENCY",
+                     window_count=850, timeline=timeline)
+    assert spike_start_ms(latency, W) == 900_000 + 2 * 30_000
+    rate = change("i", 1, "opened", at, error_code="ERROR_RATE", window_count=30,
+                  timeline=timeline)
+    assert spike_start_ms(rate, W) == 900_000 + 2 * 30_000
