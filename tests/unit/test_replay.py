@@ -7,59 +7,28 @@ test_demo.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from aiokafka.partitioner import murmur2
 from click.testing import CliRunner
 
-from tests.integration.harness import T0_MS, event, steady
+from tests.integration.harness import T0_MS
 from tocsin.cli import main
-from tocsin.clients.export import LogRecord, write_export
+from tocsin.clients.export import load_manifest, write_export
 from tocsin.clients.replay import RecordedLog, Replay, ReplayError
 from tocsin.streams.worker.settings import Settings
 
-PARTITIONS = 6
-
-
-def noisy_log() -> list[dict[str, Any]]:
-    """50 min of three services. search fails every 40 s throughout (about 15 errors a
-    window; its first 5 open an incident, with no baseline yet), and for 3 min from minute
-    40 once more every 5 s: a lift of about 3. checkout's payment.charge, clean before,
-    fails 90 times from minute 44: no baseline."""
-    log = steady(T0_MS, 3000, ("checkout", "cart", "search"))
-    for s in range(0, 3000, 40):
-        log.append(event(T0_MS + s * 1000 + 7, "search", "GET /", error="SRCH_500"))
-    for s in range(2400, 2580, 5):
-        log.append(event(T0_MS + s * 1000 + 9, "search", "GET /", error="SRCH_500"))
-    for k in range(90):
-        log.append(event(T0_MS + (2640 + k) * 1000 + 5, "checkout", "payment.charge",
-                         error="PMT_502"))
-    log.sort(key=lambda e: (e["event_time_ms"], e["service"]))
-    return log
-
-
-def records(events: list[dict[str, Any]], extra: dict[int, list[bytes]] | None = None
-            ) -> Iterator[tuple[str, int, LogRecord]]:
-    """The events as the producer partitions them (key = service), JSON values; ``extra``
-    values appended to a partition."""
-    offsets = [0] * PARTITIONS
-    for e in events:
-        key = e["service"].encode()
-        p = (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
-        yield "tocsin.events", p, LogRecord(offsets[p], e["event_time_ms"], key,
-                                            orjson.dumps(e))
-        offsets[p] += 1
-    for p, values in (extra or {}).items():
-        for value in values:
-            yield "tocsin.events", p, LogRecord(offsets[p], T0_MS, None, value)
-            offsets[p] += 1
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples"
+_spec = importlib.util.spec_from_file_location("noisy_search", EXAMPLE / "noisy_search.py")
+assert _spec is not None and _spec.loader is not None
+noisy_search = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(noisy_search)
+noisy_log, records = noisy_search.noisy_log, noisy_search.records
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +217,15 @@ def test_a_rules_file_with_a_mistake_is_refused_naming_its_line(recorded: Path,
     result = CliRunner().invoke(main, ["replay", str(recorded), "--rules",
                                        str(tmp_path / "missing.toml")])
     assert result.exit_code == 2 and "missing.toml" in result.stderr
+
+
+def test_the_readme_example_log_is_what_its_script_writes(tmp_path: Path) -> None:
+    """examples/noisy-search/ (README's what-if example) is exactly the script's output."""
+    noisy_search.write(tmp_path / "again")
+    committed, again = load_manifest(EXAMPLE / "noisy-search"), load_manifest(tmp_path / "again")
+    assert [(f["path"], f["sha256"], f["count"]) for f in committed["files"]] == \
+        [(f["path"], f["sha256"], f["count"]) for f in again["files"]]
+    out = cli("what-if", str(EXAMPLE / "noisy-search"), "--rules",
+              str(EXAMPLE / "rules" / "noisy-search.toml"), "--json")
+    assert [r["family"] for r in out["only_baseline"]] == ["search:GET /:SRCH_500"]
+    assert out["unchanged"] == 1 and out["only_change"] == []
