@@ -18,7 +18,12 @@ from dataclasses import replace
 from math import frexp
 from typing import Any
 
-from tocsin.processors import detector_actions, detector_snapshot, step_detection
+from tocsin.processors import (
+    detector_actions,
+    detector_snapshot,
+    runtime_detection,
+    step_detection,
+)
 from tocsin.processors.actions import Command, Refusal
 from tocsin.processors.config import DetectorConfig
 from tocsin.processors.detector_actions import CLOSED_KEPT_MS as CLOSED_KEPT_MS
@@ -63,6 +68,8 @@ class PartitionDetector:
         self._step_rules = bool(self.rules.error_rate or self.rules.latency)
         self.ruled_steps: dict[StepKey, list[Any]] = {}
         self.ruled_services: dict[str, list[StepKey]] = {}
+        # [runtime]: (env, service, reason) -> [since, last, occurrences] of its stretch
+        self.runtime: dict[tuple[str, str, str], list[int]] = {}
         self.families: dict[Family, FamilyState] = {}
         self.clocks: dict[str, int] = {}
         self.watermark_ms: int | None = None
@@ -154,9 +161,17 @@ class PartitionDetector:
     def tick(self, t_ms: int, service: str) -> list[IncidentEvent]:
         """Advance a service's clock without counting (a suppressed event still tells time)."""
         out: list[IncidentEvent] = []
+        self.tick_into(service, t_ms, out)
+        return self._stamped(out)
+
+    def tick_into(self, service: str, t_ms: int, out: list[IncidentEvent]) -> None:
         self._advance(service, t_ms, out)
         self._advance_watermark(t_ms, out)
-        return self._stamped(out)
+
+    def runtime_signal(self, signal: Any) -> list[IncidentEvent]:
+        """A runtime signal the intake put on the events topic for the [runtime] rule
+        (:mod:`tocsin.processors.runtime_detection`): the changes it causes."""
+        return self._stamped(runtime_detection.observe(self, signal))
 
     # ------------------------------------------------------------------ rules
 
@@ -421,8 +436,7 @@ class PartitionDetector:
         family = drawn[0]
         fs = self.families.get(family)
         step = self.steps.get((family.env, family.service, family.step))
-        errors = None if fs is None else fs.buckets if fs.step_rule is None \
-            else {i: c[1] for i, c in (step or {}).items()}
+        errors = None if fs is None else step_detection.errors_of(self, fs)
         timeline = self.timelines.draw(incident_id, self.clocks[family.service], errors, step)
         return None if timeline is None else timeline.view(complete)
 
@@ -475,6 +489,10 @@ class PartitionDetector:
         for fs in self.families.values():
             horizon = bucket_index(self.clocks[fs.family.service], cfg.bucket_ms)
             trim(fs.buckets, horizon - (fs.config or cfg).retained_buckets + 1)
+        persistent = self.rules.runtime.persistent_after_ms
+        for key in [k for k, (_, last, _) in self.runtime.items()
+                    if self.clocks.get(k[1], last) - last > persistent]:
+            del self.runtime[key]  # a stretch over: the next occurrence starts a new one
         if self.watermark_ms is not None:
             kept_from = self.watermark_ms - CLOSED_KEPT_MS
             for closed_id in [k for k, (_, inc) in self.closed.items()

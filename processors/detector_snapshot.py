@@ -31,6 +31,8 @@ def dump(det: PartitionDetector) -> dict[str, Any]:
         "versions": [[*k, v] for k, v in sorted(det.versions.items())],
         "sources": [[k, *v] for k, v in sorted(det.sources.items())],
         "counters": det.counters.as_dict(),
+        **({"runtime": [[*k, *v] for k, v in sorted(det.runtime.items())]}
+           if det.runtime else {}),
     }
 
 
@@ -52,6 +54,8 @@ def load(det: PartitionDetector, snap: dict[str, Any]) -> None:
             int(i): [r, e, -1, {int(b): int(n) for b, n in h}] for i, (r, e, h) in buckets}
     det.timelines.restore(snap["timelines"])
     det.counters = Counters(**snap["counters"])
+    det.runtime = {(env, service, reason): [int(a), int(b), int(n)]
+                   for env, service, reason, a, b, n in snap.get("runtime", ())}
     det.versions = {(service, env): list(v) for service, env, v in snap["versions"]}
     det.sources = {k: (int(o), int(i)) for k, o, i in snap["sources"]}
     for env, service, step, code, incident in snap["closed"]:

@@ -18,6 +18,8 @@ from tocsin.processors.family import Family
 RULE = "spike.v1"
 # The families of the rules file's per-step rules, and the rule each is read by (ADR 0022)
 STEP_RULES = {"ERROR_RATE": "error_rate.v1", "LATENCY": "latency.v1"}
+RUNTIME_STEP = "@runtime"  # the step of a [runtime] rule's family: service:@runtime:REASON
+RUNTIME_RULE = "runtime.v1"
 
 Kind = Literal["opened", "recovering", "reopened", "resolved", "acknowledged",
                "investigating", "mitigated", "annotated", "hypothesis", "timeline"]
@@ -161,6 +163,7 @@ def event(
         sample_trace_ids=tuple(incident.sample_traces),
         phase=incident.phase,
         timeline=timeline,
-        rule=STEP_RULES.get(family.error_code, RULE),
+        rule=RUNTIME_RULE if family.step == RUNTIME_STEP
+        else STEP_RULES.get(family.error_code, RULE),
         **action,
     )

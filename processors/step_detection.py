@@ -34,10 +34,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tocsin.processors import runtime_detection
 from tocsin.processors.detector_state import FamilyState
 from tocsin.processors.family import Family
 from tocsin.processors.lifecycle import STEP_RULES, IncidentEvent, OpenIncident, event
-from tocsin.processors.rules import ErrorRateRule, LatencyRule
+from tocsin.processors.rules import ErrorRateRule, LatencyRule, RuntimeRule
 from tocsin.processors.step_rules import (
     StepReading,
     error_rate_holds,
@@ -110,6 +111,8 @@ def reading(det: PartitionDetector, fs: FamilyState, index: int) -> StepReading:
 def evaluate(det: PartitionDetector, fs: FamilyState, index: int
              ) -> tuple[bool, int, float]:
     """(qualifies, window count, baseline) as the lifecycle fields hold them (above)."""
+    if isinstance(fs.step_rule, RuntimeRule):
+        return runtime_detection.evaluate(det, fs, index)
     r = reading(det, fs, index)
     if isinstance(fs.step_rule, ErrorRateRule):
         base = 0.0 if r.baseline is None else round(r.baseline * r.requests, 6)
@@ -119,6 +122,8 @@ def evaluate(det: PartitionDetector, fs: FamilyState, index: int
 
 
 def holds(det: PartitionDetector, fs: FamilyState, index: int) -> bool:
+    if isinstance(fs.step_rule, RuntimeRule):
+        return runtime_detection.holds(det, fs, index)
     f = fs.family
     cells = det.steps.get((f.env, f.service, f.step)) or {}
     rule = fs.step_rule
@@ -142,8 +147,11 @@ def family_state(det: PartitionDetector, family: Family) -> FamilyState | None:
     return fs
 
 
-def rule_for(det: PartitionDetector, family: Family) -> StepRule | None:
-    """The rule of a step family (None for any other family)."""
+def rule_for(det: PartitionDetector, family: Family) -> StepRule | RuntimeRule | None:
+    """The rule of a step family or a [runtime] family (None for any other family)."""
+    runtime = runtime_detection.rule_for(det, family)
+    if runtime is not None:
+        return runtime
     if family.error_code not in RULE_NAMES:
         return None
     for code, rule in rules_of_step(det, (family.env, family.service, family.step)):
@@ -196,7 +204,10 @@ def counted(det: PartitionDetector, fs: FamilyState, index: int) -> int:
 def moved(det: PartitionDetector, fs: FamilyState, incident: OpenIncident, first: int,
           now_index: int, out: list[IncidentEvent]) -> None:
     """An open step incident's service entered bucket ``now_index``: the buckets completed
-    since ``first`` add to its counts, and a recovering one that qualifies again reopens."""
+    since ``first`` add to its counts, and a recovering one that qualifies again reopens.
+    (A [runtime] family moves with its signals instead.)"""
+    if isinstance(fs.step_rule, RuntimeRule):
+        return
     bucket_ms = det.config.bucket_ms
     for index in range(max(first, now_index - width_of(det, fs)), now_index):
         incident.error_count += counted(det, fs, index)
@@ -211,3 +222,12 @@ def moved(det: PartitionDetector, fs: FamilyState, incident: OpenIncident, first
             incident.status_since_ms = boundary
             out.append(event(incident, fs.family, "reopened", boundary, count, base,
                              fs.last_error_ms, timeline=det.view(incident.incident_id)))
+
+
+def errors_of(det: PartitionDetector, fs: FamilyState) -> dict[int, int]:
+    """What a family's timeline shows as its errors: its own buckets, or for a step rule's
+    family the step's failing requests."""
+    if fs.step_rule is None or isinstance(fs.step_rule, RuntimeRule):
+        return fs.buckets
+    f = fs.family
+    return {i: c[1] for i, c in (det.steps.get((f.env, f.service, f.step)) or {}).items()}

@@ -15,6 +15,9 @@ first byte is one of ``processors.otlp.record.VERSIONS`` (ADR 0015), else JSON."
 ACTION = "tocsin.action"
 """On the events topic, a record with this header is an operator action's command (JSON,
 ``processors.actions.Command``), keyed by the incident's service (ADR 0016)."""
+RUNTIME = "tocsin.runtime"
+"""On the events topic, a record with this header is a runtime signal (signal.v1) the
+intake put there for the rules file's [runtime] rule, keyed by its service (ADR 0022)."""
 PROVENANCE_HEADER = "tocsin.provenance"  # where a report's cited records lie (JSON)
 MARK = "tocsin.mark"
 """A record with this header and an empty value is a progress mark, `<source>=<ms>`: the

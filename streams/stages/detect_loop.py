@@ -35,7 +35,15 @@ from tocsin.processors.otlp.record import RecordError, decode_span_event
 from tocsin.processors.recent_requests import RecentRequests
 from tocsin.processors.source_merge import SourceMerge
 from tocsin.schemas.codec import SchemaError, WideEventDecoder
-from tocsin.streams.kafka.headers import ACTION, header, progress_of, span_source, span_time
+from tocsin.schemas.signal_wire import decode_signal
+from tocsin.streams.kafka.headers import (
+    ACTION,
+    RUNTIME,
+    header,
+    progress_of,
+    span_source,
+    span_time,
+)
 from tocsin.streams.kafka.registry import SchemaRegistry
 from tocsin.streams.stages.handoff import HandOff
 from tocsin.streams.stages.partitioned import StageRun
@@ -136,9 +144,13 @@ class DetectRecords:
                 self._dead_letter(run, rec, f"oversize: {len(data)} bytes > {limit}")
                 continue
             origin = span_source(rec.headers) if rec.headers else None
-            if origin is None and rec.headers and header(rec.headers, ACTION) is not None:
-                counted += self._act(run, rec)
-                continue
+            if origin is None and rec.headers:
+                if header(rec.headers, ACTION) is not None:
+                    counted += self._act(run, rec)
+                    continue
+                if header(rec.headers, RUNTIME) is not None:
+                    counted += self._runtime(run, rec)
+                    continue
             try:
                 if origin is None:
                     event = decode(data)
@@ -200,6 +212,19 @@ class DetectRecords:
             return counted
         self.metrics.stages["actions_applied"] += len(outcome)
         for change in outcome:
+            self._emit(run, change)
+        return counted
+
+    def _runtime(self, run: PartitionRun, rec: Any) -> int:
+        """A runtime signal for the [runtime] rule (ADR 0022), decided where it lies in the
+        log, after the span events releasable by then (as an action is)."""
+        try:
+            signal = decode_signal(rec.value or b"")
+        except SchemaError as exc:
+            self._dead_letter(run, rec, f"runtime signal: {exc}", exc.field)
+            return 0
+        counted = self._release(run)
+        for change in run.detector.runtime_signal(signal):
             self._emit(run, change)
         return counted
 

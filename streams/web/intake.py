@@ -27,13 +27,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from tocsin.processors.runtime_detection import wanted as runtime_wanted
 from tocsin.processors.signals import PROVIDERS, IntakeError, intake
 from tocsin.schemas.codec import SchemaError
 from tocsin.schemas.signal_wire import encode_signal
-from tocsin.streams.kafka.headers import DELIVERY_HEADER
+from tocsin.streams.kafka.headers import DELIVERY_HEADER, RUNTIME
 from tocsin.streams.web.auth import Grant
 from tocsin.streams.worker.metrics import Metrics
-from tocsin.streams.worker.settings import Settings
+from tocsin.streams.worker.settings import Settings, rules_of
 
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_AHEAD_MS = 24 * 3_600_000
@@ -92,6 +93,7 @@ class Intake:
         self.wall_ms = wall_ms
         self.buckets: dict[str, Bucket] = {}
         self.answers: OrderedDict[str, Answer] = OrderedDict()
+        self.runtime = rules_of(settings).runtime  # ADR 0022: off unless enabled
 
     async def publish_spans(self, body: bytes) -> None:
         """One OTLP/HTTP request body onto the spans topic, as the Collector's exporter would
@@ -190,6 +192,13 @@ class Intake:
             futures.append(await self.producer.send(
                 self.settings.topics.signals, value,
                 key=(signal.service or signal.signal_id).encode(), headers=headers))
+            if runtime_wanted(self.runtime, signal):
+                # The [runtime] rule (ADR 0022): detection reads it among the service's
+                # events, in log order.
+                assert signal.service is not None
+                futures.append(await self.producer.send(
+                    self.settings.topics.events, value, key=signal.service.encode(),
+                    headers=[*headers, (RUNTIME, b"1")]))
         for fut in futures:
             await fut
         self.metrics.signals_accepted += len(result.signals)
