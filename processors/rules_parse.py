@@ -98,7 +98,7 @@ class StepRule:
 @dataclass(frozen=True, slots=True)
 class ErrorRateRule(StepRule):
     """Open ``service:step:ERROR_RATE`` when failing / all requests of the step over the
-    window is above ``threshold``, with at least ``min_requests`` requests in it."""
+    window is at least ``threshold``, with at least ``min_requests`` requests in it."""
 
     threshold: float = 0.0
 
@@ -444,7 +444,7 @@ def _error_rates(r: _Reader, doc: Mapping[str, Any]) -> tuple[ErrorRateRule, ...
         fields = _step_fields(r, section, context, table)
         if "threshold" not in table:
             raise r.fail(section, None, context, "threshold is required: the share of "
-                         "failing requests above which it opens, 0 < threshold <= 1")
+                         "failing requests at which it opens, 0 < threshold <= 1")
         threshold = r.check(section, context, "threshold", _number, "threshold",
                             table["threshold"], 0.0, 1.0, low_open=True)
         found.append(ErrorRateRule(n, **fields, threshold=threshold))

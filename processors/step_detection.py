@@ -97,15 +97,19 @@ def retained(det: PartitionDetector, key: StepKey) -> int:
     return width
 
 
-def reading(det: PartitionDetector, fs: FamilyState, index: int) -> StepReading:
+def _step(det: PartitionDetector, fs: FamilyState) -> tuple[Any, Any, int, Any]:
+    """(the step's cells, the rule, the window in buckets, the family's settings)."""
     f = fs.family
-    cells = det.steps.get((f.env, f.service, f.step)) or {}
-    rule = fs.step_rule
-    cfg = fs.config or det.config
+    return (det.steps.get((f.env, f.service, f.step)) or {}, fs.step_rule,
+            width_of(det, fs), fs.config or det.config)
+
+
+def reading(det: PartitionDetector, fs: FamilyState, index: int) -> StepReading:
+    cells, rule, width, cfg = _step(det, fs)
     if isinstance(rule, ErrorRateRule):
-        return error_rate_reading(cells, index, width_of(det, fs), rule, cfg.baseline_windows)
+        return error_rate_reading(cells, index, width, rule, cfg.baseline_windows)
     assert isinstance(rule, LatencyRule)
-    return latency_reading(cells, index, width_of(det, fs), rule, cfg.baseline_windows)
+    return latency_reading(cells, index, width, rule, cfg.baseline_windows)
 
 
 def evaluate(det: PartitionDetector, fs: FamilyState, index: int
@@ -124,15 +128,11 @@ def evaluate(det: PartitionDetector, fs: FamilyState, index: int
 def holds(det: PartitionDetector, fs: FamilyState, index: int) -> bool:
     if isinstance(fs.step_rule, RuntimeRule):
         return runtime_detection.holds(det, fs, index)
-    f = fs.family
-    cells = det.steps.get((f.env, f.service, f.step)) or {}
-    rule = fs.step_rule
-    cfg = fs.config or det.config
+    cells, rule, width, cfg = _step(det, fs)
     if isinstance(rule, ErrorRateRule):
-        return error_rate_holds(cells, index, width_of(det, fs), rule, cfg.rearm_ratio)
+        return error_rate_holds(cells, index, width, rule, cfg.rearm_ratio)
     assert isinstance(rule, LatencyRule)
-    return latency_holds(cells, index, width_of(det, fs), rule, cfg.baseline_windows,
-                         cfg.rearm_ratio)
+    return latency_holds(cells, index, width, rule, cfg.baseline_windows, cfg.rearm_ratio)
 
 
 def family_state(det: PartitionDetector, family: Family) -> FamilyState | None:

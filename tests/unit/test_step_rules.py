@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.unit.test_timeline import hist_of
 from tocsin.processors.rules import ErrorRateRule, LatencyRule
 from tocsin.processors.step_rules import (
     StepReading,
@@ -34,14 +35,6 @@ def latency_rule(threshold_ms: float | None = None, lift: float | None = None,
                  min_requests: int = 20, q: float = 0.95) -> LatencyRule:
     return LatencyRule(1, 1, "checkout", None, None, min_requests, None,
                        threshold_ms=threshold_ms, lift=lift, quantile=q)
-
-
-def hist_of(values: list[float]) -> dict[int, int]:
-    hist: dict[int, int] = {}
-    for v in values:
-        b = duration_bin(v)
-        hist[b] = hist.get(b, 0) + 1
-    return hist
 
 
 def cell(requests: int, errors: int = 0, durations: list[float] | None = None) -> list[Any]:
