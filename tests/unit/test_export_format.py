@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tocsin.clients.export import (
+    MAX_FIELD_BYTES,
     Compressor,
     FileSummary,
     LogReader,
@@ -297,3 +299,15 @@ def test_an_unreachable_broker_is_exit_1_with_a_message(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "could not export from 127.0.0.1:1" in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("field", ["key", "value"])
+def test_a_field_longer_than_any_record_is_refused_not_buffered(field: str) -> None:
+    """A crafted length (1 GiB) is damage: the reader says so at once instead of reading a
+    decompressed bomb into memory to complete the record."""
+    huge = MAX_FIELD_BYTES + 1
+    record = struct.pack(">qqi", 0, 1, huge if field == "key" else 1) + \
+        (b"" if field == "key" else b"k") + struct.pack(">ii", 0, huge)
+    stream = encode_file_header("t", 0) + record + b"\x00" * 64
+    with pytest.raises(RecordedLogError, match=f"{field} length {huge} .*over"):
+        decode_log(stream)

@@ -229,3 +229,10 @@ def test_the_readme_example_log_is_what_its_script_writes(tmp_path: Path) -> Non
               str(EXAMPLE / "rules" / "noisy-search.toml"), "--json")
     assert [r["family"] for r in out["only_baseline"]] == ["search:GET /:SRCH_500"]
     assert out["unchanged"] == 1 and out["only_change"] == []
+
+
+def test_a_db_that_cannot_be_written_is_an_error_not_a_traceback(recorded: Path) -> None:
+    result = CliRunner().invoke(main, ["replay", str(recorded), "--db",
+                                       "/dev/null/inside.duckdb"])
+    assert result.exit_code == 1 and "cannot write" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -66,6 +66,9 @@ _I64 = struct.Struct(">q")
 _NO_HEADERS = struct.Struct(">ii")  # header count 0, then the value length
 _END = -1  # an offset field of -1 starts the trailer: then the record count (int64)
 _INT32_MAX = 2**31 - 1
+MAX_FIELD_BYTES = 256 * 1024 * 1024
+"""A key, header value or value longer than this is damage (Kafka's own limits are far
+below): the reader refuses it instead of buffering a decompressed bomb."""
 
 Headers = tuple[tuple[str, bytes | None], ...]
 
@@ -424,8 +427,9 @@ class _Stream:
         the position after it, or None when the buffer ends first."""
         if length == -1:
             return None, p
-        if length < 0:
-            raise self.error(f"corrupt: {what} length {length} of offset {offset}")
+        if length < 0 or length > MAX_FIELD_BYTES:
+            raise self.error(f"corrupt: {what} length {length} of offset {offset}"
+                             + (f" (over {MAX_FIELD_BYTES} bytes)" if length > 0 else ""))
         if p + length > len(buf):
             return None
         return buf[p:p + length], p + length
@@ -442,7 +446,7 @@ class _Stream:
         append = out.append
         while p + 28 <= end:  # offset, timestamp, key length, header count, value length
             offset, ts, klen = rec_at(buf, p)
-            if offset <= last or klen < -1:
+            if offset <= last or klen < -1 or klen > MAX_FIELD_BYTES:
                 break
             q = p + 20
             key = None
@@ -452,7 +456,7 @@ class _Stream:
             if q + 8 > end:
                 break
             nh, vlen = plain_at(buf, q)
-            if nh or vlen < -1 or q + 8 + max(vlen, 0) > end:
+            if nh or vlen < -1 or vlen > MAX_FIELD_BYTES or q + 8 + max(vlen, 0) > end:
                 break
             q += 8
             value = None

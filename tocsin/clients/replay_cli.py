@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import duckdb
 import orjson
 from aiokafka import TopicPartition
 from rich.console import Console
@@ -245,7 +246,13 @@ def replay_command(directory: Path, rules_file: Path | None, sets: tuple[str, ..
     log = _open(directory)
     out, counts, seconds = _run(log, settings, rules, jobs or default_jobs())
     rows = rows_of(out, settings)
-    written = write_db(db, settings, log, out) if db is not None else None
+    written = None
+    if db is not None:
+        try:
+            written = write_db(db, settings, log, out)
+        except (OSError, duckdb.Error) as exc:
+            err.print(f"[red]error:[/] cannot write {escape(str(db))}: {escape(str(exc))}")
+            sys.exit(1)
     result = {
         "log": _log_info(log), "rules": _rules_info(rules), "set": list(sets),
         "counts": {**vars(counts), "incidents": len(rows),
