@@ -68,6 +68,7 @@ class PartitionDetector:
         self._step_rules = bool(self.rules.error_rate or self.rules.latency)
         self.ruled_steps: dict[StepKey, list[Any]] = {}
         self.ruled_services: dict[str, list[StepKey]] = {}
+        self.window_memo: dict[StepKey, Any] = {}  # a cache of step windows (not state)
         # [runtime]: (env, service, reason) -> [since, last, occurrences] of its stretch
         self.runtime: dict[tuple[str, str, str], list[int]] = {}
         self.families: dict[Family, FamilyState] = {}
@@ -489,6 +490,7 @@ class PartitionDetector:
         for fs in self.families.values():
             horizon = bucket_index(self.clocks[fs.family.service], cfg.bucket_ms)
             trim(fs.buckets, horizon - (fs.config or cfg).retained_buckets + 1)
+        step_detection.forget_stale(self)
         persistent = self.rules.runtime.persistent_after_ms
         for key in [k for k, (_, last, _) in self.runtime.items()
                     if self.clocks.get(k[1], last) - last > persistent]:

@@ -40,6 +40,7 @@ from tocsin.processors.family import Family
 from tocsin.processors.lifecycle import STEP_RULES, IncidentEvent, OpenIncident, event
 from tocsin.processors.rules import ErrorRateRule, LatencyRule, RuntimeRule
 from tocsin.processors.step_rules import (
+    Memo,
     StepReading,
     error_rate_holds,
     error_rate_reading,
@@ -104,12 +105,20 @@ def _step(det: PartitionDetector, fs: FamilyState) -> tuple[Any, Any, int, Any]:
             width_of(det, fs), fs.config or det.config)
 
 
+def _memo(det: PartitionDetector, fs: FamilyState) -> tuple[Memo, int]:
+    """The step's cache of window quantiles, and the last bucket index whose windows can
+    no longer change: a bucket a window behind its service's clock takes no late event."""
+    f = fs.family
+    stable = det.clocks[f.service] // det.config.bucket_ms - det.config.buckets_per_window
+    return det.window_memo.setdefault((f.env, f.service, f.step), {}), stable
+
+
 def reading(det: PartitionDetector, fs: FamilyState, index: int) -> StepReading:
     cells, rule, width, cfg = _step(det, fs)
     if isinstance(rule, ErrorRateRule):
         return error_rate_reading(cells, index, width, rule, cfg.baseline_windows)
     assert isinstance(rule, LatencyRule)
-    return latency_reading(cells, index, width, rule, cfg.baseline_windows)
+    return latency_reading(cells, index, width, rule, cfg.baseline_windows, *_memo(det, fs))
 
 
 def evaluate(det: PartitionDetector, fs: FamilyState, index: int
@@ -132,7 +141,8 @@ def holds(det: PartitionDetector, fs: FamilyState, index: int) -> bool:
     if isinstance(rule, ErrorRateRule):
         return error_rate_holds(cells, index, width, rule, cfg.rearm_ratio)
     assert isinstance(rule, LatencyRule)
-    return latency_holds(cells, index, width, rule, cfg.baseline_windows, cfg.rearm_ratio)
+    return latency_holds(cells, index, width, rule, cfg.baseline_windows, cfg.rearm_ratio,
+                         *_memo(det, fs))
 
 
 def family_state(det: PartitionDetector, family: Family) -> FamilyState | None:
@@ -231,3 +241,15 @@ def errors_of(det: PartitionDetector, fs: FamilyState) -> dict[int, int]:
         return fs.buckets
     f = fs.family
     return {i: c[1] for i, c in (det.steps.get((f.env, f.service, f.step)) or {}).items()}
+
+
+def forget_stale(det: PartitionDetector) -> None:
+    """Drop cached window quantiles older than what a ruled step keeps (on eviction)."""
+    for key, memo in list(det.window_memo.items()):
+        clock = det.clocks.get(key[1])
+        if clock is None or key not in det.steps:
+            del det.window_memo[key]
+            continue
+        horizon = clock // det.config.bucket_ms - retained(det, key)
+        for k in [k for k in memo if k[0] < horizon]:
+            del memo[k]

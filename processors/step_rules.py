@@ -124,11 +124,16 @@ def _rate(cells: Cells, index: int, width: int) -> float | None:
     return errors / requests if requests else None
 
 
-def error_rate_baseline(cells: Cells, index: int, width: int, baseline_windows: int
-                        ) -> float | None:
-    """The median error rate of the prior windows that had requests; None without."""
-    rates = [_rate(cells, end, width) for end in _prior_ends(index, width, baseline_windows)]
-    return _median([r for r in rates if r is not None])
+def error_rate_baseline(cells: Cells, index: int, width: int, baseline_windows: int,
+                        min_requests: int = 1) -> float | None:
+    """The median error rate of the prior windows with at least ``min_requests``
+    requests; None without any."""
+    rates = []
+    for end in _prior_ends(index, width, baseline_windows):
+        requests, errors = _counts(cells, end, width)
+        if requests and requests >= min_requests:
+            rates.append(errors / requests)
+    return _median(rates)
 
 
 def _rate_over(rule: ErrorRateRule, requests: int, errors: int, share: float) -> bool:
@@ -144,7 +149,8 @@ def error_rate_reading(cells: Cells, index: int, width: int, rule: ErrorRateRule
     requests, errors = _counts(cells, index, width)
     rate = round(errors / requests, RATE_DIGITS) if requests else None
     return StepReading(requests, errors, rate,
-                       error_rate_baseline(cells, index, width, baseline_windows),
+                       error_rate_baseline(cells, index, width, baseline_windows,
+                                           rule.min_requests),
                        _rate_over(rule, requests, errors, NO_HYSTERESIS))
 
 
@@ -159,12 +165,38 @@ def error_rate_holds(cells: Cells, index: int, width: int, rule: ErrorRateRule,
 # ---------------------------------------------------------------------- latency
 
 
-def latency_baseline(cells: Cells, index: int, width: int, q: float, baseline_windows: int
-                     ) -> float | None:
-    """The median ``q`` quantile of the prior windows that had durations; None without."""
-    found = [quantile(_durations(cells, end, width), q)
+Memo = dict[tuple[int, int, float], tuple[int, float | None]]
+"""(window end, width, quantile) -> (durations, quantile) of windows that can no longer
+change: a cache the caller keeps per step (results never depend on it)."""
+
+
+def window_quantile(cells: Cells, end: int, width: int, q: float, memo: Memo | None = None,
+                    stable_until: int = -(1 << 62)) -> tuple[int, float | None]:
+    """(durations, ``q`` quantile) of the window ending at ``end``; remembered in ``memo``
+    when ``end <= stable_until`` (its buckets are past the lateness horizon)."""
+    keep = memo is not None and end <= stable_until
+    if keep:
+        assert memo is not None
+        hit = memo.get((end, width, q))
+        if hit is not None:
+            return hit
+    hist = _durations(cells, end, width)
+    found = (sum(hist.values()), quantile(hist, q))
+    if keep:
+        assert memo is not None
+        memo[(end, width, q)] = found
+    return found
+
+
+def latency_baseline(cells: Cells, index: int, width: int, q: float, baseline_windows: int,
+                     min_samples: int = 1, memo: Memo | None = None,
+                     stable_until: int = -(1 << 62)) -> float | None:
+    """The median ``q`` quantile of the prior windows with at least ``min_samples``
+    durations (a window the rule could not read itself is no baseline either); None
+    without any."""
+    found = [window_quantile(cells, end, width, q, memo, stable_until)
              for end in _prior_ends(index, width, baseline_windows)]
-    return _median([v for v in found if v is not None])
+    return _median([v for n, v in found if v is not None and n >= min_samples])
 
 
 def _latency_over(rule: LatencyRule, samples: int, value: float | None,
@@ -186,26 +218,31 @@ def _latency_over(rule: LatencyRule, samples: int, value: float | None,
 
 
 def _latency_window(cells: Cells, index: int, width: int, rule: LatencyRule,
-                    baseline_windows: int) -> tuple[int, int, int, float | None, float | None]:
+                    baseline_windows: int, memo: Memo | None, stable_until: int
+                    ) -> tuple[int, int, int, float | None, float | None]:
     """(requests, errors, durations, quantile, baseline) of the window ending at ``index``."""
     requests, errors = _counts(cells, index, width)
-    hist = _durations(cells, index, width)
-    base = latency_baseline(cells, index, width, rule.quantile, baseline_windows)
-    return requests, errors, sum(hist.values()), quantile(hist, rule.quantile), base
+    samples, value = window_quantile(cells, index, width, rule.quantile, memo, stable_until)
+    base = latency_baseline(cells, index, width, rule.quantile, baseline_windows,
+                            rule.min_requests, memo, stable_until)
+    return requests, errors, samples, value, base
 
 
 def latency_reading(cells: Cells, index: int, width: int, rule: LatencyRule,
-                    baseline_windows: int) -> StepReading:
-    """The rule's quantile of the window ending at bucket ``index`` and whether it opens."""
-    requests, errors, samples, value, base = _latency_window(cells, index, width, rule,
-                                                             baseline_windows)
+                    baseline_windows: int, memo: Memo | None = None,
+                    stable_until: int = -(1 << 62)) -> StepReading:
+    """The rule's quantile of the window ending at bucket ``index`` and whether it opens
+    (``memo``, ``stable_until``: :func:`window_quantile`'s cache)."""
+    requests, errors, samples, value, base = _latency_window(
+        cells, index, width, rule, baseline_windows, memo, stable_until)
     return StepReading(requests, errors, value, base,
                        _latency_over(rule, samples, value, base, NO_HYSTERESIS))
 
 
 def latency_holds(cells: Cells, index: int, width: int, rule: LatencyRule,
-                  baseline_windows: int, rearm_ratio: float) -> bool:
+                  baseline_windows: int, rearm_ratio: float, memo: Memo | None = None,
+                  stable_until: int = -(1 << 62)) -> bool:
     """Whether the window's quantile is still above a re-arm level (module docstring)."""
     _, _, samples, value, base = _latency_window(cells, index, width, rule,
-                                                 baseline_windows)
+                                                 baseline_windows, memo, stable_until)
     return _latency_over(rule, samples, value, base, rearm_ratio)

@@ -146,3 +146,27 @@ def test_a_ruled_step_keeps_its_cells_for_the_baseline_windows() -> None:
     width = 5 * MIN // CFG.bucket_ms
     assert len(kept) >= width * (CFG.baseline_windows + 1) - 1
     assert len(det.steps[("prod", "api", "GET /cart")]) > CFG.buckets_per_window
+
+
+def test_the_window_cache_changes_nothing() -> None:
+    events = traffic(60, fail_from=30, fail_to=36, slow_from=30, slow_to=40)
+    cached = run(PartitionDetector(CFG, rules()), events)
+    det = PartitionDetector(CFG, rules())
+    uncached: list[IncidentEvent] = []
+    for e in events:
+        uncached += feed(det, e)[1]
+        det.window_memo.clear()
+    assert cached == uncached and cached
+
+
+def test_a_baseline_window_with_too_few_durations_is_no_baseline() -> None:
+    """A step's first seconds are a handful of requests: their quantile is no baseline for
+    a lift (on the bench's steady workload one opened incidents at minute 10.5)."""
+    lifted = RULES.replace("threshold_ms = 500", "lift = 1.2").replace(
+        "min_requests = 20\nwindow", "min_requests = 400\nwindow")
+    events = traffic(20, fast_ms=20.0)
+    for e in events[:120]:  # the first 30 s of cart: 5 ms (a warm cache)
+        if e["step"] == "GET /cart":
+            e["duration_ms"] = 5.0
+    changes = run(PartitionDetector(CFG, rules(lifted)), events)
+    assert not [c for c in changes if c.family.endswith(":LATENCY")]

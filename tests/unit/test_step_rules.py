@@ -105,9 +105,11 @@ def test_the_rate_baseline_is_the_median_of_the_prior_windows_with_requests() ->
         NOW: cell(100, 50),
         NOW - 4: cell(100, 1),  # the window before: 0.01
         NOW - 9: cell(50, 1), NOW - 11: cell(50, 1),  # the one before that: 0.02 (two buckets)
-        NOW - 12: cell(10, 9),  # the third: 0.9
+        NOW - 12: cell(20, 18),  # the third: 0.9
     }
     assert error_rate_reading(cells, NOW, W, rate_rule(0.05), 3).baseline == 0.02
+    cells[NOW - 12] = cell(19, 18)  # fewer requests than the rule reads: no baseline either
+    assert error_rate_reading(cells, NOW, W, rate_rule(0.05), 3).baseline == 0.015
     del cells[NOW - 12]  # a window without requests has no rate: left out of the median
     assert error_rate_reading(cells, NOW, W, rate_rule(0.05), 3).baseline == 0.015
     assert error_rate_reading(cells, NOW, W, rate_rule(0.05), 1).baseline == 0.01
