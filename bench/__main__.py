@@ -1,12 +1,16 @@
 """``python -m bench [--json] [--events N] [--no-quix] [--no-intake] [--no-queries]
-[--no-spans] [--no-scale]``.
+[--no-spans] [--no-scale] [--no-rules] [--no-replay]``.
 
 One embedded broker per run; the workload is produced once, then read by (a) the bare
 consumer, (b) the Tocsin worker (followed, while it is caught up, by the live-spike
-latency phase, (e) the report burst and (d) its HTTP intake under load), (c) the
-quixstreams peer and (g) four more workers, alone and under six heavy queries, one after
-the other so they never share the CPU. The bare HTTP intake
-endpoint of (d) runs right after the worker stopped, before (c). (f), the OTLP span
+latency phase, (e) the report burst and (d) its HTTP intake under load), (b2) a
+``--role detect`` worker, (b3) the same under a rules file with a latency and an
+error-rate rule on every step, (c) the quixstreams peer and (g) four more workers, alone
+and under six heavy queries, one after the other so they never share the CPU. The bare
+HTTP intake endpoint of (d) runs right after (b2) and (b3). (i) then exports the events
+topic as (b) left it (``tocsin.clients.export``) and runs ``tocsin replay`` on it, with its
+default ``--jobs`` (the CPUs) and with one, in a subprocess, before (c): replay events/s
+against (b)'s, and its incidents against those (b)'s worker projected. (f), the OTLP span
 workload, is produced and measured after them: the worker of (b) would otherwise translate
 it into its own workload's topic. (h), the scale-out figures (restart after a 1x and a 10x
 log, spans/s with 1 and 2 workers), comes last, every run on topics of its own; the
@@ -41,7 +45,9 @@ from .intake import CONCURRENCY, REQUESTS, SECONDS, BareIntake, LoadResult, meas
 from .latency import measure_latency
 from .queries import CLIENTS, QueriesPhase, measure_queries
 from .quix import QuixResult, run_quix
+from .replay import ReplayRun, measure_replay
 from .report import BUSY_LOAD, IntakeRun, Run, TocsinRun, render, to_dict
+from .rules import RulesRun, write_rules
 from .scale import ScaleRun, measure_scale, projected_records, topic_ends
 from .spans import (
     SpansRun,
@@ -79,6 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-scale", action="store_true",
                    help="skip (h), restart after a 1x and a 10x log and spans/s with 1 and 2 "
                    "workers")
+    p.add_argument("--no-rules", action="store_true",
+                   help="skip (b3), the --role detect worker under latency and error-rate "
+                   "rules on every step")
+    p.add_argument("--no-replay", action="store_true",
+                   help="skip (i), the export of the events topic and tocsin replay on it")
     p.add_argument("--burst", type=int, default=2000,
                    help="alerts POSTed on one incident in (e) (default 2000)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, DuckDB)")
@@ -131,10 +142,25 @@ def worker_intake_phases(worker: TocsinWorker, bootstrap: str, workload: Workloa
     return result, load
 
 
+def live_incidents(worker: TocsinWorker) -> tuple[str, ...] | None:
+    """The families of the incidents (b)'s worker projected into its DuckDB, once it
+    settled (for (i)); None when they could not be read."""
+    try:
+        if worker.wait_settled_s(timeout_s=60.0) is None:
+            say("(b) not settled within 60 s before its incidents were read")
+        rows = worker.query("SELECT family FROM incidents ORDER BY family")
+        return tuple(str(r["family"]) for r in rows)
+    except Exception as exc:  # noqa: BLE001 - keep the other figures
+        say(f"(b) incidents not read: {type(exc).__name__}: {exc}")
+        return None
+
+
 def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path,
-                 intake: IntakeRun, burst_n: int) -> tuple[TocsinRun, IntakeRun]:
+                 intake: IntakeRun, burst_n: int, incidents: bool = False
+                 ) -> tuple[TocsinRun, IntakeRun]:
     """(b), the latency phase, then (e) and (d) on one worker; it is stopped (SIGTERM) at
-    the end. ``intake.skipped`` says why (d)/(e) do not run."""
+    the end. ``intake.skipped`` says why (d)/(e) do not run. With ``incidents``, the
+    families of its DuckDB's incidents are read last, once it settled again (for (i))."""
     worker = TocsinWorker(bootstrap, workdir)
     # The projected topics before the worker (a fresh broker: none of them exists yet).
     starts = topic_ends(bootstrap, worker.names.projected())
@@ -164,33 +190,79 @@ def tocsin_phase(bootstrap: str, workload: Workload, spikes: int, workdir: Path,
             except Exception as exc:  # noqa: BLE001 - keep (b) and (c); say what failed
                 say(f"(d)/(e) failed: {type(exc).__name__}: {exc}")
                 intake = IntakeRun(skipped=f"failed: {type(exc).__name__}: {exc}")
+        families = live_incidents(worker) if incidents else None
         body = worker.health() or {}
     finally:
         code = worker.stop()
-    say(f"(b) worker stopped (exit code {code})")
+    say(f"(b) worker stopped (exit code {code})"
+        + (f"; {len(families)} incidents in its DuckDB" if families is not None else ""))
     return TocsinRun(tput, settle, latency, rss, body.get("metrics", {}), code,
-                     projected), intake
+                     projected, families), intake
+
+
+def detect_worker(bootstrap: str, workload: Workload, workdir: Path, name: str,
+                  env: dict[str, str] | None = None) -> tuple[Throughput, dict[str, Any]]:
+    """A ``run --role detect`` worker on the workload's events topic (a fresh app id
+    ``bench-<name>-*``, its outputs on topics of its own), measured as (b); its /healthz
+    metrics once it counted them. Stopped at the end."""
+    app = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    names = testing.Names.defaults(app)
+    names = names.with_topics(**{f: f"{app}.{f}" for f in names.all_topics()
+                                 if f != "events"})
+    worker = TocsinWorker(bootstrap, workdir, role="detect", name=name, names=names,
+                          env=env)
+    worker.start()
+    try:
+        tput = worker.measure(workload.events, timeout_s=max(120.0, workload.events / 2000))
+        return tput, (worker.health() or {}).get("metrics", {})
+    finally:
+        worker.stop()
 
 
 def detect_phase(bootstrap: str, workload: Workload, workdir: Path) -> Throughput | None:
     """(b2) The same events on a ``run --role detect`` worker (a fresh app id, its outputs
     on topics of its own): the event path of one worker of the scale-out layout, where the
     projection runs elsewhere. Measured as (b)."""
-    app = f"bench-detect-{uuid.uuid4().hex[:6]}"
-    names = testing.Names.defaults(app)
-    names = names.with_topics(**{f: f"{app}.{f}" for f in names.all_topics()
-                                 if f != "events"})
-    worker = TocsinWorker(bootstrap, workdir, role="detect", name="detect", names=names)
-    worker.start()
     try:
-        tput = worker.measure(workload.events, timeout_s=max(120.0, workload.events / 2000))
-        say(f"(b2) --role detect: {tput.events_per_s:,.0f} events/s")
-        return tput
+        tput, _ = detect_worker(bootstrap, workload, workdir, "detect")
     except Exception as exc:  # noqa: BLE001 - keep the other figures
         say(f"(b2) failed: {type(exc).__name__}: {exc}")
         return None
-    finally:
-        worker.stop()
+    say(f"(b2) --role detect: {tput.events_per_s:,.0f} events/s")
+    return tput
+
+
+def rules_phase(bootstrap: str, workload: Workload, workdir: Path,
+                detect: Throughput | None) -> RulesRun:
+    """(b3) (b2) again under ``TOCSIN_RULES``: a latency and an error-rate rule on every
+    step of every service (ADR 0022), read at every bucket boundary of every step."""
+    try:
+        path = write_rules(workdir / "rules.toml")
+        say(f"(b3) --role detect under {path} (latency and error-rate rules on every step)")
+        tput, metrics = detect_worker(bootstrap, workload, workdir, "rules",
+                                      env={"TOCSIN_RULES": str(path)})
+    except Exception as exc:  # noqa: BLE001 - keep the other figures
+        say(f"(b3) failed: {type(exc).__name__}: {exc}")
+        return RulesRun(error=f"{type(exc).__name__}: {exc}")
+    ratio = f"{tput.events_per_s / detect.events_per_s:.2f}" if detect else "n/a"
+    say(f"(b3) --role detect with rules: {tput.events_per_s:,.0f} events/s ({ratio} of "
+        f"(b2)); lifecycle {metrics.get('lifecycle', {})}")
+    return RulesRun(tput, dict(metrics.get("lifecycle", {})))
+
+
+def replay_phase(bootstrap: str, workload: Workload, workdir: Path, live: TocsinRun
+                 ) -> ReplayRun:
+    """(i) the events topic as (b) left it, exported, then ``tocsin replay`` on it."""
+    try:
+        result = measure_replay(bootstrap, workdir, workload, say)
+    except Exception as exc:  # noqa: BLE001 - keep the other figures
+        say(f"(i) failed: {type(exc).__name__}: {exc}")
+        return ReplayRun(skipped=f"failed: {type(exc).__name__}: {exc}")
+    rate = live.throughput.events_per_s
+    for r in (result.replay, result.replay_1):
+        if r is not None and rate:
+            say(f"(i) replay --jobs {r.jobs} / (b): {r.events_per_s / rate:.2f}")
+    return result
 
 
 def quix_phase(bootstrap: str, events: int, workdir: Path) -> QuixResult:
@@ -270,13 +342,17 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         say(f"(a) {bare.events_per_s:,.0f} events/s ({bare.keys} keys)")
         intake = IntakeRun(skipped="--no-intake" if args.no_intake else None)
         tocsin, intake = tocsin_phase(broker.bootstrap, workload, args.spikes, workdir,
-                                      intake, args.burst)
+                                      intake, args.burst, incidents=not args.no_replay)
         detect = detect_phase(broker.bootstrap, workload, workdir)
+        rules = (RulesRun(skipped="--no-rules") if args.no_rules
+                 else rules_phase(broker.bootstrap, workload, workdir, detect))
         if not intake.skipped:
             try:
                 intake = replace(intake, bare=bare_intake_phase(broker.bootstrap, workdir))
             except Exception as exc:  # noqa: BLE001 - keep the other figures
                 say(f"(d) bare intake failed: {type(exc).__name__}: {exc}")
+        replay = (ReplayRun(skipped="--no-replay") if args.no_replay
+                  else replay_phase(broker.bootstrap, workload, workdir, tocsin))
         quix = None if args.no_quix else quix_phase(broker.bootstrap, workload.events, workdir)
         queries = QueriesPhase(skipped="--no-queries")
         if not args.no_queries:
@@ -296,7 +372,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 say(f"(h) failed: {type(exc).__name__}: {exc}")
                 scale = ScaleRun(skipped=f"failed: {type(exc).__name__}: {exc}")
     result = to_dict(Run(workload, bare, tocsin, quix, intake, spans, queries, scale,
-                         detect))
+                         detect, rules, replay))
     result["load_avg_1m_at_start"] = round(load, 2)
     return result
 

@@ -11,6 +11,8 @@ from .intake import CONCURRENCY, LoadResult
 from .latency import LatencyResult
 from .queries import CLIENTS, HEAVY, QueriesPhase, QueryRun
 from .quix import QuixResult
+from .replay import TARGET_REPLAY_VS_LIVE, ReplayResult, ReplayRun, compare_families
+from .rules import RulesRun
 from .scale import (
     RESTART_TAIL,
     TARGET_RESTART_RATIO,
@@ -44,6 +46,9 @@ class TocsinRun:
     # Records on the projected topics once the worker settled, minus before it started
     # (None when it did not settle or they could not be read).
     projected_records: int | None = None
+    # The families of the incidents in its DuckDB at the end, once settled again (for (i);
+    # None when not read).
+    incident_families: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,10 @@ class Run:
     # (b2) the same events on a --role detect worker: the event path of one worker of
     # the scale-out layout (no projection in the process); None when it failed
     detect: Throughput | None = None
+    # (b3) (b2) under a rules file: latency and error-rate rules on every step
+    rules: RulesRun = field(default_factory=lambda: RulesRun(skipped="--no-rules"))
+    # (i) the events topic exported, then tocsin replay on it
+    replay: ReplayRun = field(default_factory=lambda: ReplayRun(skipped="--no-replay"))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -108,6 +117,8 @@ def _targets(r: dict[str, Any]) -> dict[str, bool | None]:
         else r["spans_workers_ratio"] >= TARGET_TWO_WORKERS,
         "span_ratio_vs_bare_decode": None if r["span_ratio_vs_bare_decode"] is None
         else r["span_ratio_vs_bare_decode"] >= TARGET_SPAN_RATIO,
+        "replay_ratio_vs_live": None if r["replay_ratio_vs_live"] is None
+        else r["replay_ratio_vs_live"] >= TARGET_REPLAY_VS_LIVE,
     }
 
 
@@ -263,6 +274,58 @@ def _scale_dict(h: ScaleRun, t: TocsinRun, events: int) -> dict[str, Any]:
     }
 
 
+def _rules_dict(run: Run) -> dict[str, Any]:
+    b3 = run.rules
+    rate = b3.throughput.events_per_s if b3.throughput else None
+    return {
+        "rules_skipped": b3.skipped,
+        "rules_error": b3.error,
+        "rules_events_per_s": _round(rate),
+        "rules_ratio_vs_detect": _ratio(rate, run.detect.events_per_s if run.detect
+                                        else None),
+        "rules_lifecycle": dict(b3.lifecycle) if b3.throughput else None,
+    }
+
+
+def _one_replay(suffix: str, r: ReplayResult | None, live: float) -> dict[str, Any]:
+    return {
+        f"replay_{suffix}events_per_s": _round(r.events_per_s) if r else None,
+        f"replay_{suffix}ratio_vs_live": _ratio(r.events_per_s if r else None, live),
+        f"replay_{suffix}seconds": _round(r.seconds, 3) if r else None,
+        f"replay_{suffix}wall_seconds": _round(r.wall_s, 2) if r else None,
+        f"replay_{suffix}jobs": r.jobs if r else None,
+        f"replay_{suffix}incidents": len(r.families) if r else None,
+    }
+
+
+def _replay_dict(run: Run) -> dict[str, Any]:
+    i, live = run.replay, run.tocsin.throughput.events_per_s
+    e, r, r1 = i.export, i.replay, i.replay_1
+    families = run.tocsin.incident_families
+    first = r or r1
+    match = compare_families(first.families if first else None, families)
+    return {
+        "replay_skipped": i.skipped,
+        "replay_errors": dict(i.errors) or None,
+        "export_records": e.records if e else None,
+        "export_files": e.files if e else None,
+        "export_bytes": e.bytes if e else None,
+        "export_seconds": _round(e.seconds, 2) if e else None,
+        "export_events_per_s": _round(e.records / e.seconds) if e and e.seconds else None,
+        "replay_events": first.events if first else None,
+        "replay_dead_letters": first.dead_letters if first else None,
+        **_one_replay("", r, live),
+        **_one_replay("1_job_", r1, live),
+        "replay_jobs_speedup": _ratio(r.events_per_s if r else None,
+                                      r1.events_per_s if r1 else None),
+        "replay_jobs_agree": None if not (r and r1) else r.families == r1.families,
+        "live_incidents": None if families is None else len(families),
+        "replay_incidents_match": match["match"],
+        "replay_incidents_only_replay": match["only_replay"],
+        "replay_incidents_only_live": match["only_live"],
+    }
+
+
 def to_dict(run: Run) -> dict[str, Any]:
     w, quix, t = run.workload, run.quix, run.tocsin
     quix_rate = quix.events_per_s if quix and not quix.skipped else None
@@ -302,6 +365,8 @@ def to_dict(run: Run) -> dict[str, Any]:
         **_spans_dict(run.spans),
         **_queries_dict(run.queries),
         **_scale_dict(run.scale, t, w.events),
+        **_rules_dict(run),
+        **_replay_dict(run),
     }
     result["targets_met"] = _targets(result)
     return result
@@ -319,6 +384,9 @@ def _throughput_lines(r: dict[str, Any]) -> list[str]:
     quix_name = f"quixstreams {r['quix_version'] or ''}".rstrip() + " (group_by + 30 s window)"
     quix = (_num(r["quix_events_per_s"], " ev/s") if r["quix_events_per_s"] is not None
             else f"skipped ({r['quix_skipped']})")
+    rules = (_num(r["rules_events_per_s"], " ev/s") if r["rules_events_per_s"] is not None
+             else f"skipped ({r['rules_skipped']})" if r["rules_skipped"]
+             else f"failed ({r['rules_error']})")
     return [
         f"(a) {'bare aiokafka getmany + WideEventDecoder':<46}"
         f"{_num(r['bare_events_per_s'], ' ev/s'):>13}",
@@ -326,6 +394,9 @@ def _throughput_lines(r: dict[str, Any]) -> list[str]:
         f"{_num(r['tocsin_events_per_s'], ' ev/s'):>13}",
         f"    {'... counting its settle time too':<46}"
         f"{_num(r['tocsin_settled_events_per_s'], ' ev/s'):>13}",
+        f"(b2) {'Tocsin worker (run --role detect)':<45}"
+        f"{_num(r['detect_events_per_s'], ' ev/s'):>13}",
+        f"(b3) {'... + latency, error-rate rules, every step':<45}{rules:>13}",
         f"(c) {quix_name:<46}{quix:>13}",
     ]
 
@@ -338,6 +409,9 @@ def _target_lines(r: dict[str, Any]) -> list[str]:
         f"detect worker / bare  {_num(r['detect_ratio_vs_bare'], '', '.2f'):>9}   "
         f"target >= {TARGET_EVENTS_VS_BARE}          {_mark(t['detect_ratio_vs_bare'])}"
         f"   ({_num(r['detect_events_per_s'], ' ev/s')}: --role detect, events only)",
+        f"rules / no rules      {_num(r['rules_ratio_vs_detect'], '', '.2f'):>9}   "
+        f"(b3) / (b2), no target: the cost of latency and error-rate rules on every step"
+        + (f"; lifecycle {r['rules_lifecycle']}" if r["rules_lifecycle"] else ""),
         f"Tocsin / quixstreams  {_num(r['ratio_vs_quix'], '', '.2f'):>9}   "
         f"target > 1 (ahead)     {_mark(t['ahead_of_quix'])}",
         f"detect p50            {_num(r['p50_detect_ms'], ' ms', '.1f'):>9}",
@@ -385,6 +459,54 @@ def _intake_lines(r: dict[str, Any]) -> list[str]:
             f"    final version         {_num(r['report_final_after_last_ack_ms'], ' ms'):>9}   "
             "after the last POST's 202"
             + ("" if r["report_burst_complete"] else "   INCOMPLETE: final version not seen")]
+
+
+def _replay_lines(r: dict[str, Any]) -> list[str]:
+    if r["replay_skipped"]:
+        return [f"(i) replay vs the live worker: skipped ({r['replay_skipped']})"]
+    t = r["targets_met"]
+
+    def row(name: str, suffix: str) -> str:
+        rate = r[f"replay_{suffix}events_per_s"]
+        if rate is None:
+            return f"    {name:<46}{'n/a':>13}"
+        return (f"    {name:<46}{_num(rate, ' ev/s'):>13}   "
+                f"({r[f'replay_{suffix}seconds']:.2f} s replaying, "
+                f"{r[f'replay_{suffix}wall_seconds']:.1f} s wall; "
+                f"{r[f'replay_{suffix}incidents']} incidents)")
+
+    live = r["live_incidents"]
+    replayed = (r["replay_incidents"] if r["replay_incidents"] is not None
+                else r["replay_1_job_incidents"])  # the one compared with (b)'s
+    if r["replay_incidents_match"] is None:
+        check = "not compared"
+    elif r["replay_incidents_match"]:
+        check = "the same families"
+    else:
+        check = (f"MISMATCH: only replayed {r['replay_incidents_only_replay']}, "
+                 f"only live {r['replay_incidents_only_live']}")
+    size = r["export_bytes"]
+    errors = r["replay_errors"]
+    return [
+        f"(i) tocsin export of the events topic as (b) left it: "
+        f"{_num(r['export_records'])} events in {_num(r['export_seconds'], ' s', '.2f')} "
+        f"({_num(r['export_events_per_s'], ' ev/s')}), "
+        f"{'n/a' if size is None else f'{size / 1e6:.1f} MB'} in "
+        f"{_num(r['export_files'])} files; then python -m tocsin replay DIR --json "
+        "(events / its own seconds: process start excluded)",
+        row(f"replay --jobs {r['replay_jobs'] or '?'} (default: the CPUs)", ""),
+        row("replay --jobs 1", "1_job_"),
+        f"    {'(b) live worker (run --role all)':<46}"
+        f"{_num(r['tocsin_events_per_s'], ' ev/s'):>13}",
+        f"    replay / live         {_num(r['replay_ratio_vs_live'], '', '.2f'):>9}   "
+        f"target >= {TARGET_REPLAY_VS_LIVE}          {_mark(t['replay_ratio_vs_live'])}"
+        f"   --jobs 1 / live {_num(r['replay_1_job_ratio_vs_live'], '', '.2f')}; "
+        f"default / --jobs 1 {_num(r['replay_jobs_speedup'], '', '.2f')}",
+        f"    incidents: replayed {_num(replayed)}, (b)'s DuckDB {_num(live)}: {check}"
+        + ("" if r["replay_jobs_agree"] in (None, True)
+           else "; --jobs 1 and the default DISAGREE"),
+        *([f"    failed: {errors}"] if errors else []),
+    ]
 
 
 def _spans_lines(r: dict[str, Any]) -> list[str]:
@@ -521,5 +643,6 @@ def render(r: dict[str, Any]) -> str:
             f"{r['services']} services, {r['families']} error families, {r['partitions']} "
             f"partitions, 5% errors, {r['replay_spikes_expected']} replay spikes")
     return "\n".join([head, "", *_throughput_lines(r), "", *_target_lines(r), "",
+                      *_replay_lines(r), "",
                       *_intake_lines(r), "", *_queries_lines(r), "", *_spans_lines(r), "",
                       *_scale_lines(r), "", *_check_lines(r)])
