@@ -373,8 +373,9 @@ def markdown(report: dict[str, Any]) -> str:
             link = f" ({md(url)})" if url else ""
             lines.append(f"- {md(a['severity'])} · {md(a['title'])} · {md(a['state'])} · "
                          f"{a['occurrences']} occurrences{link}")
-    lines += ["", f"`{report['report_hash']}` · evidence `{report['evidence_fingerprint']}`",
-              ""]
+    rules = report["incident"].get("rules_hash")
+    lines += ["", f"`{report['report_hash']}` · evidence `{report['evidence_fingerprint']}`"
+              + (f" · rules `{md(rules)}`" if rules else ""), ""]
     return "\n".join(lines)
 
 

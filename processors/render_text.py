@@ -349,6 +349,8 @@ def text(report: dict[str, Any]) -> str:
         *_text_signals(report),
         "",
         *_fields([("report", report["report_hash"]),
-                  ("evidence", report["evidence_fingerprint"])]),
+                  ("evidence", report["evidence_fingerprint"]),
+                  *([("rules", report["incident"]["rules_hash"])]
+                    if report["incident"].get("rules_hash") else [])]),
     ]
     return "".join(term(line).rstrip() + "\n" for line in lines)

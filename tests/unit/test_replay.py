@@ -236,3 +236,18 @@ def test_a_db_that_cannot_be_written_is_an_error_not_a_traceback(recorded: Path)
                                        "/dev/null/inside.duckdb"])
     assert result.exit_code == 1 and "cannot write" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_report_made_under_rules_says_so_in_its_renderings(recorded: Path) -> None:
+    from tocsin.processors.render import markdown
+    from tocsin.processors.render_text import text
+    from tocsin.processors.rules import load_rules
+
+    rules = load_rules(NOISY_SEARCH, "rules.toml", base=Settings().detector)
+    out = Replay(Settings(), rules).run(RecordedLog.open(recorded))
+    report = next(iter(out.final.values()))
+    assert report["incident"]["rules_hash"] == rules.hash
+    assert f"rules `{rules.hash}`" in markdown(report)
+    assert rules.hash in text(report).split("rules", 1)[1]
+    plain = next(iter(Replay(Settings()).run(RecordedLog.open(recorded)).final.values()))
+    assert "rules_hash" not in plain["incident"] and "rules `" not in markdown(plain)
