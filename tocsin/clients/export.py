@@ -444,6 +444,7 @@ class _Stream:
         rec_at, plain_at = _REC.unpack_from, _NO_HEADERS.unpack_from
         out: list[LogRecord] = []
         append = out.append
+        new, cls, none = tuple.__new__, LogRecord, ()
         while p + 28 <= end:  # offset, timestamp, key length, header count, value length
             offset, ts, klen = rec_at(buf, p)
             if offset <= last or klen < -1 or klen > MAX_FIELD_BYTES:
@@ -463,8 +464,8 @@ class _Stream:
             if vlen >= 0:
                 value = buf[q:q + vlen]
                 q += vlen
-            append(LogRecord(offset, ts, key, value, ()))
-            last = offset
+            append(new(cls, (offset, ts, key, value, none)))  # LogRecord(...), without
+            last = offset  # the named tuple's Python-level __new__
             p = q
         self.pos = p
         return out
