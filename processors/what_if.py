@@ -1,5 +1,5 @@
 """What a replay concluded, per incident, and the difference between two replays of one
-recorded log (``tocsin replay``, ``tocsin what-if``; ADR 0022).
+recorded log (``tocsin replay``, ``tocsin what-if``; ADR 0023).
 
 An incident's row comes from its lifecycle changes and its last report: its onset and
 when detection opened it (``detected_ms``, the event time of its ``opened`` change), how

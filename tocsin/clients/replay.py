@@ -1,5 +1,5 @@
 """Replay: a recorded log (``tocsin export``) through detection, trace assembly and triage,
-with no broker, by the code the worker runs (ADR 0022).
+with no broker, by the code the worker runs (ADR 0023).
 
 - **Detection** reads each events partition in offset order with
   :class:`~tocsin.streams.stages.detect_loop.DetectRecords`, the stage's own per-record

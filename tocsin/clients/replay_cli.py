@@ -1,5 +1,5 @@
 """``tocsin replay`` and ``tocsin what-if``: a recorded log through the worker's rules,
-offline, and the difference a rule change would have made (ADR 0022)."""
+offline, and the difference a rule change would have made (ADR 0023)."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def replay_command(directory: Path, rules_file: Path | None, sets: tuple[str, ..
                    db: Path | None, jobs: int | None, as_json: bool) -> None:
     """Replay a recorded log (`tocsin export`'s DIR) through detection, trace assembly
     and triage, with no broker: the incidents, their causes and report hashes, as the
-    worker concluded them (ADR 0022).
+    worker concluded them (ADR 0023).
 
     \b
     tocsin replay DIR
@@ -296,7 +296,7 @@ def what_if_command(directory: Path, rules_file: Path | None, sets: tuple[str, .
                     jobs: int | None, as_json: bool) -> None:
     """Replay a recorded log twice, as configured and under a change, and print what the
     change would have done: incidents only in the baseline, only under the change, and
-    changed, with totals (incidents, pages, median time to detect). ADR 0022.
+    changed, with totals (incidents, pages, median time to detect). ADR 0023.
 
     \b
     tocsin what-if DIR --set detector.min_lift=4
