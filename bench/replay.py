@@ -28,7 +28,8 @@ from typing import Any
 
 import orjson
 
-from tocsin.clients.export import build_manifest, export_topics, write_manifest
+from tocsin.clients.export import export_topics
+from tocsin.clients.tlog import build_manifest, write_manifest
 from tocsin.streams.kafka.io import quiet_kafka_logs
 from tocsin.streams.worker.settings import Topics
 from tocsin.testing import topic_env_var

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-from tocsin.clients.export import LogRecord, write_export
+from tocsin.clients.tlog import LogRecord, write_export
 
 T0_MS = 1_793_610_000_000  # 2026-11-02T08:20:00Z
 PARTITIONS = 6

@@ -21,7 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.harness import HOUR_MS, T0_MS, Names, produce_events, steady
-from tocsin.clients.export import _existing_topics, read_log, verify_export
+from tocsin.clients.export import _existing_topics
+from tocsin.clients.tlog import read_log, verify_export
 from tocsin.streams.kafka.io import TopicSpec, ensure_topics, read_to_end
 
 Key = tuple[str, int, int]  # topic, partition, offset

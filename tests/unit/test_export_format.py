@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tocsin.clients.export import (
+from tocsin.clients.export import export_command, parse_time
+from tocsin.clients.tlog import (
     MAX_FIELD_BYTES,
     Compressor,
     FileSummary,
@@ -30,9 +31,7 @@ from tocsin.clients.export import (
     encode_log,
     encode_record,
     encode_trailer,
-    export_command,
     file_path,
-    parse_time,
     read_log,
     verify_export,
     write_manifest,

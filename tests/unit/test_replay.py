@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from tests.integration.harness import T0_MS
 from tocsin.cli import main
-from tocsin.clients.export import load_manifest, write_export
 from tocsin.clients.replay import RecordedLog, Replay, ReplayError
+from tocsin.clients.tlog import load_manifest, write_export
 from tocsin.streams.worker.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples"

@@ -12,7 +12,7 @@ import orjson
 from click.testing import CliRunner
 
 from tocsin.cli import main
-from tocsin.clients.export import LogRecord, write_export
+from tocsin.clients.tlog import LogRecord, write_export
 from tocsin.processors.config import DetectorConfig
 from tocsin.processors.detector import PartitionDetector
 from tocsin.processors.feed import feed

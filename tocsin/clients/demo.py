@@ -251,12 +251,8 @@ DEMO_SECRET = "demo-webhook-secret"
 
 def _export(bootstrap: str, out: Path) -> None:
     """The demo's input topics as ``tocsin export`` writes them (ADR 0021)."""
-    from tocsin.clients.export import (
-        build_manifest,
-        default_topics,
-        export_topics,
-        write_manifest,
-    )
+    from tocsin.clients.export import default_topics, export_topics
+    from tocsin.clients.tlog import build_manifest, write_manifest
 
     result = asyncio.run(export_topics(bootstrap, out, default_topics(), explicit=False))
     write_manifest(out, build_manifest(broker=bootstrap, files=result.files, selection={

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from tocsin.clients.export import (
+from tocsin.clients.tlog import (
     MANIFEST,
     LogReader,
     LogRecord,
