@@ -1,14 +1,8 @@
 """``tocsin export``: the input topics written to files, as evidence (ADR 0021).
 
-One file per topic partition, ``<out>/<topic>/<partition>.tlog.gz``: gzip of a small
-header (magic, format version, topic, partition) and the partition's records in offset
-order, each length-prefixed binary (offset, timestamp, key, headers, value: bytes kept
-exactly), then a trailer with the record count. ``manifest.json`` names every file with
-its sha256, its size, the offsets read and the offsets and timestamps kept, and the
-selection that was asked for.
-
-The format (writer, reader, manifest) is :mod:`tocsin.clients.tlog`, which ``tocsin
-replay`` reads with.
+One gzip'd, length-prefixed file per topic partition and a ``manifest.json`` with each
+file's sha256 and the offsets covered: the format is :mod:`tocsin.clients.tlog`, which
+``tocsin replay`` reads with. This module reads the broker and writes them.
 
 Reading from the broker: a consumer with partitions assigned by hand (no group), each
 partition read from its log start to its end as it was when the export began (the high
