@@ -284,13 +284,13 @@ class PartitionDetector:
             return
         if service in self.timelines.due:
             self._complete_timelines(service, t_ms, out)
-        first = bucket_index(before, self._bucket_ms) + 1
-        now_index = bucket_index(t_ms, self._bucket_ms)
-        if self._step_rules and now_index >= first and service in self.ruled_services:
-            step_detection.check(self, service, first - 1, now_index, out)
+        if self._step_rules and service in self.ruled_services:
+            step_detection.crossed(self, service, before, t_ms, out)
         open_families = self.open_by_service.get(service)
         if not open_families:
             return
+        first = bucket_index(before, self._bucket_ms) + 1
+        now_index = bucket_index(t_ms, self._bucket_ms)
         for family in sorted(open_families):
             fs = self.families[family]
             cfg = fs.config or self.config

@@ -170,6 +170,16 @@ def rule_for(det: PartitionDetector, family: Family) -> StepRule | RuntimeRule |
     return None
 
 
+def crossed(det: PartitionDetector, service: str, before_ms: int, t_ms: int,
+            out: list[IncidentEvent]) -> None:
+    """A ruled service's clock moved from ``before_ms`` to ``t_ms``: :func:`check` when it
+    entered a new bucket."""
+    bucket_ms = det.config.bucket_ms
+    first, now_index = before_ms // bucket_ms, t_ms // bucket_ms
+    if now_index > first:
+        check(det, service, first, now_index, out)
+
+
 def check(det: PartitionDetector, service: str, first: int, now_index: int,
           out: list[IncidentEvent]) -> None:
     """The service's clock entered bucket ``now_index``: read its ruled steps' windows

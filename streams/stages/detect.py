@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from tocsin.processors.detector import PartitionDetector
 from tocsin.processors.detector_state import FamilyWindow, StepWindow, VersionChanged
-from tocsin.processors.feed import deploy_delivery, deploy_signal
+from tocsin.processors.feed import deploy_signal
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.source_merge import SourceMerge
 from tocsin.schemas.codec import (
@@ -36,15 +36,16 @@ from tocsin.schemas.codec import (
     decode_incident,
     encode_incident,
 )
-from tocsin.schemas.signal_wire import encode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetterSender, of_record
-from tocsin.streams.kafka.headers import (
-    DELIVERY_HEADER,
-)
 from tocsin.streams.kafka.io import read_to_end
 from tocsin.streams.kafka.registry import confluent_frame
 from tocsin.streams.stages.checkpoints import CheckpointStore
-from tocsin.streams.stages.detect_loop import DetectRecords, PartitionRun, event_decoders
+from tocsin.streams.stages.detect_loop import (
+    DetectRecords,
+    PartitionRun,
+    deploy_record,
+    event_decoders,
+)
 from tocsin.streams.stages.partitioned import PartitionedStage
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings, rules_of
@@ -224,11 +225,10 @@ class Detection(DetectRecords, PartitionedStage[PartitionRun]):
         assert self.producer is not None
         signal = deploy_signal(changed)
         self.metrics.deploys_registered += 1
+        value, headers = deploy_record(signal)
         run.pending.append(asyncio.ensure_future(self.producer.send(
-            self.settings.topics.signals, encode_signal(signal),
-            key=changed.service.encode(),
-            headers=[("tocsin.signal_id", signal.signal_id.encode()),
-                     (DELIVERY_HEADER, deploy_delivery(signal).encode())])))
+            self.settings.topics.signals, value, key=changed.service.encode(),
+            headers=headers)))
 
     def _dead_letter(self, run: PartitionRun, rec: ConsumerRecord[bytes, bytes], reason: str,
                      field_name: str | None = None) -> None:

@@ -26,18 +26,20 @@ from typing import Any
 from tocsin.processors.actions import CommandError, Refusal, decode_command
 from tocsin.processors.detector import PartitionDetector
 from tocsin.processors.detector_state import VersionChanged
-from tocsin.processors.feed import feed
+from tocsin.processors.feed import deploy_delivery, feed
 from tocsin.processors.lifecycle import IncidentEvent
 from tocsin.processors.mapping import load_mapping, mapped_decoder
 from tocsin.processors.otlp.pack import PACK_VERSION, decode_span_pack
 from tocsin.processors.otlp.record import VERSIONS as RECORD_VERSIONS
 from tocsin.processors.otlp.record import RecordError, decode_span_event
 from tocsin.processors.recent_requests import RecentRequests
+from tocsin.processors.signals.model import Signal
 from tocsin.processors.source_merge import SourceMerge
 from tocsin.schemas.codec import SchemaError, WideEventDecoder
-from tocsin.schemas.signal_wire import decode_signal
+from tocsin.schemas.signal_wire import decode_signal, encode_signal
 from tocsin.streams.kafka.headers import (
     ACTION,
+    DELIVERY_HEADER,
     RUNTIME,
     header,
     progress_of,
@@ -95,6 +97,13 @@ def _span_records(data: bytes, origin: tuple[str, tuple[int, int]]) -> list[list
                 f"span_source header's {source}:{offset}:{index}")
         out.append([event, source, offset, at_index])
     return out
+
+
+def deploy_record(signal: Signal) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A registered deploy as the signals topic holds it: (value, headers). Its delivery
+    id makes the triage fold apply it once however often it is registered again."""
+    return encode_signal(signal), [("tocsin.signal_id", signal.signal_id.encode()),
+                                   (DELIVERY_HEADER, deploy_delivery(signal).encode())]
 
 
 class DetectRecords:

@@ -370,6 +370,17 @@ def read_batch(batch: Batch, topics: Topics, lookup: Any = None) -> Rows:
     return out
 
 
+def write_rows(sink: DuckDBSink, rows: Rows, *, positions: bool) -> None:
+    """One batch's rows in one transaction, with its input positions when ``positions``
+    (``tocsin replay --db`` writes none: its records were never on a topic)."""
+    sink.write(incident_events=rows.events, incident_updates=rows.updates,
+               family_windows=rows.families, step_windows=rows.steps,
+               dead_letters=rows.letters,
+               signal_fold=rows.signals if rows.signals else None,
+               reports=rows.reports, evidence=rows.evidence,
+               positions=rows.positions if positions else None)
+
+
 def _window_rows(rec: Record) -> tuple[int, list[Any], list[Any]]:
     """A window record's rows; ValueError/KeyError/TypeError for any other bytes."""
     try:
@@ -474,12 +485,7 @@ class Projection:
         self.metrics.rows_projected += rows.count()
 
     def _write(self, rows: Rows) -> None:
-        self.sink.write(incident_events=rows.events, incident_updates=rows.updates,
-                        family_windows=rows.families,
-                        step_windows=rows.steps, dead_letters=rows.letters,
-                        signal_fold=rows.signals if rows.signals else None,
-                        reports=rows.reports, evidence=rows.evidence,
-                        positions=rows.positions)
+        write_rows(self.sink, rows, positions=True)
 
     async def _check_resets(self, tps: list[TopicPartition], batch: Batch) -> None:
         """A partition whose log now ends (or restarted) below our position: new epoch.

@@ -68,6 +68,12 @@ def _delivery(rec: Record) -> str | None:
     return None
 
 
+def owner_of(service: str, partitions: int) -> int:
+    """The summaries partition of a service: where aiokafka's default partitioner puts its
+    key, as on the events topic (co-partitioned)."""
+    return int(murmur2(service.encode()) & 0x7FFFFFFF) % partitions
+
+
 Decoded: TypeAlias = tuple[str, Any, Any]  # ("incident", event, None) | ("signal", s, delivery)
 
 
@@ -149,9 +155,7 @@ class TriageStage(ConsumerRebalanceListener):  # type: ignore[misc]
                 "outbox": len(self._outbox) + sum(len(r.pending) for r in runs)}
 
     def owner_of(self, service: str) -> int:
-        """The summaries partition of a service: where aiokafka's default partitioner puts
-        its key, as on the events topic (co-partitioned)."""
-        return int(murmur2(service.encode()) & 0x7FFFFFFF) % self._summary_partitions
+        return owner_of(service, self._summary_partitions)
 
     async def run(self) -> None:
         s = self.settings

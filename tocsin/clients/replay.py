@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
 from tocsin.clients.tlog import (
     MANIFEST,
     LogReader,
@@ -59,10 +57,11 @@ from tocsin.processors.traces.summary import SummaryError, decode_summary, summa
 from tocsin.processors.triage import Triage, TriageConfig
 from tocsin.processors.triage_loop import TriageLoop
 from tocsin.schemas.codec import SchemaError, decode_incident, encode_incident
-from tocsin.schemas.signal_wire import decode_signal, encode_signal
+from tocsin.schemas.signal_wire import decode_signal
 from tocsin.streams.kafka.dead_letters import DeadLetter, dead_letter
 from tocsin.streams.kafka.headers import DELIVERY_HEADER, header
 from tocsin.streams.stages.detect_loop import DetectRecords, PartitionRun, event_decoders
+from tocsin.streams.stages.triage import owner_of
 from tocsin.streams.worker.metrics import Metrics
 from tocsin.streams.worker.settings import Settings, rules_of
 
@@ -255,11 +254,6 @@ def _context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context()
 
 
-def owner_of(service: str, partitions: int) -> int:
-    """The summaries (triage) partition of a service, as the worker's partitioner puts it."""
-    return int(murmur2(service.encode()) & 0x7FFFFFFF) % partitions
-
-
 class TraceReplay:
     """Trace assembly over the recorded span topic, as the span intake and the trace stage
     do it: the span partitions merged by merge time, spans regrouped by trace id over
@@ -439,9 +433,3 @@ class Replay:
                 fold.provenance_of(report))
         fold.triage.take_updates()
 
-
-def deploy_records(deploys: list[Signal]) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
-    """The registered deploys as the signals topic holds them (value, headers)."""
-    return [(encode_signal(d), [("tocsin.signal_id", d.signal_id.encode()),
-                                (DELIVERY_HEADER, deploy_delivery(d).encode())])
-            for d in deploys]

@@ -25,8 +25,6 @@ from tocsin.clients.replay import (
     RecordedLog,
     Replay,
     ReplayError,
-    deploy_records,
-    owner_of,
 )
 from tocsin.processors.report import canonical_json
 from tocsin.processors.rules import RulesError, RuleSet, load_rules_file, parse_set
@@ -34,6 +32,8 @@ from tocsin.processors.what_if import diff, diff_json, incident_rows, totals
 from tocsin.schemas.codec import encode_incident
 from tocsin.streams.kafka.headers import PROVENANCE_HEADER
 from tocsin.streams.stages.detect import window_records
+from tocsin.streams.stages.detect_loop import deploy_record
+from tocsin.streams.stages.triage import owner_of
 from tocsin.streams.worker.settings import Settings, rules_of
 
 err = Console(stderr=True, highlight=False)
@@ -143,7 +143,7 @@ def write_db(path: Path, settings: Settings, log: RecordedLog, out: Outputs) -> 
     """The replay's outputs into a new DuckDB file through the worker's projection (the
     same tables and rows); how many rows were written."""
     from tocsin.sinks.duckdb_sink import DuckDBSink
-    from tocsin.streams.stages.project import read_batch
+    from tocsin.streams.stages.project import read_batch, write_rows
 
     t = settings.topics
     parts = max(len(log.partitions(t.events)), 1)
@@ -163,8 +163,8 @@ def write_db(path: Path, settings: Settings, log: RecordedLog, out: Outputs) -> 
     for p in log.partitions(t.signals):
         for rec in log.records(t.signals, p):
             put(t.signals, p, rec.key, rec.value, rec.headers)
-    for value, headers in deploy_records(out.deploys):
-        put(t.signals, 0, None, value, headers)
+    for signal in out.deploys:
+        put(t.signals, 0, None, *deploy_record(signal))
     for report in out.reports:
         incident = report["incident"]
         put(t.reports, owner_of(incident["service"], parts), incident["id"].encode(),
@@ -176,11 +176,7 @@ def write_db(path: Path, settings: Settings, log: RecordedLog, out: Outputs) -> 
     rows = read_batch(batch, t)
     sink = DuckDBSink(path)
     try:
-        sink.write(incident_events=rows.events, incident_updates=rows.updates,
-                   family_windows=rows.families, step_windows=rows.steps,
-                   dead_letters=rows.letters,
-                   signal_fold=rows.signals if rows.signals else None,
-                   reports=rows.reports, evidence=rows.evidence)
+        write_rows(sink, rows, positions=False)
     finally:
         sink.close()
     return rows.count()
