@@ -46,6 +46,7 @@ from tocsin.processors.rules_syntax import (
     parse_duration,
     syntax_error,
 )
+from tocsin.processors.toml_text import TooDeep, read_toml
 
 __all__ = [
     "EMPTY_HASH",
@@ -331,9 +332,11 @@ def load_rules(text: str, source: str = "<rules>", base: DetectorConfig | None =
     """A rules file's text, parsed and checked (and checked over ``base`` when given);
     RulesError naming the source and line of the first thing wrong."""
     try:
-        doc = tomllib.loads(text)
+        doc = read_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise syntax_error(exc, text, source) from None
+    except TooDeep as exc:
+        raise RulesError("values nested too deep to read", exc.line, source) from None
     rules = parse_document(doc, LineIndex(text), source)
     sha = file_sha256 or "sha256:" + hashlib.sha256(text.encode()).hexdigest()
     found = RuleSet(rules, source, sha)

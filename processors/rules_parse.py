@@ -23,6 +23,7 @@ from tocsin.processors.rules_syntax import (
     parse_duration,
     show,
 )
+from tocsin.processors.toml_text import TooDeep, read_toml
 
 RULES_VERSION = 1
 MAX_ENTRIES = 1_000  # [[override]], [[error_rate]] or [[latency]] tables in one file
@@ -511,8 +512,8 @@ def _set_value(text: str) -> Any:
     """A --set value as TOML reads it (4, 2.5, "10m"), or else the text itself (10m, off)."""
     if "\n" not in text:
         try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
+            value = read_toml(f"v = {text}")["v"]
+        except (tomllib.TOMLDecodeError, TooDeep):
             return text
         if isinstance(value, bool | int | float | str):
             return value

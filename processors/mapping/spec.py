@@ -30,6 +30,7 @@ from tocsin.processors.mapping.values import (
     _to_status,
     _to_str,
 )
+from tocsin.processors.toml_text import TooDeep, read_toml
 
 MAPPING_VERSION = 1
 
@@ -239,9 +240,11 @@ def _split_key(text: str) -> tuple[str, ...]:
 def parse_mapping(text: str, name: str = "<mapping>") -> EventMapping:
     """Compile a mapping file's text; MappingError (file, line, key) when it is unusable."""
     try:
-        doc = tomllib.loads(text)
+        doc = read_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise MappingError(f"{name}: not valid TOML: {exc}") from None
+    except TooDeep as exc:
+        raise MappingError(f"{name}:{exc.line}: values nested too deep to read") from None
     c = _Compiler(text, name)
     unknown = sorted(set(doc) - set(_TOP))
     if unknown:

@@ -610,3 +610,9 @@ def test_apply_raises_only_schema_error_and_returns_valid_wide_events(case: tupl
     assert validate_wide_event(copy.deepcopy(event)) == event
     assert mapping.apply(record) == event, "deterministic"
     orjson.dumps(event)  # and it goes on the wire
+
+
+def test_a_mapping_nested_thousands_deep_is_an_error_naming_the_line_not_a_crash() -> None:
+    text = 'version = 1\nx = ' + "[" * 5000 + "]" * 5000 + "\n"
+    with pytest.raises(MappingError, match=r"m\.toml:2: values nested too deep"):
+        parse_mapping(text, "m.toml")

@@ -835,3 +835,12 @@ def test_a_familys_settings_are_the_brute_force_layering_of_its_overrides(
             update=detector)
         assert rules.correlation_window_ms(env, service, family, -1) == want.get(
             "correlation_window_ms", -1)
+
+
+def test_values_nested_thousands_deep_are_an_error_naming_the_line_not_a_crash() -> None:
+    text = "version = 1\n[defaults]\nmin_lift = " + "[" * 5000 + "]" * 5000 + "\n"
+    with pytest.raises(RulesError, match="nested too deep") as caught:
+        load_rules(text, "rules.toml")
+    assert caught.value.line == 3
+    with pytest.raises(RulesError, match="min_lift"):
+        parse_set(["detector.min_lift=" + "[" * 5000 + "]" * 5000])
